@@ -1,0 +1,408 @@
+"""The `kdmt` command line: one thin function per command over the kdmt library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from kdmt.errors import KdmtError
+
+app = typer.Typer(
+    help="Knowledge distillation for neural machine translation: prepare → train-teacher → distill → "
+    "train-student → eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+def command(name: str):
+    """Register a command whose KdmtError becomes one line on stderr and exit code 2."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except KdmtError as e:
+                print(f"kdmt {name}: error: {e}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            except (MemoryError, torch.OutOfMemoryError):
+                print(
+                    f"kdmt {name}: error: out of memory; use smaller batches (--max-tokens/--batch-tokens)",
+                    file=sys.stderr,
+                )
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                print(f"kdmt {name}: interrupted", file=sys.stderr)
+                raise typer.Exit(130) from None
+
+        return app.command(name)(wrapper)
+
+    return register
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '30m', '2h', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not m:
+        raise KdmtError(f"cannot read the duration {text!r} (examples: 90s, 30m, 2h)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. '812.4 sent/s'."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.1f} {self.unit}/s" if task.speed else "")
+
+
+def progress_bar(unit: str) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+# --- prepare -----------------------------------------------------------------------------------
+def _prefix_file(prefix: str, lang: str) -> Path:
+    for candidate in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")):
+        if candidate.is_file():
+            return candidate
+    raise KdmtError(f"no file {prefix}.{lang} (or .gz)")
+
+
+@command("prepare")
+def prepare_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the prepared data to.")],
+    src_lang: Annotated[str, typer.Option("--src", help="Source language code, e.g. de.")],
+    tgt_lang: Annotated[str, typer.Option("--tgt", help="Target language code, e.g. en.")],
+    train: Annotated[
+        str | None, typer.Option(help="Training files prefix: PREFIX.SRC and PREFIX.TGT (.gz allowed).")
+    ] = None,
+    valid: Annotated[str | None, typer.Option(help="Validation files prefix.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="A `datasets` source instead of files: a hub name, or json/csv/parquet with --data-files."),
+    ] = None,
+    dataset_config: Annotated[str | None, typer.Option(help="The dataset's configuration (e.g. de-en).")] = None,
+    data_files: Annotated[
+        list[str] | None, typer.Option(help="SPLIT=PATH for a local json/csv/parquet dataset; repeat per split.")
+    ] = None,
+    train_split: Annotated[str, typer.Option(help="Dataset split to train on.")] = "train",
+    valid_split: Annotated[str, typer.Option(help="Dataset split to validate on.")] = "validation",
+    src_field: Annotated[
+        str | None, typer.Option(help="Dataset field of the source text (default: translation.SRC or SRC).")
+    ] = None,
+    tgt_field: Annotated[str | None, typer.Option(help="Dataset field of the target text.")] = None,
+    vocab_size: Annotated[int, typer.Option(help="Sentencepiece vocabulary size.")] = 8000,
+    joint_vocab: Annotated[
+        bool, typer.Option("--joint-vocab/--separate-vocab", help="One vocabulary for both languages.")
+    ] = True,
+    spm_type: Annotated[str, typer.Option(help="Sentencepiece model type: unigram or bpe.")] = "unigram",
+    max_words: Annotated[int, typer.Option(help="Drop training pairs with a side longer than this many words.")] = 250,
+    max_ratio: Annotated[float, typer.Option(help="Drop pairs whose word-length ratio exceeds this.")] = 3.0,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate training pairs.")] = True,
+) -> None:
+    """Clean a parallel corpus, train a sentencepiece model and write the tokenized corpus.
+
+    Example: kdmt prepare --src de --tgt en --train data/multi30k/train --valid data/multi30k/val -o work/data
+    """
+    from kdmt.data import read_parallel
+    from kdmt.prepare import CleanOptions, VocabOptions, prepare
+    from kdmt.sources import load_dataset_pairs
+
+    if (dataset is None) == (train is None):
+        raise KdmtError("give either --train and --valid (text files) or --dataset")
+    if dataset is None:
+        if valid is None:
+            raise KdmtError("--valid is required with --train")
+        train_pairs = read_parallel(_prefix_file(train, src_lang), _prefix_file(train, tgt_lang))
+        valid_pairs = read_parallel(_prefix_file(valid, src_lang), _prefix_file(valid, tgt_lang))
+    else:
+        files = None
+        if data_files:
+            if not all("=" in f for f in data_files):
+                raise KdmtError("--data-files takes SPLIT=PATH, e.g. --data-files train=train.jsonl")
+            files = dict(f.split("=", 1) for f in data_files)
+        fields = dict(src_field=src_field, tgt_field=tgt_field)
+        train_pairs = load_dataset_pairs(dataset, train_split, src_lang, tgt_lang, dataset_config, files, **fields)
+        valid_pairs = load_dataset_pairs(dataset, valid_split, src_lang, tgt_lang, dataset_config, files, **fields)
+    with err.status("cleaning and training sentencepiece"):
+        prepared = prepare(
+            out,
+            src_lang,
+            tgt_lang,
+            train_pairs,
+            valid_pairs,
+            CleanOptions(max_words, max_ratio, dedup),
+            VocabOptions(vocab_size, joint_vocab, spm_type),
+        )
+    table = Table("split", *prepared.stats["train"].keys(), title=f"kdmt prepare → {out}")
+    for split, stats in prepared.stats.items():
+        table.add_row(split, *(f"{v:,}" for v in stats.values()))
+    err.print(table)
+
+
+# --- train-teacher -----------------------------------------------------------------------------
+@command("train-teacher")
+def train_teacher_cmd(
+    data: Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints and metrics.")],
+    preset: Annotated[str, typer.Option(help="Model size: tiny, small or base.")] = "small",
+    d_model: Annotated[int | None, typer.Option(help="Override the preset's model width.")] = None,
+    n_heads: Annotated[int | None, typer.Option(help="Override the attention heads.")] = None,
+    enc_layers: Annotated[int | None, typer.Option(help="Override the encoder layers.")] = None,
+    dec_layers: Annotated[int | None, typer.Option(help="Override the decoder layers.")] = None,
+    d_ff: Annotated[int | None, typer.Option(help="Override the feed-forward width.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Override the dropout.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 4096,
+    update_freq: Annotated[int, typer.Option(help="Batches accumulated per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-4,
+    warmup: Annotated[int, typer.Option(help="Warmup steps of the inverse-sqrt schedule.")] = 4000,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing ε.")] = 0.1,
+    clip_norm: Annotated[float, typer.Option(help="Gradient norm clipping (0: off).")] = 1.0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
+    max_time: Annotated[str | None, typer.Option(help="Stop after this long, e.g. 30m or 2h.")] = None,
+    valid_interval: Annotated[int, typer.Option(help="Steps between validations and checkpoints.")] = 1000,
+    valid_bleu_sents: Annotated[
+        int | None, typer.Option(help="Validation sentences translated for BLEU (0: none; default all).")
+    ] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after this many validations without improvement.")] = None,
+    keep_last: Annotated[int, typer.Option(help="Numbered checkpoints to keep.")] = 5,
+    average_last: Annotated[
+        int, typer.Option(help="At the end, average the last N checkpoints into checkpoint_avg.pt.")
+    ] = 0,
+    max_len: Annotated[int, typer.Option(help="Skip training pairs longer than this many tokens.")] = 256,
+    log_interval: Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    bf16: Annotated[bool, typer.Option("--bf16/--fp32", help="bf16 autocast on CUDA.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.pt.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")] = None,
+) -> None:
+    """Train a Transformer teacher with label-smoothed cross-entropy.
+
+    Example: kdmt train-teacher --data work/data --out work/teacher --preset small --max-time 30m
+    """
+    from kdmt.data import load_corpus, load_prepared, read_parallel
+    from kdmt.device import resolve_device
+    from kdmt.model import Transformer, make_config
+    from kdmt.train import TrainConfig, Trainer, ValidSet, check_out_dir
+    from kdmt.vocab import Vocab
+
+    check_out_dir(out, resume)
+    prepared = load_prepared(data)
+    src_vocab = Vocab.load(prepared.src_vocab_path(data))
+    tgt_vocab = src_vocab if prepared.joint_vocab else Vocab.load(prepared.tgt_vocab_path(data))
+    config = TrainConfig(
+        max_tokens=max_tokens,
+        update_freq=update_freq,
+        lr=lr,
+        warmup=warmup,
+        label_smoothing=label_smoothing,
+        clip_norm=clip_norm,
+        weight_decay=weight_decay,
+        max_steps=max_steps,
+        epochs=epochs,
+        max_time=parse_duration(max_time),
+        valid_interval=valid_interval,
+        valid_bleu_sents=valid_bleu_sents,
+        patience=patience,
+        keep_last=keep_last,
+        average_last=average_last,
+        max_len=max_len,
+        seed=seed,
+        log_interval=log_interval,
+        bf16=bf16,
+    )
+    torch.manual_seed(seed)
+    model_config = make_config(
+        len(src_vocab),
+        len(tgt_vocab),
+        preset,
+        d_model=d_model,
+        n_heads=n_heads,
+        enc_layers=enc_layers,
+        dec_layers=dec_layers,
+        d_ff=d_ff,
+        dropout=dropout,
+        share_embeddings=prepared.joint_vocab,
+    )
+    train = load_corpus(data / "train.src", data / "train.tgt", src_vocab, tgt_vocab, data / "train.ids.pt")
+    valid = ValidSet(
+        load_corpus(data / "valid.src", data / "valid.tgt", src_vocab, tgt_vocab, data / "valid.ids.pt"),
+        *read_parallel(data / "valid.src", data / "valid.tgt"),
+    )
+    model = Transformer(model_config)
+    dev = resolve_device(device)
+    err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
+    meta = {
+        "role": "teacher",
+        "data": str(data),
+        "preset": preset,
+        "src_lang": prepared.src_lang,
+        "tgt_lang": prepared.tgt_lang,
+        "objective": "label-smoothed cross-entropy",
+    }
+    result = Trainer(model, src_vocab, tgt_vocab, train, valid, out, config, dev, meta=meta, console=err).run(resume)
+    err.print(json.dumps(result))
+
+
+# --- translate ---------------------------------------------------------------------------------
+def _translator(
+    models: list[Path],
+    device: str | None,
+    beam: int,
+    lenpen: float,
+    max_len_a: float,
+    max_len_b: int,
+    batch_tokens: int,
+):
+    from kdmt.checkpoint import load_checkpoint
+    from kdmt.device import resolve_device
+    from kdmt.translate import SearchOptions, Translator
+
+    if beam < 1:
+        raise KdmtError("--beam must be at least 1")
+    dev = resolve_device(device)
+    checkpoints = [load_checkpoint(m, dev) for m in models]
+    return checkpoints, Translator(checkpoints, SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens))
+
+
+Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
+Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
+MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
+MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
+BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
+
+
+@command("translate")
+def translate_cmd(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint; repeat for an ensemble.")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Source file (default: stdin).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
+    beam: Beam = 5,
+    lenpen: Lenpen = 1.0,
+    max_len_a: MaxLenA = 1.5,
+    max_len_b: MaxLenB = 10,
+    batch_tokens: BatchTokens = 4000,
+    device: Device = None,
+) -> None:
+    """Translate source sentences, one per line, from stdin (or --input) to stdout (or --output).
+
+    Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
+    """
+    from kdmt.files import decode_stream, read_lines, write_lines
+
+    _, translator = _translator(model, device, beam, lenpen, max_len_a, max_len_b, batch_tokens)
+    lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
+    with progress_bar("sent") as progress:
+        task = progress.add_task("translate", total=len(lines))
+        hyps = translator.translate(lines, functools.partial(progress.advance, task))
+    if output:
+        write_lines(output, hyps)
+    else:
+        sys.stdout.write("".join(h + "\n" for h in hyps))
+
+
+# --- eval --------------------------------------------------------------------------------------
+@command("eval")
+def eval_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints to evaluate, side by side.")],
+    src: Annotated[Path, typer.Option(help="Test source file (.gz allowed).")],
+    ref: Annotated[Path, typer.Option(help="Test reference file, line-aligned with --src.")],
+    beam: Beam = 5,
+    lenpen: Lenpen = 1.0,
+    max_len_a: MaxLenA = 1.5,
+    max_len_b: MaxLenB = 10,
+    batch_tokens: BatchTokens = 4000,
+    device: Device = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON on stdout.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
+    hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
+) -> None:
+    """Score checkpoints on a test set: sacreBLEU, chrF, speed and size, side by side.
+
+    Example: kdmt eval work/teacher/checkpoint_best.pt --src test.de.gz --ref test.en.gz
+    """
+    from kdmt.data import read_parallel
+    from kdmt.evaluate import evaluate
+    from kdmt.files import write_lines, write_text
+
+    src_lines, ref_lines = read_parallel(src, ref)
+    reports = []
+    for path in checkpoints:
+        ckpts, translator = _translator([path], device, beam, lenpen, max_len_a, max_len_b, batch_tokens)
+        with progress_bar("sent") as progress:
+            task = progress.add_task(f"eval {path.parent.name}", total=len(src_lines))
+            result, hyps = evaluate(
+                translator, path, src, src_lines, ref_lines, ckpts[0].meta, functools.partial(progress.advance, task)
+            )
+        reports.append(result.to_dict())
+        if hyps_dir:
+            write_lines(hyps_dir / f"{path.parent.name}.{path.stem}.hyp", hyps)
+    table = Table("model", "BLEU", "chrF", "params", "sent/s", "tok/s", title=f"kdmt eval: {src.name} (beam {beam})")
+    for r in reports:
+        table.add_row(
+            r["checkpoint"],
+            f"{r['bleu']:.2f}",
+            f"{r['chrf']:.2f}",
+            f"{r['parameters']:,}",
+            f"{r['sentences_per_s']:,.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+        )
+    err.print(table)
+    err.print(
+        f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\ndevice {reports[0]['device']}",
+        highlight=False,
+    )
+    if report:
+        write_text(report, json.dumps(reports, indent=2) + "\n")
+    if json_out:
+        print(json.dumps(reports, indent=2))
+
+
+# --- average -----------------------------------------------------------------------------------
+@command("average")
+def average_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints to average (same model and vocabulary).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The averaged checkpoint.")],
+) -> None:
+    """Average the parameters of several checkpoints (e.g. the last N of a run) into one.
+
+    Example: kdmt average work/teacher/checkpoint_[0-9]*.pt -o work/teacher/checkpoint_avg.pt
+    """
+    from kdmt.checkpoint import average_checkpoints
+
+    average_checkpoints(checkpoints, out)
+    err.print(f"averaged {len(checkpoints)} checkpoints into {out}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,84 @@
+"""Scoring translations with sacrebleu, and measuring speed and size."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sacrebleu.metrics import BLEU, CHRF
+
+from kdmt.translate import Translator
+
+
+@dataclass
+class Scores:
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+
+
+def score(hyps: list[str], refs: list[str]) -> Scores:
+    """Corpus BLEU and chrF of detokenized hypotheses against one reference each (sacrebleu defaults)."""
+    bleu, chrf = BLEU(), CHRF()
+    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
+    return Scores(b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature()))
+
+
+@dataclass
+class EvalReport:
+    """What `kdmt eval` reports for one model on one test set."""
+
+    checkpoint: str
+    test_src: str
+    beam: int
+    sentences: int
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+    seconds: float
+    sentences_per_s: float
+    tokens_per_s: float  # target sentencepiece tokens generated per second
+    parameters: int
+    device: str
+    made_with: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    translator: Translator,
+    checkpoint: Path,
+    test_src: Path,
+    src: list[str],
+    refs: list[str],
+    made_with: dict,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[EvalReport, list[str]]:
+    """Translate `src`, score it against `refs`, and time the translation."""
+    start = time.perf_counter()
+    hyps = translator.translate(src, progress)
+    seconds = time.perf_counter() - start
+    s = score(hyps, refs)
+    out_tokens = sum(len(ids) + 1 for ids in translator.tgt_vocab.encode(hyps))
+    report = EvalReport(
+        checkpoint=str(checkpoint),
+        test_src=str(test_src),
+        beam=translator.options.beam,
+        sentences=len(src),
+        bleu=round(s.bleu, 2),
+        chrf=round(s.chrf, 2),
+        bleu_signature=s.bleu_signature,
+        chrf_signature=s.chrf_signature,
+        seconds=round(seconds, 3),
+        sentences_per_s=round(len(src) / seconds, 2),
+        tokens_per_s=round(out_tokens / seconds, 1),
+        parameters=sum(m.num_parameters() for m in translator.models),
+        device=str(translator.device),
+        made_with=made_with,
+    )
+    return report, hyps

@@ -1,0 +1,164 @@
+"""Greedy and batched beam search over one model or an ensemble, with incremental decoding.
+
+Beam search follows fairseq's conventions: 2·beam candidates per sentence and step, a hypothesis
+ending in EOS among the top `beam` candidates is finalized with its score divided by length**lenpen
+(its length counting EOS), and a sentence is done once `beam` hypotheses are final, or when it
+reaches its maximum length, max_len_a·|src| + max_len_b tokens. Done sentences leave the batch, so a
+step costs less as the batch finishes. There is no Python loop over sentences or beams in a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdmt.model import DecoderState, Transformer
+from kdmt.vocab import BOS, EOS, PAD
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without EOS
+    score: float  # sum of log-probabilities, divided by length**lenpen
+
+
+class Ensemble:
+    """Models with one target vocabulary that decode together, averaging their log-probabilities."""
+
+    def __init__(self, models: list[Transformer]):
+        self.models = models
+
+    def start(self, src: Tensor) -> list[DecoderState]:
+        return [m.start_state(*m.encode(src)) for m in self.models]
+
+    def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
+        """Log-probabilities (B, V), float32, of the next token."""
+        logp = [F.log_softmax(m.step(tokens, s).float(), dim=-1) for m, s in zip(self.models, states)]
+        logp = logp[0] if len(logp) == 1 else torch.stack(logp).mean(0)
+        logp[:, [PAD, BOS]] = float("-inf")  # never generated
+        return logp
+
+    @staticmethod
+    def select(states: list[DecoderState], index: Tensor) -> list[DecoderState]:
+        return [s.select(index) for s in states]
+
+
+def max_lengths(src: Tensor, a: float, b: int) -> Tensor:
+    """Longest allowed hypothesis (without EOS) per sentence: a·|src| + b, |src| counting EOS."""
+    return ((src != PAD).sum(1) * a + b).long()
+
+
+@torch.no_grad()
+def greedy_search(ensemble: Ensemble, src: Tensor, max_len_a: float = 1.5, max_len_b: int = 10) -> list[list[int]]:
+    """The most probable next token at every step; token ids without EOS, per sentence."""
+    n = src.size(0)
+    states = ensemble.start(src)
+    limit = max_lengths(src, max_len_a, max_len_b)
+    out = torch.full((n, int(limit.max()) + 1), PAD, dtype=torch.long, device=src.device)
+    active = torch.arange(n, device=src.device)
+    tokens = torch.full((n,), BOS, dtype=torch.long, device=src.device)
+    for t in range(out.size(1)):
+        next_tokens = ensemble.step(tokens, states).argmax(-1)
+        next_tokens[t >= limit[active]] = EOS
+        out[active, t] = next_tokens
+        keep = next_tokens != EOS
+        if not keep.all():
+            if not keep.any():
+                break
+            active, next_tokens = active[keep], next_tokens[keep]
+            states = ensemble.select(states, keep.nonzero().squeeze(1))
+        tokens = next_tokens
+    return [row[: int((row == EOS).nonzero()[0])].tolist() for row in out.cpu()]
+
+
+@torch.no_grad()
+def beam_search(
+    ensemble: Ensemble,
+    src: Tensor,
+    beam: int = 5,
+    lenpen: float = 1.0,
+    nbest: int = 1,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+) -> list[list[Hypothesis]]:
+    """The `nbest` best hypotheses per sentence, best first."""
+    n, k, device = src.size(0), beam, src.device
+    limit_all = max_lengths(src, max_len_a, max_len_b)
+    width = int(limit_all.max()) + 1
+    states = ensemble.select(ensemble.start(src), torch.arange(n, device=device).repeat_interleave(k))
+
+    # Finished hypotheses of every sentence of the batch: the best k so far, and how many were finalized.
+    fin_tokens = torch.full((n, k, width), PAD, dtype=torch.long, device=device)
+    fin_scores = torch.full((n, k), float("-inf"), device=device)
+    fin_count = torch.zeros(n, dtype=torch.long, device=device)
+
+    # Active sentences: their index in the batch, the k live hypotheses, their summed log-probs.
+    active = torch.arange(n, device=device)
+    seqs = torch.empty((n * k, 0), dtype=torch.long, device=device)
+    scores = torch.full((n, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # at the start all beams are equal: expand only the first
+    tokens = torch.full((n * k,), BOS, dtype=torch.long, device=device)
+
+    for t in range(width):
+        m = active.numel()
+        logp = ensemble.step(tokens, states).view(m, k, -1)
+        at_limit = t >= limit_all[active]
+        if at_limit.any():  # force EOS for sentences at their maximum length
+            eos_logp = logp[at_limit, :, EOS]
+            logp[at_limit] = float("-inf")
+            logp[at_limit, :, EOS] = eos_logp
+        vocab = logp.size(-1)
+        cand_scores, cand_index = (scores[:, :, None] + logp).view(m, -1).topk(2 * k, dim=1)
+        cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+
+        # Hypotheses ending in EOS among the top k candidates become final.
+        is_eos = cand_token == EOS
+        finalize = is_eos & (torch.arange(2 * k, device=device) < k) & torch.isfinite(cand_scores)
+        if finalize.any():
+            flat_beam = torch.arange(m, device=device)[:, None] * k + cand_beam  # (m, 2k)
+            new_tokens = torch.full((m, 2 * k, width), PAD, dtype=torch.long, device=device)
+            new_tokens[:, :, :t] = seqs[flat_beam]
+            new_tokens[:, :, t] = EOS
+            new_scores = torch.where(finalize, cand_scores / (t + 1) ** lenpen, float("-inf"))
+            all_scores = torch.cat([fin_scores[active], new_scores], dim=1)
+            all_tokens = torch.cat([fin_tokens[active], new_tokens], dim=1)
+            best_scores, best = all_scores.topk(k, dim=1)
+            fin_scores[active] = best_scores
+            fin_tokens[active] = all_tokens.gather(1, best[:, :, None].expand(-1, -1, width))
+            fin_count[active] += finalize.sum(1)
+
+        done = (fin_count[active] >= k) | at_limit
+        if done.all():
+            break
+
+        # The k best candidates that do not end in EOS live on.
+        rank = torch.arange(2 * k, device=device).expand(m, -1) + is_eos * 2 * k
+        live = rank.topk(k, dim=1, largest=False).indices
+        beam_of = cand_beam.gather(1, live)
+        rows = (torch.arange(m, device=device)[:, None] * k + beam_of).view(-1)
+        tokens = cand_token.gather(1, live).view(-1)
+        scores = cand_scores.gather(1, live)
+        seqs = torch.cat([seqs[rows], tokens[:, None]], dim=1)
+
+        keep = ~done
+        if not keep.all():  # finished sentences leave the batch
+            rows = rows.view(m, k)[keep].view(-1)
+            keep_rows = keep.repeat_interleave(k)
+            tokens, seqs, scores, active = tokens[keep_rows], seqs[keep_rows], scores[keep], active[keep]
+        states = ensemble.select(states, rows)
+
+    result = []
+    order = fin_scores.argsort(dim=1, descending=True)
+    for i in range(n):
+        hyps = []
+        for j in order[i, :nbest].tolist():
+            if not torch.isfinite(fin_scores[i, j]):
+                break
+            row = fin_tokens[i, j]
+            length = int((row == EOS).nonzero()[0])
+            hyps.append(Hypothesis(row[:length].tolist(), float(fin_scores[i, j])))
+        result.append(hyps)
+    return result

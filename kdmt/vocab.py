@@ -1,0 +1,95 @@
+"""Sentencepiece vocabularies: training, loading, and a fingerprint to catch mismatches."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+
+from kdmt.errors import KdmtError
+from kdmt.files import atomic_path
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+class Vocab:
+    """A sentencepiece model with kdmt's fixed special ids (pad 0, unk 1, bos 2, eos 3)."""
+
+    def __init__(self, model_proto: bytes):
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(model_proto)
+        except Exception as e:  # sentencepiece raises plain RuntimeError/OSError
+            raise KdmtError(f"not a valid sentencepiece model ({e})") from None
+        specials = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if specials != (PAD, UNK, BOS, EOS):
+            raise KdmtError("sentencepiece model must use pad=0 unk=1 bos=2 eos=3 (train it with kdmt prepare)")
+        self.fingerprint = hashlib.sha256(model_proto).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        path = Path(path)
+        if not path.is_file():
+            raise KdmtError(f"{path}: no such file")
+        return cls(path.read_bytes())
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> Vocab:
+        return cls(t.numpy().tobytes())
+
+    def to_tensor(self) -> torch.Tensor:
+        """The model as a uint8 tensor, so a checkpoint can carry it under weights_only loading."""
+        return torch.frombuffer(bytearray(self.proto), dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        """Token ids of each line, without EOS."""
+        return self.sp.encode(lines, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return self.sp.decode(ids)
+
+
+def train_vocab(
+    path: Path,
+    lines: Iterable[str],
+    vocab_size: int,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    seed_sentences: int = 2_000_000,
+) -> Vocab:
+    """Train a sentencepiece model on `lines` and write it to `path` (a .model file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp) / "input.txt"
+        with open(text, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+        prefix = Path(tmp) / "spm"
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(text),
+                model_prefix=str(prefix),
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                pad_id=PAD,
+                unk_id=UNK,
+                bos_id=BOS,
+                eos_id=EOS,
+                input_sentence_size=seed_sentences,
+                shuffle_input_sentence=True,
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            raise KdmtError(f"sentencepiece training failed: {e}") from None
+        proto = (Path(tmp) / "spm.model").read_bytes()
+    with atomic_path(path) as out:
+        out.write_bytes(proto)
+    return Vocab(proto)
