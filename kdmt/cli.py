@@ -274,24 +274,22 @@ def train_teacher_cmd(
 
 
 # --- translate ---------------------------------------------------------------------------------
-def _translator(
-    models: list[Path],
-    device: str | None,
-    beam: int,
-    lenpen: float,
-    max_len_a: float,
-    max_len_b: int,
-    batch_tokens: int,
-):
+def _translator(models: list[Path], device: str | None, options, bf16: bool = True):
+    """Load checkpoints onto the device and wrap them in a Translator (bf16 on CUDA unless --fp32)."""
     from kdmt.checkpoint import load_checkpoint
     from kdmt.device import resolve_device
-    from kdmt.translate import SearchOptions, Translator
+    from kdmt.translate import Translator
 
-    if beam < 1:
-        raise KdmtError("--beam must be at least 1")
     dev = resolve_device(device)
     checkpoints = [load_checkpoint(m, dev) for m in models]
-    return checkpoints, Translator(checkpoints, SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens))
+    dtype = torch.bfloat16 if dev.type == "cuda" and bf16 else None
+    return checkpoints, Translator(checkpoints, options, dtype)
+
+
+def _search_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, batch_tokens: int, max_src_tokens: int):
+    from kdmt.translate import SearchOptions
+
+    return SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
 
 
 Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
@@ -299,7 +297,17 @@ Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divid
 MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
 MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
 BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
+MaxSrcTokens = Annotated[
+    int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
+]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
+Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
+
+
+def _report_skipped(lines: list[str], results: list, limit: int) -> None:
+    long = sum(1 for line, r in zip(lines, results) if line.strip() and not r)
+    if long:
+        err.print(f"{long} lines longer than {limit} tokens were not translated (empty output lines)")
 
 
 @command("translate")
@@ -312,7 +320,9 @@ def translate_cmd(
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
     batch_tokens: BatchTokens = 4000,
+    max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
+    bf16: Bf16 = True,
 ) -> None:
     """Translate source sentences, one per line, from stdin (or --input) to stdout (or --output).
 
@@ -320,15 +330,79 @@ def translate_cmd(
     """
     from kdmt.files import decode_stream, read_lines, write_lines
 
-    _, translator = _translator(model, device, beam, lenpen, max_len_a, max_len_b, batch_tokens)
+    options = _search_options(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    _, translator = _translator(model, device, options, bf16)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
     with progress_bar("sent") as progress:
         task = progress.add_task("translate", total=len(lines))
-        hyps = translator.translate(lines, functools.partial(progress.advance, task))
+        results = translator.translate_nbest(lines, 1, functools.partial(progress.advance, task))
+    _report_skipped(lines, results, translator.max_src_tokens)
+    hyps = [r[0][0] if r else "" for r in results]
     if output:
         write_lines(output, hyps)
     else:
         sys.stdout.write("".join(h + "\n" for h in hyps))
+
+
+# --- distill -----------------------------------------------------------------------------------
+@command("distill")
+def distill_cmd(
+    teacher: Annotated[list[Path], typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for an ensemble.")],
+    src: Annotated[Path, typer.Option(help="Source side of the corpus to distill (.gz allowed).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The distilled target corpus, line-aligned with --src.")],
+    nbest: Annotated[int, typer.Option(help="Also write the N best candidates with scores to OUT.nbest.")] = 1,
+    select: Annotated[str | None, typer.Option(help="seq-inter: keep the n-best candidate closest to --ref.")] = None,
+    select_metric: Annotated[str, typer.Option(help="Sentence metric for seq-inter: bleu or chrf.")] = "bleu",
+    ref: Annotated[Path | None, typer.Option(help="Reference target corpus, for --select seq-inter.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Lines per shard: the unit of resuming.")] = 10000,
+    beam: Beam = 5,
+    lenpen: Lenpen = 1.0,
+    max_len_a: MaxLenA = 1.5,
+    max_len_b: MaxLenB = 10,
+    batch_tokens: BatchTokens = 4000,
+    max_src_tokens: MaxSrcTokens = 1024,
+    device: Device = None,
+    bf16: Bf16 = True,
+) -> None:
+    """Translate a corpus with the teacher(s): the sequence-level distilled corpus (Kim & Rush 2016).
+
+    A killed run resumes from its last finished shard when started again with the same arguments.
+
+    Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
+    """
+    from kdmt.distill import DistillSettings, distill_corpus
+    from kdmt.files import read_lines
+
+    if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
+        raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
+    if nbest < 1 or nbest > beam or shard_size < 1:
+        raise KdmtError("--nbest must be between 1 and --beam, --shard-size at least 1")
+    if select and nbest == 1:
+        nbest = beam  # seq-inter chooses among the whole beam
+    options = _search_options(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    _, translator = _translator(teacher, device, options, bf16)
+    settings = DistillSettings(
+        teachers=[str(t) for t in teacher],
+        source=str(src),
+        beam=beam,
+        lenpen=lenpen,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        max_src_tokens=translator.max_src_tokens,
+        nbest=nbest,
+        select=select,
+        select_metric=select_metric,
+        reference=str(ref) if ref else None,
+        shard_size=shard_size,
+    )
+    lines = read_lines(src)
+    with progress_bar("sent") as progress:
+        task = progress.add_task("distill", total=len(lines))
+        stats = distill_corpus(translator, settings, lines, out, functools.partial(progress.advance, task))
+    err.print(
+        f"distilled {stats.lines:,} lines into {out} ({stats.empty} empty and {stats.too_long} over-long "
+        f"sources kept as empty lines)"
+    )
 
 
 # --- eval --------------------------------------------------------------------------------------
@@ -342,7 +416,9 @@ def eval_cmd(
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
     batch_tokens: BatchTokens = 4000,
+    max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
+    bf16: Bf16 = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON on stdout.")] = False,
     report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
     hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
@@ -358,7 +434,8 @@ def eval_cmd(
     src_lines, ref_lines = read_parallel(src, ref)
     reports = []
     for path in checkpoints:
-        ckpts, translator = _translator([path], device, beam, lenpen, max_len_a, max_len_b, batch_tokens)
+        options = _search_options(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+        ckpts, translator = _translator([path], device, options, bf16)
         with progress_bar("sent") as progress:
             task = progress.add_task(f"eval {path.parent.name}", total=len(src_lines))
             result, hyps = evaluate(

@@ -179,7 +179,8 @@ class Transformer(nn.Module):
         length = tokens.size(1)
         if start + length > self.config.max_positions:
             raise KdmtError(f"sequence of {start + length} tokens exceeds max_positions {self.config.max_positions}")
-        return self.drop(table(tokens) * self.scale + self.positions[start : start + length])
+        x = table(tokens) * self.scale + self.positions[start : start + length].to(table.weight.dtype)
+        return self.drop(x)
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder output (B, S, D) and the source mask (B, 1, 1, S)."""

@@ -52,18 +52,25 @@ def max_lengths(src: Tensor, a: float, b: int) -> Tensor:
 
 
 @torch.no_grad()
-def greedy_search(ensemble: Ensemble, src: Tensor, max_len_a: float = 1.5, max_len_b: int = 10) -> list[list[int]]:
-    """The most probable next token at every step; token ids without EOS, per sentence."""
-    n = src.size(0)
+def greedy_search(
+    ensemble: Ensemble, src: Tensor, lenpen: float = 1.0, max_len_a: float = 1.5, max_len_b: int = 10
+) -> list[Hypothesis]:
+    """The most probable next token at every step, per sentence."""
+    n, device = src.size(0), src.device
     states = ensemble.start(src)
     limit = max_lengths(src, max_len_a, max_len_b)
-    out = torch.full((n, int(limit.max()) + 1), PAD, dtype=torch.long, device=src.device)
-    active = torch.arange(n, device=src.device)
-    tokens = torch.full((n,), BOS, dtype=torch.long, device=src.device)
+    out = torch.full((n, int(limit.max()) + 1), PAD, dtype=torch.long, device=device)
+    score = torch.zeros(n, device=device)
+    length = torch.zeros(n, dtype=torch.long, device=device)
+    active = torch.arange(n, device=device)
+    tokens = torch.full((n,), BOS, dtype=torch.long, device=device)
     for t in range(out.size(1)):
-        next_tokens = ensemble.step(tokens, states).argmax(-1)
+        logp = ensemble.step(tokens, states)
+        next_tokens = logp.argmax(-1)
         next_tokens[t >= limit[active]] = EOS
         out[active, t] = next_tokens
+        score[active] += logp.gather(1, next_tokens[:, None]).squeeze(1)
+        length[active] = t + 1
         keep = next_tokens != EOS
         if not keep.all():
             if not keep.any():
@@ -71,7 +78,8 @@ def greedy_search(ensemble: Ensemble, src: Tensor, max_len_a: float = 1.5, max_l
             active, next_tokens = active[keep], next_tokens[keep]
             states = ensemble.select(states, keep.nonzero().squeeze(1))
         tokens = next_tokens
-    return [row[: int((row == EOS).nonzero()[0])].tolist() for row in out.cpu()]
+    score = (score / length.float() ** lenpen).tolist()
+    return [Hypothesis(row[: n - 1].tolist(), s) for row, n, s in zip(out.cpu(), length.tolist(), score)]
 
 
 @torch.no_grad()

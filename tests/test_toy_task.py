@@ -1,5 +1,6 @@
 """A tiny model really learns a toy task, and searching it behaves."""
 
+import pytest
 import torch
 from toy import toy_pairs
 
@@ -29,8 +30,9 @@ def test_beam_one_equals_greedy(toy_model):
     x = pad([torch.tensor(i) for i in ids])
     ensemble = Ensemble([ckpt.model])
     greedy = greedy_search(ensemble, x)
-    beam = [h[0].tokens for h in beam_search(ensemble, x, beam=1)]
-    assert greedy == beam
+    beam = [h[0] for h in beam_search(ensemble, x, beam=1)]
+    assert [h.tokens for h in greedy] == [h.tokens for h in beam]
+    assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-4)
 
 
 def test_translator_keeps_order_and_empty_lines(toy_model):
