@@ -123,27 +123,42 @@ class DecoderLayer(nn.Module):
             k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
         causal = past_kv is None and x.size(1) > 1
         x = x + self.drop(self.self_attn(h, k, v, causal=causal))
-        x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, mask=src_mask))
+        # Cross-attention queries are independent, so the hypotheses that share a source sentence (a
+        # beam) attend to its memory together, as one row of several queries: memory is never copied.
+        h = self.norm2(x).reshape(src_mask.size(0), -1, x.size(-1))
+        x = x + self.drop(self.cross_attn(h, *memory_kv, mask=src_mask).reshape(x.shape))
         return x + self.drop(self.ff(self.norm3(x))), (k, v)
 
 
 @dataclass
 class DecoderState:
-    """What incremental decoding keeps between steps, per sentence (row)."""
+    """What incremental decoding keeps between steps: per source sentence, and per hypothesis.
 
-    src_mask: Tensor  # (B, 1, 1, S), True where the source has a token
-    memory_kv: list[tuple[Tensor, Tensor]]  # per layer: encoder output projected once
-    self_kv: list[tuple[Tensor, Tensor] | None]  # per layer: keys/values of the positions so far
+    Each sentence has `group` hypotheses (its beam), rows i·group … i·group+group-1 of self_kv.
+    """
+
+    src_mask: Tensor  # (N, 1, 1, S), True where the source has a token
+    memory_kv: list[tuple[Tensor, Tensor]]  # per layer, (N, H, S, D/H): encoder output projected once
+    self_kv: list[tuple[Tensor, Tensor] | None]  # per layer, (N·group, H, T, D/H): the positions so far
+    group: int = 1
     length: int = 0
 
-    def select(self, index: Tensor) -> DecoderState:
-        """Keep (and reorder, or repeat) the rows named by `index`."""
-        return DecoderState(
-            self.src_mask[index],
-            [(k[index], v[index]) for k, v in self.memory_kv],
-            [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv],
-            self.length,
-        )
+    def select(self, rows: Tensor, sentences: Tensor | None = None) -> DecoderState:
+        """Keep (reorder, repeat) the hypotheses `rows`; with `sentences`, keep only those sentences,
+        whose hypotheses `rows` must then name, `group` per sentence, in the same order."""
+        memory_kv, src_mask = self.memory_kv, self.src_mask
+        if sentences is not None:
+            memory_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in memory_kv]
+            src_mask = src_mask.index_select(0, sentences)
+        self_kv = [
+            None if kv is None else (kv[0].index_select(0, rows), kv[1].index_select(0, rows)) for kv in self.self_kv
+        ]
+        return DecoderState(src_mask, memory_kv, self_kv, self.group, self.length)
+
+    def with_group(self, group: int) -> DecoderState:
+        """The same sentences with `group` hypotheses each; only before the first step."""
+        assert self.length == 0
+        return DecoderState(self.src_mask, self.memory_kv, self.self_kv, group, 0)
 
 
 class Transformer(nn.Module):

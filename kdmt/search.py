@@ -42,8 +42,8 @@ class Ensemble:
         return logp
 
     @staticmethod
-    def select(states: list[DecoderState], index: Tensor) -> list[DecoderState]:
-        return [s.select(index) for s in states]
+    def select(states: list[DecoderState], rows: Tensor, sentences: Tensor | None = None) -> list[DecoderState]:
+        return [s.select(rows, sentences) for s in states]
 
 
 def max_lengths(src: Tensor, a: float, b: int) -> Tensor:
@@ -76,7 +76,8 @@ def greedy_search(
             if not keep.any():
                 break
             active, next_tokens = active[keep], next_tokens[keep]
-            states = ensemble.select(states, keep.nonzero().squeeze(1))
+            kept = keep.nonzero().squeeze(1)
+            states = ensemble.select(states, kept, kept)
         tokens = next_tokens
     score = (score / length.float() ** lenpen).tolist()
     return [Hypothesis(row[: n - 1].tolist(), s) for row, n, s in zip(out.cpu(), length.tolist(), score)]
@@ -96,7 +97,7 @@ def beam_search(
     n, k, device = src.size(0), beam, src.device
     limit_all = max_lengths(src, max_len_a, max_len_b)
     width = int(limit_all.max()) + 1
-    states = ensemble.select(ensemble.start(src), torch.arange(n, device=device).repeat_interleave(k))
+    states = [s.with_group(k) for s in ensemble.start(src)]
 
     # Finished hypotheses of every sentence of the batch: the best k so far, and how many were finalized.
     fin_tokens = torch.full((n, k, width), PAD, dtype=torch.long, device=device)
@@ -151,12 +152,13 @@ def beam_search(
         scores = cand_scores.gather(1, live)
         seqs = torch.cat([seqs[rows], tokens[:, None]], dim=1)
 
-        keep = ~done
+        keep, sentences = ~done, None
         if not keep.all():  # finished sentences leave the batch
             rows = rows.view(m, k)[keep].view(-1)
             keep_rows = keep.repeat_interleave(k)
             tokens, seqs, scores, active = tokens[keep_rows], seqs[keep_rows], scores[keep], active[keep]
-        states = ensemble.select(states, rows)
+            sentences = keep.nonzero().squeeze(1)
+        states = ensemble.select(states, rows, sentences)
 
     result = []
     order = fin_scores.argsort(dim=1, descending=True)

@@ -56,3 +56,29 @@ def test_ensemble_of_a_model_with_itself_equals_the_model(model):
     alone = beam_search(Ensemble([model]), x, beam=3)
     twice = beam_search(Ensemble([model, model]), x, beam=3)
     assert [h[0].tokens for h in alone] == [h[0].tokens for h in twice]
+
+
+@pytest.mark.parametrize("lenpen", [0.0, 1.0])
+def test_wide_beam_finds_the_exhaustive_best(lenpen):
+    """Vocabulary {UNK, EOS, 4, 5, 6}, at most 3 tokens: score every possible output by teacher forcing."""
+    torch.manual_seed(1)
+    model = Transformer(make_config(7, 7, "tiny")).eval()
+    with torch.no_grad():
+        model.tgt_embed.weight.mul_(8.0)  # peaky distributions: no near-ties
+    src = torch.tensor([[4, 5, 6, 3]])
+    content = [1, 4, 5, 6]
+    outputs = [[]] + [[a] for a in content] + [[a, b] for a in content for b in content]
+    outputs += [[a, b, c] for a in content for b in content for c in content]
+    memory, mask = model.encode(src)
+    scored = []
+    with torch.no_grad():
+        for out in outputs:
+            tgt_in = torch.tensor([[2] + out])
+            logp = torch.log_softmax(model.decode(tgt_in, memory, mask)[0], dim=-1)
+            total = sum(float(logp[i, t]) for i, t in enumerate(out + [EOS]))
+            scored.append((total / (len(out) + 1) ** lenpen, out))
+    scored.sort(key=lambda x: -x[0])
+    assert scored[0][0] - scored[1][0] > 1e-3
+    hyps = beam_search(Ensemble([model]), src, beam=64, nbest=5, lenpen=lenpen, max_len_a=0.0, max_len_b=3)[0]
+    assert [h.tokens for h in hyps] == [out for _, out in scored[:5]]
+    assert [h.score for h in hyps] == pytest.approx([s for s, _ in scored[:5]], abs=1e-4)

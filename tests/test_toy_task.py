@@ -41,3 +41,22 @@ def test_translator_keeps_order_and_empty_lines(toy_model):
     out = Translator([ckpt], SearchOptions(beam=2, batch_tokens=8)).translate(src)
     assert out[1] == "" and out[3] == ""
     assert out[0] == "c b a" and out[2] == "e f g h i j"
+
+
+def test_out_of_memory_halves_the_batch(toy_model, monkeypatch):
+    import kdmt.translate
+
+    ckpt = load_checkpoint(toy_model)
+    src, _ = toy_pairs(30, seed=8)
+    expected = Translator([ckpt], SearchOptions(beam=3)).translate(src)
+    real_search, decoded = kdmt.translate.beam_search, []
+
+    def small_memory(ensemble, x, *args):
+        if x.size(0) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        decoded.append(x.size(0))
+        return real_search(ensemble, x, *args)
+
+    monkeypatch.setattr(kdmt.translate, "beam_search", small_memory)
+    assert Translator([ckpt], SearchOptions(beam=3)).translate(src) == expected
+    assert sum(decoded) == 30 and max(decoded) <= 4

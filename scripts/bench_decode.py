@@ -1,0 +1,187 @@
+"""Beam-search speed: kdmt against Hugging Face transformers `generate()`, same model, same batches.
+
+The kdmt checkpoint's weights are copied into a transformers M2M100 model, the architecture that
+matches kdmt's (pre-norm, sinusoidal positions, scaled and tied embeddings, ReLU), so both decode the
+same network. Both get the same batches of sentences sorted by length, beam 5, length penalty 1,
+fairseq's stopping rule (early_stopping=True), PAD and BOS never generated; the table reports the
+sentences/s of each, the ratio, and how many tokens each generated (and how often the outputs agree).
+Every system runs `--repeats` times, alternating; the median is reported. Example:
+
+    python scripts/bench_decode.py -m work/demo/teacher/checkpoint_best.pt \\
+        --src data/multi30k/test_2016_flickr.de.gz --sentences 500 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from kdmt.batching import pad
+from kdmt.checkpoint import load_checkpoint
+from kdmt.files import read_lines
+from kdmt.model import Transformer
+from kdmt.search import Ensemble, beam_search
+from kdmt.vocab import BOS, EOS, PAD
+
+
+def to_hf(model: Transformer):
+    """A transformers M2M100ForConditionalGeneration holding the same weights as a kdmt model."""
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    c = model.config
+    config = M2M100Config(
+        vocab_size=c.tgt_vocab_size,
+        d_model=c.d_model,
+        encoder_layers=c.enc_layers,
+        decoder_layers=c.dec_layers,
+        encoder_attention_heads=c.n_heads,
+        decoder_attention_heads=c.n_heads,
+        encoder_ffn_dim=c.d_ff,
+        decoder_ffn_dim=c.d_ff,
+        activation_function="relu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+        scale_embedding=True,
+        max_position_embeddings=c.max_positions,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+        forced_bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    hf = M2M100ForConditionalGeneration(config).eval()
+    sd = model.state_dict()
+    new = {"model.shared.weight": sd["tgt_embed.weight"], "lm_head.weight": sd["tgt_embed.weight"]}
+
+    def linear(dst: str, src: str) -> None:
+        new[f"{dst}.weight"], new[f"{dst}.bias"] = sd[f"{src}.weight"], sd[f"{src}.bias"]
+
+    def attention(dst: str, src: str) -> None:
+        for a, b in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "out")):
+            linear(f"{dst}.{a}", f"{src}.{b}")
+
+    for i in range(c.enc_layers):
+        d, s = f"model.encoder.layers.{i}", f"encoder.{i}"
+        attention(f"{d}.self_attn", f"{s}.attn")
+        linear(f"{d}.self_attn_layer_norm", f"{s}.norm1")
+        linear(f"{d}.final_layer_norm", f"{s}.norm2")
+        linear(f"{d}.fc1", f"{s}.ff.0")
+        linear(f"{d}.fc2", f"{s}.ff.3")
+    for i in range(c.dec_layers):
+        d, s = f"model.decoder.layers.{i}", f"decoder.{i}"
+        attention(f"{d}.self_attn", f"{s}.self_attn")
+        attention(f"{d}.encoder_attn", f"{s}.cross_attn")
+        linear(f"{d}.self_attn_layer_norm", f"{s}.norm1")
+        linear(f"{d}.encoder_attn_layer_norm", f"{s}.norm2")
+        linear(f"{d}.final_layer_norm", f"{s}.norm3")
+        linear(f"{d}.fc1", f"{s}.ff.0")
+        linear(f"{d}.fc2", f"{s}.ff.3")
+    linear("model.encoder.layer_norm", "enc_norm")
+    linear("model.decoder.layer_norm", "dec_norm")
+    missing, unexpected = hf.load_state_dict(new, strict=False)
+    assert not unexpected and all("embed_tokens" in k for k in missing), (missing, unexpected)
+    for part in (hf.model.encoder, hf.model.decoder):  # kdmt's position p is M2M100's row PAD + 1 + p
+        table = part.embed_positions.weights
+        table[PAD + 1 : PAD + 1 + c.max_positions] = model.positions.to(table.dtype)
+    return hf
+
+
+def hardware() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--checkpoint", type=Path, required=True)
+    ap.add_argument("--src", type=Path, required=True)
+    ap.add_argument("--sentences", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    ckpt = load_checkpoint(args.checkpoint, device)
+    lines = [line for line in read_lines(args.src) if line.strip()][: args.sentences]
+    ids = [x + [EOS] for x in ckpt.src_vocab.encode(lines)]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = [
+        pad([torch.tensor(ids[i]) for i in order[k : k + args.batch_size]]).to(device)
+        for k in range(0, len(order), args.batch_size)
+    ]
+    ensemble = Ensemble([ckpt.model])
+    hf = to_hf(ckpt.model).to(device)
+
+    def run_kdmt() -> list[list[int]]:
+        return [h[0].tokens for x in batches for h in beam_search(ensemble, x, beam=args.beam, lenpen=1.0)]
+
+    def run_hf() -> list[list[int]]:
+        out = []
+        for x in batches:
+            max_new = int(((x != PAD).sum(1).max() * 1.5 + 10).item()) + 1
+            gen = hf.generate(
+                input_ids=x,
+                attention_mask=(x != PAD).long(),
+                num_beams=args.beam,
+                length_penalty=1.0,
+                early_stopping=True,
+                max_new_tokens=max_new,
+                do_sample=False,
+                suppress_tokens=[PAD, BOS],
+            )
+            for row in gen[:, 1:].tolist():  # drop the decoder start token
+                out.append(row[: row.index(EOS)] if EOS in row else [t for t in row if t != PAD])
+        return out
+
+    systems = {"kdmt": run_kdmt, "hf_generate": run_hf}
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    outputs = {}
+    with torch.inference_mode():
+        for name, fn in systems.items():  # warm-up, and the outputs
+            outputs[name] = fn()
+        for _ in range(args.repeats):
+            for name, fn in systems.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    n = len(lines)
+    result = {
+        "device": hardware() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "checkpoint": str(args.checkpoint),
+        "sentences": n,
+        "beam": args.beam,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
+    }
+    for name in systems:
+        med = statistics.median(times[name])
+        result[name] = {
+            "median_s": round(med, 3),
+            "sentences_per_s": round(n / med, 1),
+            "generated_tokens": sum(len(o) + 1 for o in outputs[name]),
+        }
+    result["speedup_kdmt_over_hf"] = round(result["hf_generate"]["median_s"] / result["kdmt"]["median_s"], 2)
+    result["identical_outputs"] = sum(a == b for a, b in zip(outputs["kdmt"], outputs["hf_generate"])) / n
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
