@@ -6,6 +6,7 @@ import functools
 import json
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from kdmt.checkpoint import average_checkpoints, load_checkpoint
+from kdmt.data import Prepared, load_corpus, load_prepared, read_parallel
+from kdmt.device import resolve_device
+from kdmt.distill import DistillSettings, distill_corpus
 from kdmt.errors import KdmtError
+from kdmt.evaluate import describe, evaluate
+from kdmt.files import decode_stream, read_lines, write_lines, write_text
+from kdmt.model import Transformer, make_config
+from kdmt.objectives import Distillation
+from kdmt.prepare import CleanOptions, VocabOptions, prepare
+from kdmt.soft_targets import SoftTargetStore, compute_soft_targets, corpus_key
+from kdmt.sources import load_dataset_pairs
+from kdmt.student import check_vocabulary, parse_layers, student_corpus
+from kdmt.student import init_from_teacher as init_student
+from kdmt.train import TrainConfig, Trainer, ValidSet, check_out_dir
+from kdmt.translate import SearchOptions, Translator
+from kdmt.vocab import Vocab
 
 app = typer.Typer(
     help="Knowledge distillation for neural machine translation: prepare → train-teacher → distill → "
@@ -87,6 +104,18 @@ def progress_bar(unit: str) -> Progress:
     )
 
 
+Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
+Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
+MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
+MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
+BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
+MaxSrcTokens = Annotated[
+    int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
+]
+Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
+
+
 # --- prepare -----------------------------------------------------------------------------------
 def _prefix_file(prefix: str, lang: str) -> Path:
     for candidate in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")):
@@ -131,9 +160,6 @@ def prepare_cmd(
 
     Example: kdmt prepare --src de --tgt en --train data/multi30k/train --valid data/multi30k/val -o work/data
     """
-    from kdmt.data import read_parallel
-    from kdmt.prepare import CleanOptions, VocabOptions, prepare
-    from kdmt.sources import load_dataset_pairs
 
     if (dataset is None) == (train is None):
         raise KdmtError("give either --train and --valid (text files) or --dataset")
@@ -167,98 +193,102 @@ def prepare_cmd(
     err.print(table)
 
 
-# --- train-teacher -----------------------------------------------------------------------------
+# --- training (teacher and student) ------------------------------------------------------------
+Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints and metrics.")]
+Preset = Annotated[str, typer.Option(help="Model size: tiny, small or base.")]
+Dim = Annotated[int | None, typer.Option(help="Override the preset.")]
+Dropout = Annotated[float | None, typer.Option(help="Override the preset's dropout.")]
+MaxTokens = Annotated[int, typer.Option(help="Padded tokens per batch.")]
+UpdateFreq = Annotated[int, typer.Option(help="Batches accumulated per optimizer step.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate.")]
+Warmup = Annotated[int, typer.Option(help="Warmup steps of the inverse-sqrt schedule.")]
+LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing ε.")]
+ClipNorm = Annotated[float, typer.Option(help="Gradient norm clipping (0: off).")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
+MaxSteps = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")]
+Epochs = Annotated[int | None, typer.Option(help="Stop after this many epochs.")]
+MaxTime = Annotated[str | None, typer.Option(help="Stop after this long, e.g. 30m or 2h.")]
+ValidInterval = Annotated[int, typer.Option(help="Steps between validations and checkpoints.")]
+ValidBleuSents = Annotated[
+    int | None, typer.Option(help="Validation sentences translated for BLEU (0: none; default all).")
+]
+Patience = Annotated[int | None, typer.Option(help="Stop after this many validations without improvement.")]
+KeepLast = Annotated[int, typer.Option(help="Numbered checkpoints to keep.")]
+AverageLast = Annotated[int, typer.Option(help="At the end, average the last N checkpoints into checkpoint_avg.pt.")]
+MaxLen = Annotated[int, typer.Option(help="Skip training pairs longer than this many tokens.")]
+LogInterval = Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+TrainBf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="bf16 autocast on CUDA.")]
+Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.pt.")]
+D = TrainConfig(max_steps=1)  # for the defaults
+MODEL_OPTIONS = ("d_model", "n_heads", "enc_layers", "dec_layers", "d_ff", "dropout")
+
+
+def _train_config(options: dict) -> TrainConfig:
+    """A TrainConfig from the command's options of the same names."""
+    values = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
+    return TrainConfig(**{**values, "max_time": parse_duration(options["max_time"])})
+
+
+def _prepared_data(data: Path) -> tuple[Prepared, Vocab, Vocab, ValidSet]:
+    prepared = load_prepared(data)
+    src_vocab = Vocab.load(prepared.src_vocab_path(data))
+    tgt_vocab = src_vocab if prepared.joint_vocab else Vocab.load(prepared.tgt_vocab_path(data))
+    valid = ValidSet(
+        load_corpus(data / "valid.src", data / "valid.tgt", src_vocab, tgt_vocab, data / "valid.ids.pt"),
+        *read_parallel(data / "valid.src", data / "valid.tgt"),
+    )
+    return prepared, src_vocab, tgt_vocab, valid
+
+
 @command("train-teacher")
 def train_teacher_cmd(
-    data: Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints and metrics.")],
-    preset: Annotated[str, typer.Option(help="Model size: tiny, small or base.")] = "small",
-    d_model: Annotated[int | None, typer.Option(help="Override the preset's model width.")] = None,
-    n_heads: Annotated[int | None, typer.Option(help="Override the attention heads.")] = None,
-    enc_layers: Annotated[int | None, typer.Option(help="Override the encoder layers.")] = None,
-    dec_layers: Annotated[int | None, typer.Option(help="Override the decoder layers.")] = None,
-    d_ff: Annotated[int | None, typer.Option(help="Override the feed-forward width.")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Override the dropout.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 4096,
-    update_freq: Annotated[int, typer.Option(help="Batches accumulated per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-4,
-    warmup: Annotated[int, typer.Option(help="Warmup steps of the inverse-sqrt schedule.")] = 4000,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing ε.")] = 0.1,
-    clip_norm: Annotated[float, typer.Option(help="Gradient norm clipping (0: off).")] = 1.0,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
-    max_time: Annotated[str | None, typer.Option(help="Stop after this long, e.g. 30m or 2h.")] = None,
-    valid_interval: Annotated[int, typer.Option(help="Steps between validations and checkpoints.")] = 1000,
-    valid_bleu_sents: Annotated[
-        int | None, typer.Option(help="Validation sentences translated for BLEU (0: none; default all).")
-    ] = None,
-    patience: Annotated[int | None, typer.Option(help="Stop after this many validations without improvement.")] = None,
-    keep_last: Annotated[int, typer.Option(help="Numbered checkpoints to keep.")] = 5,
-    average_last: Annotated[
-        int, typer.Option(help="At the end, average the last N checkpoints into checkpoint_avg.pt.")
-    ] = 0,
-    max_len: Annotated[int, typer.Option(help="Skip training pairs longer than this many tokens.")] = 256,
-    log_interval: Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")] = 50,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
-    bf16: Annotated[bool, typer.Option("--bf16/--fp32", help="bf16 autocast on CUDA.")] = True,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.pt.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")] = None,
+    data: Data,
+    out: Out,
+    preset: Preset = "small",
+    d_model: Dim = None,
+    n_heads: Dim = None,
+    enc_layers: Dim = None,
+    dec_layers: Dim = None,
+    d_ff: Dim = None,
+    dropout: Dropout = None,
+    max_tokens: MaxTokens = D.max_tokens,
+    update_freq: UpdateFreq = D.update_freq,
+    lr: Lr = D.lr,
+    warmup: Warmup = D.warmup,
+    label_smoothing: LabelSmoothing = D.label_smoothing,
+    clip_norm: ClipNorm = D.clip_norm,
+    weight_decay: WeightDecay = D.weight_decay,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_time: MaxTime = None,
+    valid_interval: ValidInterval = D.valid_interval,
+    valid_bleu_sents: ValidBleuSents = None,
+    patience: Patience = None,
+    keep_last: KeepLast = D.keep_last,
+    average_last: AverageLast = D.average_last,
+    max_len: MaxLen = D.max_len,
+    log_interval: LogInterval = D.log_interval,
+    seed: Seed = D.seed,
+    bf16: TrainBf16 = True,
+    resume: Resume = False,
+    device: Device = None,
 ) -> None:
     """Train a Transformer teacher with label-smoothed cross-entropy.
 
     Example: kdmt train-teacher --data work/data --out work/teacher --preset small --max-time 30m
     """
-    from kdmt.data import load_corpus, load_prepared, read_parallel
-    from kdmt.device import resolve_device
-    from kdmt.model import Transformer, make_config
-    from kdmt.train import TrainConfig, Trainer, ValidSet, check_out_dir
-    from kdmt.vocab import Vocab
-
+    options = locals()
     check_out_dir(out, resume)
-    prepared = load_prepared(data)
-    src_vocab = Vocab.load(prepared.src_vocab_path(data))
-    tgt_vocab = src_vocab if prepared.joint_vocab else Vocab.load(prepared.tgt_vocab_path(data))
-    config = TrainConfig(
-        max_tokens=max_tokens,
-        update_freq=update_freq,
-        lr=lr,
-        warmup=warmup,
-        label_smoothing=label_smoothing,
-        clip_norm=clip_norm,
-        weight_decay=weight_decay,
-        max_steps=max_steps,
-        epochs=epochs,
-        max_time=parse_duration(max_time),
-        valid_interval=valid_interval,
-        valid_bleu_sents=valid_bleu_sents,
-        patience=patience,
-        keep_last=keep_last,
-        average_last=average_last,
-        max_len=max_len,
-        seed=seed,
-        log_interval=log_interval,
-        bf16=bf16,
-    )
+    config = _train_config(options)
+    prepared, src_vocab, tgt_vocab, valid = _prepared_data(data)
     torch.manual_seed(seed)
-    model_config = make_config(
-        len(src_vocab),
-        len(tgt_vocab),
-        preset,
-        d_model=d_model,
-        n_heads=n_heads,
-        enc_layers=enc_layers,
-        dec_layers=dec_layers,
-        d_ff=d_ff,
-        dropout=dropout,
-        share_embeddings=prepared.joint_vocab,
+    dims = {k: options[k] for k in MODEL_OPTIONS}
+    model = Transformer(
+        make_config(len(src_vocab), len(tgt_vocab), preset, share_embeddings=prepared.joint_vocab, **dims)
     )
     train = load_corpus(data / "train.src", data / "train.tgt", src_vocab, tgt_vocab, data / "train.ids.pt")
-    valid = ValidSet(
-        load_corpus(data / "valid.src", data / "valid.tgt", src_vocab, tgt_vocab, data / "valid.ids.pt"),
-        *read_parallel(data / "valid.src", data / "valid.tgt"),
-    )
-    model = Transformer(model_config)
     dev = resolve_device(device)
     err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
     meta = {
@@ -269,16 +299,185 @@ def train_teacher_cmd(
         "tgt_lang": prepared.tgt_lang,
         "objective": "label-smoothed cross-entropy",
     }
-    result = Trainer(model, src_vocab, tgt_vocab, train, valid, out, config, dev, meta=meta, console=err).run(resume)
-    err.print(json.dumps(result))
+    Trainer(model, src_vocab, tgt_vocab, train, valid, out, config, dev, meta=meta, console=err).run(resume)
+
+
+Teachers = Annotated[list[Path] | None, typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")]
+TeacherWeights = Annotated[
+    list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
+]
+
+
+@command("train-student")
+def train_student_cmd(
+    data: Data,
+    out: Out,
+    teacher: Teachers = None,
+    teacher_weight: TeacherWeights = None,
+    distilled: Annotated[
+        Path | None, typer.Option(help="Distilled targets, line-aligned with DATA/train.src (seq-KD).")
+    ] = None,
+    ref_share: Annotated[float, typer.Option(help="Share of reference pairs mixed with the distilled ones.")] = 0.0,
+    alpha: Annotated[float, typer.Option(help="Word-level KD weight α (0: off).")] = 0.0,
+    temperature: Annotated[float, typer.Option(help="Word-level KD temperature T.")] = 1.0,
+    topk: Annotated[int | None, typer.Option(help="Keep only the teacher's top-k probabilities (word-KD).")] = None,
+    soft_targets: Annotated[
+        Path | None, typer.Option(help="Stored top-k soft targets (kdmt soft-targets): offline word-KD.")
+    ] = None,
+    hidden_kd: Annotated[str, typer.Option(help="Hidden-state KD on: none, encoder, decoder or both.")] = "none",
+    hidden_beta: Annotated[float, typer.Option(help="Hidden-state KD weight β.")] = 1.0,
+    init_from_teacher: Annotated[
+        bool, typer.Option(help="Copy embeddings and layers from the (first) teacher.")
+    ] = False,
+    init_enc_layers: Annotated[str | None, typer.Option(help="Teacher encoder layers to copy, e.g. 0,2,4.")] = None,
+    init_dec_layers: Annotated[str | None, typer.Option(help="Teacher decoder layers to copy, e.g. 5.")] = None,
+    preset: Preset = "tiny",
+    d_model: Dim = None,
+    n_heads: Dim = None,
+    enc_layers: Dim = None,
+    dec_layers: Dim = None,
+    d_ff: Dim = None,
+    dropout: Dropout = None,
+    max_tokens: MaxTokens = D.max_tokens,
+    update_freq: UpdateFreq = D.update_freq,
+    lr: Lr = D.lr,
+    warmup: Warmup = D.warmup,
+    label_smoothing: LabelSmoothing = D.label_smoothing,
+    clip_norm: ClipNorm = D.clip_norm,
+    weight_decay: WeightDecay = D.weight_decay,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_time: MaxTime = None,
+    valid_interval: ValidInterval = D.valid_interval,
+    valid_bleu_sents: ValidBleuSents = None,
+    patience: Patience = None,
+    keep_last: KeepLast = D.keep_last,
+    average_last: AverageLast = D.average_last,
+    max_len: MaxLen = D.max_len,
+    log_interval: LogInterval = D.log_interval,
+    seed: Seed = D.seed,
+    bf16: TrainBf16 = True,
+    resume: Resume = False,
+    device: Device = None,
+) -> None:
+    """Train a student: on distilled targets (seq-KD), with the teachers' soft targets (word-KD),
+    their hidden states, and/or initialised from a teacher.
+
+    Example: kdmt train-student --data work/data --out work/student --distilled work/distilled/train.tgt \
+    --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-time 20m
+    """
+    options = locals()
+    check_out_dir(out, resume)
+    config = _train_config(options)
+    if hidden_kd not in ("none", "encoder", "decoder", "both"):
+        raise KdmtError("--hidden-kd takes none, encoder, decoder or both")
+    if (init_from_teacher or hidden_kd != "none") and not teacher:
+        raise KdmtError("--init-from-teacher and --hidden-kd need --teacher")
+    prepared, src_vocab, tgt_vocab, valid = _prepared_data(data)
+    dev = resolve_device(device)
+    teachers = [(path, load_checkpoint(path, dev)) for path in teacher or []]
+    check_vocabulary(teachers, src_vocab, tgt_vocab)
+    train, corpus_record = student_corpus(data, src_vocab, tgt_vocab, distilled, ref_share, seed)
+    store = None
+    if soft_targets is not None:
+        store = SoftTargetStore.load(soft_targets)
+        if store.key != corpus_key(train):
+            raise KdmtError(f"{soft_targets} was computed on another corpus than this student's training corpus")
+    torch.manual_seed(seed)
+    dims = {k: options[k] for k in MODEL_OPTIONS}
+    model = Transformer(
+        make_config(len(src_vocab), len(tgt_vocab), preset, share_embeddings=prepared.joint_vocab, **dims)
+    )
+    init = None
+    if init_from_teacher:
+        t = teachers[0][1].model
+        enc = parse_layers(init_enc_layers, model.config.enc_layers, t.config.enc_layers)
+        dec = parse_layers(init_dec_layers, model.config.dec_layers, t.config.dec_layers)
+        init_student(model, t, enc, dec)
+        init = {"teacher": str(teachers[0][0]), "encoder_layers": enc, "decoder_layers": dec}
+    sides = {"none": (), "encoder": ("encoder",), "decoder": ("decoder",), "both": ("encoder", "decoder")}[hidden_kd]
+    objective = Distillation(
+        model,
+        [c.model for _, c in teachers],
+        teacher_weight,
+        alpha,
+        temperature,
+        label_smoothing,
+        topk,
+        store,
+        hidden_beta if sides else 0.0,
+        sides,
+    )
+    err.print(f"student: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
+    meta = {
+        "role": "student",
+        "data": str(data),
+        "preset": preset,
+        "src_lang": prepared.src_lang,
+        "tgt_lang": prepared.tgt_lang,
+        "corpus": corpus_record,
+        "teachers": [str(p) for p, _ in teachers],
+        "teacher_weights": objective.weights,
+        "word_kd": {
+            "alpha": alpha,
+            "temperature": temperature,
+            "topk": topk,
+            "soft_targets": str(soft_targets) if soft_targets else None,
+        }
+        if alpha > 0
+        else None,
+        "hidden_kd": {"sides": list(sides), "beta": hidden_beta} if sides else None,
+        "init_from_teacher": init,
+    }
+    Trainer(model, src_vocab, tgt_vocab, train, valid, out, config, dev, objective, meta, err).run(resume)
+
+
+@command("soft-targets")
+def soft_targets_cmd(
+    teacher: Annotated[list[Path], typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")],
+    data: Data,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The soft-targets file to write.")],
+    teacher_weight: TeacherWeights = None,
+    distilled: Annotated[
+        Path | None, typer.Option(help="The student's distilled targets, as for train-student.")
+    ] = None,
+    ref_share: Annotated[float, typer.Option(help="As for train-student: the same corpus is needed.")] = 0.0,
+    topk: Annotated[int, typer.Option(help="Probabilities kept per target token.")] = 8,
+    seed: Seed = D.seed,
+    batch_tokens: BatchTokens = 4000,
+    device: Device = None,
+) -> None:
+    """Store the teachers' top-k log-probabilities for every target token of a student's training
+    corpus, for offline word-level KD (train-student --soft-targets).
+
+    Example: kdmt soft-targets -t work/teacher/checkpoint_best.pt --data work/data -o work/soft.pt --topk 8
+    """
+    _, src_vocab, tgt_vocab, _ = _prepared_data(data)
+    dev = resolve_device(device)
+    teachers = [(path, load_checkpoint(path, dev)) for path in teacher]
+    check_vocabulary(teachers, src_vocab, tgt_vocab)
+    corpus, _ = student_corpus(data, src_vocab, tgt_vocab, distilled, ref_share, seed)
+    weights = teacher_weight or [1.0] * len(teachers)
+    if len(weights) != len(teachers) or topk < 1:
+        raise KdmtError("give one --teacher-weight per teacher, and --topk of at least 1")
+    with progress_bar("sent") as progress:
+        task = progress.add_task("soft targets", total=len(corpus))
+        store = compute_soft_targets(
+            [c.model for _, c in teachers],
+            weights,
+            corpus,
+            topk,
+            [str(p) for p in teacher],
+            batch_tokens,
+            functools.partial(progress.advance, task),
+        )
+    store.save(out)
+    err.print(f"wrote the top-{topk} soft targets of {len(corpus):,} sentences to {out}")
 
 
 # --- translate ---------------------------------------------------------------------------------
 def _translator(models: list[Path], device: str | None, options, bf16: bool = True):
     """Load checkpoints onto the device and wrap them in a Translator (bf16 on CUDA unless --fp32)."""
-    from kdmt.checkpoint import load_checkpoint
-    from kdmt.device import resolve_device
-    from kdmt.translate import Translator
 
     dev = resolve_device(device)
     checkpoints = [load_checkpoint(m, dev) for m in models]
@@ -287,21 +486,8 @@ def _translator(models: list[Path], device: str | None, options, bf16: bool = Tr
 
 
 def _search_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, batch_tokens: int, max_src_tokens: int):
-    from kdmt.translate import SearchOptions
 
     return SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
-
-
-Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
-Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
-MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
-MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
-BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
-MaxSrcTokens = Annotated[
-    int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
-]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
-Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 
 
 def _report_skipped(lines: list[str], results: list, limit: int) -> None:
@@ -328,7 +514,6 @@ def translate_cmd(
 
     Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
     """
-    from kdmt.files import decode_stream, read_lines, write_lines
 
     options = _search_options(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
     _, translator = _translator(model, device, options, bf16)
@@ -370,8 +555,6 @@ def distill_cmd(
 
     Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
     """
-    from kdmt.distill import DistillSettings, distill_corpus
-    from kdmt.files import read_lines
 
     if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
         raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
@@ -427,9 +610,6 @@ def eval_cmd(
 
     Example: kdmt eval work/teacher/checkpoint_best.pt --src test.de.gz --ref test.en.gz
     """
-    from kdmt.data import read_parallel
-    from kdmt.evaluate import evaluate
-    from kdmt.files import write_lines, write_text
 
     src_lines, ref_lines = read_parallel(src, ref)
     reports = []
@@ -455,6 +635,8 @@ def eval_cmd(
             f"{r['tokens_per_s']:,.0f}",
         )
     err.print(table)
+    for r in reports:
+        err.print(f"{r['checkpoint']}: {describe(r['made_with'])}", highlight=False)
     err.print(
         f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\ndevice {reports[0]['device']}",
         highlight=False,
@@ -475,7 +657,6 @@ def average_cmd(
 
     Example: kdmt average work/teacher/checkpoint_[0-9]*.pt -o work/teacher/checkpoint_avg.pt
     """
-    from kdmt.checkpoint import average_checkpoints
 
     average_checkpoints(checkpoints, out)
     err.print(f"averaged {len(checkpoints)} checkpoints into {out}")

@@ -82,3 +82,23 @@ def evaluate(
         made_with=made_with,
     )
     return report, hyps
+
+
+def describe(meta: dict) -> str:
+    """How a model was made, in one line, from its checkpoint's record."""
+    parts = [f"{meta.get('role', 'model')} ({meta.get('preset', '?')} preset)"]
+    corpus = meta.get("corpus") or {}
+    if corpus.get("distilled"):
+        share = corpus.get("ref_share", 0.0)
+        parts.append(f"seq-KD on {corpus['distilled']}" + (f" + {share:.0%} references" if share else ""))
+    elif meta.get("role") == "student":
+        parts.append("references")
+    if kd := meta.get("word_kd"):
+        parts.append(f"word-KD α={kd['alpha']} T={kd['temperature']}" + (" offline" if kd.get("soft_targets") else ""))
+    if hid := meta.get("hidden_kd"):
+        parts.append(f"hidden-KD β={hid['beta']} ({'+'.join(hid['sides'])})")
+    if init := meta.get("init_from_teacher"):
+        parts.append(f"initialised from {init['teacher']}")
+    if meta.get("teachers"):
+        parts.append("teachers: " + ", ".join(meta["teachers"]))
+    return "; ".join(parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +131,14 @@ class DecoderLayer(nn.Module):
 
 
 @dataclass
+class Hidden:
+    """The output of every encoder and decoder layer of one forward pass."""
+
+    encoder: list[Tensor] = field(default_factory=list)
+    decoder: list[Tensor] = field(default_factory=list)
+
+
+@dataclass
 class DecoderState:
     """What incremental decoding keeps between steps: per source sentence, and per hypothesis.
 
@@ -197,26 +205,33 @@ class Transformer(nn.Module):
         x = table(tokens) * self.scale + self.positions[start : start + length].to(table.weight.dtype)
         return self.drop(x)
 
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder output (B, S, D) and the source mask (B, 1, 1, S)."""
+    def encode(self, src: Tensor, hidden: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Encoder output (B, S, D) and the source mask (B, 1, 1, S); each layer's output is
+        appended to `hidden` when it is given (for hidden-state distillation)."""
         mask = (src != PAD)[:, None, None, :]
         x = self.embed(self.src_embed, src)
         for layer in self.encoder:
             x = layer(x, mask)
+            if hidden is not None:
+                hidden.append(x)
         return self.enc_norm(x), mask
 
     def output(self, h: Tensor) -> Tensor:
         return F.linear(self.dec_norm(h), self.tgt_embed.weight)
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor, hidden: list[Tensor] | None = None) -> Tensor:
         """Logits (B, T, V) for every target position at once (teacher forcing)."""
         x = self.embed(self.tgt_embed, tgt_in)
         for layer in self.decoder:
             x, _ = layer(x, layer.cross_attn.keys_values(memory), src_mask)
+            if hidden is not None:
+                hidden.append(x)
         return self.output(x)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        return self.decode(tgt_in, *self.encode(src))
+    def forward(self, src: Tensor, tgt_in: Tensor, hidden: Hidden | None = None) -> Tensor:
+        """Logits (B, T, V); with `hidden`, the encoder and decoder layer outputs are collected in it."""
+        memory, mask = self.encode(src, hidden.encoder if hidden else None)
+        return self.decode(tgt_in, memory, mask, hidden.decoder if hidden else None)
 
     def start_state(self, memory: Tensor, src_mask: Tensor) -> DecoderState:
         """Project the encoder output once per layer for incremental decoding."""

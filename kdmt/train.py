@@ -25,7 +25,7 @@ from kdmt.device import autocast
 from kdmt.errors import KdmtError
 from kdmt.evaluate import score
 from kdmt.model import Transformer
-from kdmt.objectives import Batch, CrossEntropy, Objective, label_smoothed_nll
+from kdmt.objectives import Batch, CrossEntropy, label_smoothed_nll
 from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import BOS, Vocab
 
@@ -82,7 +82,7 @@ def make_batch(corpus: TokenizedCorpus, indices: torch.Tensor) -> Batch:
     src = pad([s for s, _ in pairs])
     tgt_in = pad([t[:-1] for _, t in pairs], prefix=BOS)
     tgt_out = pad([t for _, t in pairs])
-    return Batch(src, tgt_in, tgt_out, int(sum(len(t) for _, t in pairs)))
+    return Batch(src, tgt_in, tgt_out, int(sum(len(t) for _, t in pairs)), indices)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Trainer:
         out_dir: Path,
         config: TrainConfig,
         device: torch.device,
-        objective: Objective | None = None,
+        objective: torch.nn.Module | None = None,
         meta: dict[str, Any] | None = None,
         console: Console | None = None,
     ):
@@ -114,8 +114,10 @@ class Trainer:
         self.objective = objective or CrossEntropy(config.label_smoothing)
         self.meta = {**(meta or {}), "train_config": asdict(config)}
         self.console = console or Console(stderr=True)
+        self.objective.to(device)  # it may have parameters, e.g. the projections of hidden-state KD
+        params = self.parameters()
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+            params, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
         )
         keep = (train.src_len <= config.max_len) & (train.tgt_len <= config.max_len)
         self.train_indices = keep.nonzero().squeeze(1)
@@ -126,10 +128,15 @@ class Trainer:
         self.best: float | None = None
         self.bad_validations = 0
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer trains: the model's parameters and the objective's."""
+        return [*self.model.parameters(), *self.objective.parameters()]
+
     # --- state -------------------------------------------------------------------------------
     def train_state(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
+            "objective": self.objective.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -149,6 +156,7 @@ class Trainer:
         self.model.load_state_dict(ckpt.model.state_dict())
         s = ckpt.train_state
         self.optimizer.load_state_dict(s["optimizer"])
+        self.objective.load_state_dict(s["objective"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         self.best, self.bad_validations = s["best"], s["bad_validations"]
         torch.set_rng_state(s["rng_cpu"])
@@ -196,11 +204,11 @@ class Trainer:
             ntokens += batch.ntokens
             for k, v in extra.items():
                 figures[k] = figures.get(k, 0.0) + v
-        for p in self.model.parameters():
+        for p in self.parameters():
             if p.grad is not None:
                 p.grad.div_(ntokens)
         if self.config.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
