@@ -27,6 +27,15 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 # --- the demo: every stage is a file target, so a re-run continues where it stopped -------------------
+# On 2 CPU cores: a small teacher for DEMO_TIME, a greedy distillation of the training set, two tiny
+# students (references, distilled) for STUDENT_TIME each, and all three scored on test_2016_flickr.
+TEST_SRC := $(M30K)/test_2016_flickr.de.gz
+TEST_REF := $(M30K)/test_2016_flickr.en.gz
+STUDENT_TIME ?= 2m
+STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 3 --dec-layers 1 --max-time $(STUDENT_TIME) \
+	--max-tokens 3000 --warmup 300 --lr 2e-3 --valid-interval 200 --valid-bleu-sents 300
+resume = $(if $(wildcard $(1)/checkpoint_last.pt),--resume)
+
 demo: $(DEMO)/eval.json
 
 $(DEMO)/data/prepare.json: | $(KDMT)
@@ -35,11 +44,21 @@ $(DEMO)/data/prepare.json: | $(KDMT)
 $(DEMO)/teacher/checkpoint_best.pt: $(DEMO)/data/prepare.json
 	$(KDMT) train-teacher --data $(DEMO)/data --out $(DEMO)/teacher --preset small --max-time $(DEMO_TIME) \
 		--max-tokens 3000 --warmup 400 --lr 1e-3 --valid-interval 200 --valid-bleu-sents 300 \
-		$(if $(wildcard $(DEMO)/teacher/checkpoint_last.pt),--resume)
+		$(call resume,$(DEMO)/teacher)
 
-$(DEMO)/eval.json: $(DEMO)/teacher/checkpoint_best.pt
-	$(KDMT) eval $(DEMO)/teacher/checkpoint_best.pt --src $(M30K)/test_2016_flickr.de.gz \
-		--ref $(M30K)/test_2016_flickr.en.gz --beam 5 --report $@
+$(DEMO)/distilled/train.tgt: $(DEMO)/teacher/checkpoint_best.pt
+	$(KDMT) distill -t $< --src $(DEMO)/data/train.src -o $@ --beam 1 --shard-size 5000
+
+$(DEMO)/student-ref/checkpoint_best.pt: $(DEMO)/data/prepare.json
+	$(KDMT) train-student --data $(DEMO)/data --out $(DEMO)/student-ref $(STUDENT) $(call resume,$(DEMO)/student-ref)
+
+$(DEMO)/student-seqkd/checkpoint_best.pt: $(DEMO)/distilled/train.tgt
+	$(KDMT) train-student --data $(DEMO)/data --out $(DEMO)/student-seqkd --distilled $< $(STUDENT) \
+		$(call resume,$(DEMO)/student-seqkd)
+
+$(DEMO)/eval.json: $(DEMO)/teacher/checkpoint_best.pt $(DEMO)/student-ref/checkpoint_best.pt \
+		$(DEMO)/student-seqkd/checkpoint_best.pt
+	$(KDMT) eval $^ --src $(TEST_SRC) --ref $(TEST_REF) --beam 5 --report $@
 
 clean-demo:
 	rm -rf $(DEMO)

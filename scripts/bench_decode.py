@@ -5,7 +5,8 @@ matches kdmt's (pre-norm, sinusoidal positions, scaled and tied embeddings, ReLU
 same network. Both get the same batches of sentences sorted by length, beam 5, length penalty 1,
 fairseq's stopping rule (early_stopping=True), PAD and BOS never generated; the table reports the
 sentences/s of each, the ratio, and how many tokens each generated (and how often the outputs agree).
-Every system runs `--repeats` times, alternating; the median is reported. Example:
+Where ctranslate2 is installed, the same weights also run there as a third column. Every system runs
+`--repeats` times, alternating; the median is reported. Example:
 
     python scripts/bench_decode.py -m work/demo/teacher/checkpoint_best.pt \\
         --src data/multi30k/test_2016_flickr.de.gz --sentences 500 --threads 2
@@ -17,6 +18,8 @@ import argparse
 import json
 import platform
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from kdmt.checkpoint import load_checkpoint
 from kdmt.files import read_lines
 from kdmt.model import Transformer
 from kdmt.search import Ensemble, beam_search
-from kdmt.vocab import BOS, EOS, PAD
+from kdmt.vocab import BOS, EOS, PAD, Vocab
 
 
 def to_hf(model: Transformer):
@@ -96,6 +99,65 @@ def to_hf(model: Transformer):
     return hf
 
 
+def to_ctranslate2(model: Transformer, vocab: Vocab, directory: Path):
+    """A CTranslate2 model directory holding the same weights as a kdmt model (joint vocabulary)."""
+    import ctranslate2
+    from ctranslate2.converters.utils import fuse_linear
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    c, sd = model.config, {k: v.float().numpy() for k, v in model.state_dict().items()}
+    spec = transformer_spec.TransformerSpec.from_config((c.enc_layers, c.dec_layers), c.n_heads, pre_norm=True)
+
+    def linear(dst, name: str) -> None:
+        dst.weight, dst.bias = sd[f"{name}.weight"], sd[f"{name}.bias"]
+
+    def norm(dst, name: str) -> None:
+        dst.gamma, dst.beta = sd[f"{name}.weight"], sd[f"{name}.bias"]
+
+    def fused(dst, names: list[str]) -> None:
+        parts = [common_spec.LinearSpec() for _ in names]
+        for part, name in zip(parts, names):
+            linear(part, name)
+        fuse_linear(dst, parts)
+
+    def ffn(dst, name: str, norm_name: str) -> None:
+        norm(dst.layer_norm, norm_name)
+        linear(dst.linear_0, f"{name}.ff.0")
+        linear(dst.linear_1, f"{name}.ff.3")
+
+    for side in (spec.encoder, spec.decoder):
+        emb = side.embeddings[0] if isinstance(side.embeddings, list) else side.embeddings
+        emb.weight = sd["tgt_embed.weight"]
+        side.scale_embeddings = True
+        side.position_encodings.encodings = model.positions.float().numpy()
+    for i, layer in enumerate(spec.encoder.layer):
+        name = f"encoder.{i}"
+        fused(layer.self_attention.linear[0], [f"{name}.attn.{x}" for x in "qkv"])
+        linear(layer.self_attention.linear[1], f"{name}.attn.out")
+        norm(layer.self_attention.layer_norm, f"{name}.norm1")
+        ffn(layer.ffn, name, f"{name}.norm2")
+    for i, layer in enumerate(spec.decoder.layer):
+        name = f"decoder.{i}"
+        fused(layer.self_attention.linear[0], [f"{name}.self_attn.{x}" for x in "qkv"])
+        linear(layer.self_attention.linear[1], f"{name}.self_attn.out")
+        norm(layer.self_attention.layer_norm, f"{name}.norm1")
+        linear(layer.attention.linear[0], f"{name}.cross_attn.q")
+        fused(layer.attention.linear[1], [f"{name}.cross_attn.{x}" for x in "kv"])
+        linear(layer.attention.linear[2], f"{name}.cross_attn.out")
+        norm(layer.attention.layer_norm, f"{name}.norm2")
+        ffn(layer.ffn, name, f"{name}.norm3")
+    norm(spec.encoder.layer_norm, "enc_norm")
+    norm(spec.decoder.layer_norm, "dec_norm")
+    spec.decoder.projection.weight = sd["tgt_embed.weight"]
+    pieces = [vocab.sp.id_to_piece(i) for i in range(len(vocab))]
+    spec.register_source_vocabulary(pieces)
+    spec.register_target_vocabulary(pieces)
+    spec.validate()
+    spec.optimize(quantization=None)
+    spec.save(str(directory))
+    return ctranslate2
+
+
 def hardware() -> str:
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -152,6 +214,33 @@ def main() -> None:
         return out
 
     systems = {"kdmt": run_kdmt, "hf_generate": run_hf}
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        print("ctranslate2 is not installed: its column is left out", file=sys.stderr)
+    else:
+        ct2_dir = Path(tempfile.mkdtemp())
+        to_ctranslate2(ckpt.model, ckpt.tgt_vocab, ct2_dir)
+        ct2 = ctranslate2.Translator(str(ct2_dir), device="cpu", intra_threads=torch.get_num_threads())
+        pieces = [[ckpt.src_vocab.sp.id_to_piece(t) for t in row if t != PAD] for x in batches for row in x.tolist()]
+        sizes = [x.size(0) for x in batches]
+
+        def run_ct2() -> list[list[int]]:
+            out, start = [], 0
+            for x, n in zip(batches, sizes):
+                max_len = int(((x != PAD).sum(1).max() * 1.5 + 10).item()) + 1
+                results = ct2.translate_batch(
+                    pieces[start : start + n],
+                    beam_size=args.beam,
+                    length_penalty=1.0,
+                    max_decoding_length=max_len,
+                    max_batch_size=n,
+                )
+                out += [[ckpt.tgt_vocab.sp.piece_to_id(p) for p in r.hypotheses[0]] for r in results]
+                start += n
+            return out
+
+        systems["ctranslate2"] = run_ct2
     times: dict[str, list[float]] = {name: [] for name in systems}
     outputs = {}
     with torch.inference_mode():
@@ -178,8 +267,10 @@ def main() -> None:
             "sentences_per_s": round(n / med, 1),
             "generated_tokens": sum(len(o) + 1 for o in outputs[name]),
         }
-    result["speedup_kdmt_over_hf"] = round(result["hf_generate"]["median_s"] / result["kdmt"]["median_s"], 2)
-    result["identical_outputs"] = sum(a == b for a, b in zip(outputs["kdmt"], outputs["hf_generate"])) / n
+    for name in systems:
+        if name != "kdmt":
+            result[f"speedup_kdmt_over_{name}"] = round(result[name]["median_s"] / result["kdmt"]["median_s"], 2)
+            result[f"same_output_as_kdmt_{name}"] = sum(a == b for a, b in zip(outputs["kdmt"], outputs[name])) / n
     print(json.dumps(result, indent=2))
 
 
