@@ -8,7 +8,7 @@ KDMT := $(BIN)/kdmt
 
 DEMO ?= work/demo
 M30K := data/multi30k
-DEMO_TIME ?= 8m
+DEMO_TIME ?= 7m
 
 .PHONY: install test lint demo clean-demo
 

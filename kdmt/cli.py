@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from kdmt.checkpoint import average_checkpoints, load_checkpoint
+from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint
 from kdmt.data import Prepared, load_corpus, load_prepared, read_parallel
 from kdmt.device import resolve_device
 from kdmt.distill import DistillSettings, distill_corpus
@@ -160,7 +160,6 @@ def prepare_cmd(
 
     Example: kdmt prepare --src de --tgt en --train data/multi30k/train --valid data/multi30k/val -o work/data
     """
-
     if (dataset is None) == (train is None):
         raise KdmtError("give either --train and --valid (text files) or --dataset")
     if dataset is None:
@@ -174,9 +173,9 @@ def prepare_cmd(
             if not all("=" in f for f in data_files):
                 raise KdmtError("--data-files takes SPLIT=PATH, e.g. --data-files train=train.jsonl")
             files = dict(f.split("=", 1) for f in data_files)
-        fields = dict(src_field=src_field, tgt_field=tgt_field)
-        train_pairs = load_dataset_pairs(dataset, train_split, src_lang, tgt_lang, dataset_config, files, **fields)
-        valid_pairs = load_dataset_pairs(dataset, valid_split, src_lang, tgt_lang, dataset_config, files, **fields)
+        columns = dict(src_field=src_field, tgt_field=tgt_field)
+        train_pairs = load_dataset_pairs(dataset, train_split, src_lang, tgt_lang, dataset_config, files, **columns)
+        valid_pairs = load_dataset_pairs(dataset, valid_split, src_lang, tgt_lang, dataset_config, files, **columns)
     with err.status("cleaning and training sentencepiece"):
         prepared = prepare(
             out,
@@ -476,18 +475,14 @@ def soft_targets_cmd(
 
 
 # --- translate ---------------------------------------------------------------------------------
-def _translator(models: list[Path], device: str | None, options, bf16: bool = True):
+def _translator(
+    models: list[Path], device: str | None, options: SearchOptions, bf16: bool = True
+) -> tuple[list[Checkpoint], Translator]:
     """Load checkpoints onto the device and wrap them in a Translator (bf16 on CUDA unless --fp32)."""
-
     dev = resolve_device(device)
     checkpoints = [load_checkpoint(m, dev) for m in models]
     dtype = torch.bfloat16 if dev.type == "cuda" and bf16 else None
     return checkpoints, Translator(checkpoints, options, dtype)
-
-
-def _search_options(beam: int, lenpen: float, max_len_a: float, max_len_b: int, batch_tokens: int, max_src_tokens: int):
-
-    return SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
 
 
 def _report_skipped(lines: list[str], results: list, limit: int) -> None:
@@ -514,8 +509,7 @@ def translate_cmd(
 
     Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
     """
-
-    options = _search_options(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
     _, translator = _translator(model, device, options, bf16)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
     with progress_bar("sent") as progress:
@@ -555,14 +549,13 @@ def distill_cmd(
 
     Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
     """
-
     if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
         raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
     if nbest < 1 or nbest > beam or shard_size < 1:
         raise KdmtError("--nbest must be between 1 and --beam, --shard-size at least 1")
     if select and nbest == 1:
         nbest = beam  # seq-inter chooses among the whole beam
-    options = _search_options(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
     _, translator = _translator(teacher, device, options, bf16)
     settings = DistillSettings(
         teachers=[str(t) for t in teacher],
@@ -610,11 +603,10 @@ def eval_cmd(
 
     Example: kdmt eval work/teacher/checkpoint_best.pt --src test.de.gz --ref test.en.gz
     """
-
     src_lines, ref_lines = read_parallel(src, ref)
     reports = []
     for path in checkpoints:
-        options = _search_options(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
         ckpts, translator = _translator([path], device, options, bf16)
         with progress_bar("sent") as progress:
             task = progress.add_task(f"eval {path.parent.name}", total=len(src_lines))
@@ -657,7 +649,6 @@ def average_cmd(
 
     Example: kdmt average work/teacher/checkpoint_[0-9]*.pt -o work/teacher/checkpoint_avg.pt
     """
-
     average_checkpoints(checkpoints, out)
     err.print(f"averaged {len(checkpoints)} checkpoints into {out}")
 
