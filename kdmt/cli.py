@@ -415,7 +415,7 @@ def train_student_cmd(
         "src_lang": prepared.src_lang,
         "tgt_lang": prepared.tgt_lang,
         "corpus": corpus_record,
-        "teachers": [str(p) for p, _ in teachers],
+        "teachers": [str(p) for p, _ in teachers] or (store.teachers if store else []),
         "teacher_weights": objective.weights,
         "word_kd": {
             "alpha": alpha,

@@ -259,7 +259,7 @@ class Trainer:
         bounds = [b for b in (c.max_steps, c.epochs and c.epochs * steps_per_epoch) if b]
         total = min(bounds) if bounds else None
         start_time, last_log = time.monotonic(), time.monotonic()
-        window = {"loss": 0.0, "tokens": 0, "steps": 0}
+        window: dict[str, float] = {}  # sums over the steps since the last log line, weighted by tokens
         stop_reason, result = None, {}
         data = self.batches()
         columns = [
@@ -283,18 +283,20 @@ class Trainer:
                     stats = self.train_step([next(data) for _ in range(c.update_freq)])
                 except torch.cuda.OutOfMemoryError:
                     raise KdmtError("out of GPU memory: lower --max-tokens (and raise --update-freq)") from None
-                window["loss"] += stats["loss"] * stats["ntokens"]
-                window["tokens"] += stats["ntokens"]
-                window["steps"] += 1
+                for key, value in stats.items():
+                    if key not in ("lr", "ntokens"):
+                        window[key] = window.get(key, 0.0) + value * stats["ntokens"]
+                window["tokens"] = window.get("tokens", 0) + stats["ntokens"]
                 progress.update(task, completed=self.step)
                 if self.step % c.log_interval == 0 or self.step == total:
                     now = time.monotonic()
+                    tokens = window.pop("tokens")
                     record = {
                         "step": self.step,
                         "epoch": self.epoch,
-                        "loss": window["loss"] / window["tokens"],
+                        **{key: value / tokens for key, value in window.items()},
                         "lr": stats["lr"],
-                        "tokens_per_s": window["tokens"] / (now - last_log),
+                        "tokens_per_s": tokens / (now - last_log),
                         "elapsed_s": now - start_time,
                     }
                     self.log(record)
@@ -302,9 +304,10 @@ class Trainer:
                         task,
                         info=f"loss {record['loss']:.3f}  lr {stats['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s",
                     )
-                    window, last_log = {"loss": 0.0, "tokens": 0, "steps": 0}, now
+                    window, last_log = {}, now
                 if self.step % c.valid_interval == 0:
                     result = self.validate_and_save()
+                    last_log = time.monotonic()  # validation time does not count against tokens/s
                     if c.patience is not None and self.bad_validations >= c.patience:
                         stop_reason = "early stopping"
         if self.step % c.valid_interval != 0 or not result:
