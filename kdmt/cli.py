@@ -325,6 +325,12 @@ def train_student_cmd(
     ] = None,
     hidden_kd: Annotated[str, typer.Option(help="Hidden-state KD on: none, encoder, decoder or both.")] = "none",
     hidden_beta: Annotated[float, typer.Option(help="Hidden-state KD weight β.")] = 1.0,
+    hidden_enc_layers: Annotated[
+        str | None, typer.Option(help="Teacher encoder layer matched with each student layer, e.g. 1,3,5.")
+    ] = None,
+    hidden_dec_layers: Annotated[
+        str | None, typer.Option(help="Teacher decoder layer matched with each student layer.")
+    ] = None,
     init_from_teacher: Annotated[
         bool, typer.Option(help="Copy embeddings and layers from the (first) teacher.")
     ] = False,
@@ -395,6 +401,13 @@ def train_student_cmd(
         init_student(model, t, enc, dec)
         init = {"teacher": str(teachers[0][0]), "encoder_layers": enc, "decoder_layers": dec}
     sides = {"none": (), "encoder": ("encoder",), "decoder": ("decoder",), "both": ("encoder", "decoder")}[hidden_kd]
+    pairs = {}
+    for side in sides:
+        t = teachers[0][1].model.config
+        layers = (
+            (model.config.enc_layers, t.enc_layers) if side == "encoder" else (model.config.dec_layers, t.dec_layers)
+        )
+        pairs[side] = parse_layers(hidden_enc_layers if side == "encoder" else hidden_dec_layers, *layers)
     objective = Distillation(
         model,
         [c.model for _, c in teachers],
@@ -405,7 +418,7 @@ def train_student_cmd(
         topk,
         store,
         hidden_beta if sides else 0.0,
-        sides,
+        pairs,
     )
     err.print(f"student: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
     meta = {
@@ -425,7 +438,7 @@ def train_student_cmd(
         }
         if alpha > 0
         else None,
-        "hidden_kd": {"sides": list(sides), "beta": hidden_beta} if sides else None,
+        "hidden_kd": {"pairs": pairs, "beta": hidden_beta} if sides else None,
         "init_from_teacher": init,
     }
     Trainer(model, src_vocab, tgt_vocab, train, valid, out, config, dev, objective, meta, err).run(resume)

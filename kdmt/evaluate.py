@@ -96,7 +96,8 @@ def describe(meta: dict) -> str:
     if kd := meta.get("word_kd"):
         parts.append(f"word-KD α={kd['alpha']} T={kd['temperature']}" + (" offline" if kd.get("soft_targets") else ""))
     if hid := meta.get("hidden_kd"):
-        parts.append(f"hidden-KD β={hid['beta']} ({'+'.join(hid['sides'])})")
+        pairs = ", ".join(f"{side} {layers}" for side, layers in hid["pairs"].items())
+        parts.append(f"hidden-KD β={hid['beta']} (teacher layers: {pairs})")
     if init := meta.get("init_from_teacher"):
         parts.append(f"initialised from {init['teacher']}")
     if meta.get("teachers"):

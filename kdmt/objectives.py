@@ -71,19 +71,15 @@ def hidden_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
     return F.mse_loss(student.float(), teacher.float(), reduction="none").mean(-1)[mask].sum()
 
 
-def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """For each student layer, the teacher layer it is matched with: evenly spaced, last with last."""
-    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
-
-
 class Distillation(nn.Module):
     """(1−α)·CE(reference, label-smoothed) + α·T²·KL(p_teacher(T) ‖ p_student(T)) + β·hidden-state MSE.
 
     Teachers run in eval mode without gradients; several are averaged with `teacher_weights`. The soft
     targets come from the online teachers, optionally cut to their top-k, or from `soft_targets`, a
     store computed beforehand (offline word-KD). Hidden-state KD matches the student's layer outputs
-    with the first teacher's (sides "encoder"/"decoder", layers paired by `layer_map`) through a
+    with the first teacher's through a
     learned projection where the widths differ; the projections are trained with the student.
+    `hidden_pairs` maps a side ("encoder"/"decoder") to the teacher layer of each student layer.
     """
 
     def __init__(
@@ -97,7 +93,7 @@ class Distillation(nn.Module):
         topk: int | None = None,
         soft_targets: SoftTargetStore | None = None,
         hidden_beta: float = 0.0,
-        hidden_sides: tuple[str, ...] = (),
+        hidden_pairs: dict[str, list[int]] | None = None,
     ):
         super().__init__()
         if not 0.0 <= alpha <= 1.0 or temperature <= 0:
@@ -113,16 +109,12 @@ class Distillation(nn.Module):
         self.weights = weights
         self.alpha, self.temperature, self.label_smoothing, self.topk = alpha, temperature, label_smoothing, topk
         self.soft_targets, self.hidden_beta = soft_targets, hidden_beta
-        self.pairs: dict[str, list[int]] = {}
+        self.pairs = hidden_pairs or {} if hidden_beta > 0 else {}
         self.projections = nn.ModuleDict()
-        if hidden_beta > 0:
-            s, t = student.config, teachers[0].config
-            for side in hidden_sides:
-                layers = (s.enc_layers, t.enc_layers) if side == "encoder" else (s.dec_layers, t.dec_layers)
-                self.pairs[side] = layer_map(*layers)
-                if s.d_model != t.d_model:
-                    for i in range(layers[0]):
-                        self.projections[f"{side}{i}"] = nn.Linear(s.d_model, t.d_model)
+        if self.pairs and student.config.d_model != teachers[0].config.d_model:
+            for side, layers in self.pairs.items():
+                for i in range(len(layers)):
+                    self.projections[f"{side}{i}"] = nn.Linear(student.config.d_model, teachers[0].config.d_model)
 
     def project(self, side: str, i: int, x: Tensor) -> Tensor:
         key = f"{side}{i}"

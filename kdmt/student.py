@@ -12,7 +12,6 @@ from kdmt.data import TokenizedCorpus, read_parallel
 from kdmt.errors import KdmtError
 from kdmt.files import read_lines
 from kdmt.model import Transformer
-from kdmt.objectives import layer_map
 from kdmt.vocab import Vocab
 
 
@@ -63,6 +62,11 @@ def student_corpus(
         "dropped_empty": dropped,
     }
     return corpus, record
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """For each student layer, the teacher layer it is matched with: evenly spaced, last with last."""
+    return [round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)]
 
 
 def parse_layers(text: str | None, student_layers: int, teacher_layers: int) -> list[int]:

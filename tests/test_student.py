@@ -65,10 +65,9 @@ def test_teacher_is_frozen_and_hidden_kd_projects_unequal_widths(toy_model, toy_
     teacher = load_checkpoint(toy_model).model
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = Transformer(make_config(len(vocab), len(vocab), "tiny", d_model=32, d_ff=64, enc_layers=1))
-    objective = Distillation(student, [teacher], alpha=0.5, temperature=2.0, hidden_beta=1.0,
-                             hidden_sides=("encoder", "decoder"))
+    pairs = {"encoder": [1], "decoder": [0, 1]}
+    objective = Distillation(student, [teacher], alpha=0.5, temperature=2.0, hidden_beta=1.0, hidden_pairs=pairs)
     assert set(objective.projections) == {"encoder0", "decoder0", "decoder1"}  # 32 -> 64 wide
-    assert objective.pairs == {"encoder": [1], "decoder": [0, 1]}
     projection = objective.projections["encoder0"].weight.clone()
     config = TrainConfig(max_tokens=500, max_steps=30, valid_interval=30, valid_bleu_sents=0, log_interval=10,
                          warmup=10, lr=2e-3)
@@ -144,11 +143,13 @@ def test_train_student_command_with_every_objective(toy_model, toy_data, tmp_pat
     assert result.exit_code == 0, result.stderr
     result = kdmt("train-student", "--data", toy_data, "--out", tmp_path / "s", "-t", toy_model, "--distilled",
                   distilled, "--alpha", "0.5", "--temperature", "2", "--hidden-kd", "both", "--init-from-teacher",
-                  "--enc-layers", "1", "--max-steps", "4", "--valid-interval", "2", "--valid-bleu-sents", "5")
+                  "--enc-layers", "1", "--hidden-enc-layers", "0", "--max-steps", "4", "--valid-interval", "2",
+                  "--valid-bleu-sents", "5")
     assert result.exit_code == 0, result.stderr
     meta = load_checkpoint(tmp_path / "s" / "checkpoint_last.pt").meta
     assert meta["role"] == "student" and meta["word_kd"]["alpha"] == 0.5 and meta["hidden_kd"]["beta"] == 1.0
     assert meta["init_from_teacher"]["encoder_layers"] == [1] and meta["corpus"]["distilled"] == str(distilled)
+    assert meta["hidden_kd"]["pairs"] == {"encoder": [0], "decoder": [0, 1]}
     result = kdmt("train-student", "--data", toy_data, "--out", tmp_path / "o", "--distilled", distilled,
                   "--alpha", "1", "--soft-targets", tmp_path / "soft.pt", "--max-steps", "2", "--valid-bleu-sents", "0")
     assert result.exit_code == 0, result.stderr
