@@ -60,3 +60,10 @@ def test_out_of_memory_halves_the_batch(toy_model, monkeypatch):
     monkeypatch.setattr(kdmt.translate, "beam_search", small_memory)
     assert Translator([ckpt], SearchOptions(beam=3)).translate(src) == expected
     assert sum(decoded) == 30 and max(decoded) <= 4
+
+
+def test_bf16_decoding_runs_and_agrees(toy_model):
+    """The CUDA path converts the models to bf16; the CPU runs the same code."""
+    src, ref = toy_pairs(100, seed=7)
+    hyps = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3), dtype=torch.bfloat16).translate(src)
+    assert exact_match(hyps, ref) >= 0.9
