@@ -161,6 +161,7 @@ def beam_search(
         states = ensemble.select(states, rows, sentences)
 
     result = []
+    fin_scores, fin_tokens = fin_scores.cpu(), fin_tokens.cpu()  # one transfer, not one per hypothesis
     order = fin_scores.argsort(dim=1, descending=True)
     for i in range(n):
         hyps = []
