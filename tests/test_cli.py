@@ -126,21 +126,15 @@ def test_train_teacher_command_runs_and_refuses_to_overwrite(tmp_path):
 
 
 # --- bad input ----------------------------------------------------------------------------------
+def prepare_de_en(tmp_path, prefix: str):
+    """kdmt prepare of tmp_path/PREFIX.{de,en}, used as training and validation set."""
+    files = tmp_path / prefix
+    return kdmt("prepare", "--src", "de", "--tgt", "en", "--train", files, "--valid", files, "-o", tmp_path / "d")
+
+
 def test_missing_input_file(tmp_path):
     assert_fails(
-        kdmt(
-            "prepare",
-            "--src",
-            "de",
-            "--tgt",
-            "en",
-            "--train",
-            tmp_path / "nope",
-            "--valid",
-            tmp_path / "nope",
-            "-o",
-            tmp_path / "d",
-        ),
+        prepare_de_en(tmp_path, "nope"),
         "no file",
     )
     assert_fails(kdmt("translate", "-m", tmp_path / "missing.pt"), "no such checkpoint")
@@ -148,57 +142,21 @@ def test_missing_input_file(tmp_path):
 
 def test_mismatched_line_counts(tmp_path):
     write(tmp_path / "train.de", ["a", "b", "c"]), write(tmp_path / "train.en", ["a", "b"])
-    result = kdmt(
-        "prepare",
-        "--src",
-        "de",
-        "--tgt",
-        "en",
-        "--train",
-        tmp_path / "train",
-        "--valid",
-        tmp_path / "train",
-        "-o",
-        tmp_path / "d",
-    )
+    result = prepare_de_en(tmp_path, "train")
     assert_fails(result, "line counts differ")
 
 
 def test_invalid_utf8(tmp_path, toy_model):
     (tmp_path / "train.de").write_bytes(b"gut\n\xff\xfe kaputt\n")
     write(tmp_path / "train.en", ["good", "broken"])
-    result = kdmt(
-        "prepare",
-        "--src",
-        "de",
-        "--tgt",
-        "en",
-        "--train",
-        tmp_path / "train",
-        "--valid",
-        tmp_path / "train",
-        "-o",
-        tmp_path / "d",
-    )
+    result = prepare_de_en(tmp_path, "train")
     assert_fails(result, "line 2 is not valid UTF-8")
     assert_fails(kdmt("translate", "-m", toy_model, input=b"a b\n\xc3\x28\n"), "stdin: line 2 is not valid UTF-8")
 
 
 def test_empty_corpus_after_cleaning(tmp_path):
     write(tmp_path / "train.de", ["", "  ", "x"]), write(tmp_path / "train.en", ["a", "", ""])
-    result = kdmt(
-        "prepare",
-        "--src",
-        "de",
-        "--tgt",
-        "en",
-        "--train",
-        tmp_path / "train",
-        "--valid",
-        tmp_path / "train",
-        "-o",
-        tmp_path / "d",
-    )
+    result = prepare_de_en(tmp_path, "train")
     assert_fails(result, "empty after cleaning")
     assert not (tmp_path / "d").exists()
 

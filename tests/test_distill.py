@@ -17,8 +17,20 @@ class Killed(Exception):
 
 
 def settings_for(model, src, **kw) -> DistillSettings:
-    base = dict(teachers=[str(model)], source=str(src), beam=3, lenpen=1.0, max_len_a=1.5, max_len_b=10,
-                max_src_tokens=1024, nbest=3, select=None, select_metric="bleu", reference=None, shard_size=7)
+    base = dict(
+        teachers=[str(model)],
+        source=str(src),
+        beam=3,
+        lenpen=1.0,
+        max_len_a=1.5,
+        max_len_b=10,
+        max_src_tokens=1024,
+        nbest=3,
+        select=None,
+        select_metric="bleu",
+        reference=None,
+        shard_size=7,
+    )
     return DistillSettings(**{**base, **kw})
 
 
@@ -79,8 +91,25 @@ def test_distill_command_with_seq_inter_and_over_long_lines(toy_model, tmp_path)
     src_lines[5] = " ".join(["a"] * 40)  # over --max-src-tokens
     src, ref = write(tmp_path / "s", src_lines), write(tmp_path / "r", ref_lines)
     out = tmp_path / "distilled.tgt"
-    result = kdmt("distill", "-t", toy_model, "--src", src, "-o", out, "--beam", "4", "--select", "seq-inter",
-                  "--ref", ref, "--max-src-tokens", "20", "--shard-size", "8")
+    result = kdmt(
+        "distill",
+        "-t",
+        toy_model,
+        "--src",
+        src,
+        "-o",
+        out,
+        "--beam",
+        "4",
+        "--select",
+        "seq-inter",
+        "--ref",
+        ref,
+        "--max-src-tokens",
+        "20",
+        "--shard-size",
+        "8",
+    )
     assert result.exit_code == 0, result.stderr
     assert "1 over-long" in result.stderr
     out_lines = read_lines(out)
@@ -97,5 +126,6 @@ def test_distill_command_with_seq_inter_and_over_long_lines(toy_model, tmp_path)
 
 def test_distill_needs_a_reference_for_seq_inter(toy_model, tmp_path):
     src = write(tmp_path / "s", ["a b"])
-    assert_fails(kdmt("distill", "-t", toy_model, "--src", src, "-o", tmp_path / "o", "--select", "seq-inter"),
-                 "needs --ref")
+    assert_fails(
+        kdmt("distill", "-t", toy_model, "--src", src, "-o", tmp_path / "o", "--select", "seq-inter"), "needs --ref"
+    )

@@ -23,8 +23,10 @@ from kdmt.vocab import PAD, Vocab
 def toy_setup(data):
     vocab = Vocab.load(data / "spm.model")
     train = load_corpus(data / "train.src", data / "train.tgt", vocab, vocab)
-    valid = ValidSet(load_corpus(data / "valid.src", data / "valid.tgt", vocab, vocab),
-                     *read_parallel(data / "valid.src", data / "valid.tgt"))
+    valid = ValidSet(
+        load_corpus(data / "valid.src", data / "valid.tgt", vocab, vocab),
+        *read_parallel(data / "valid.src", data / "valid.tgt"),
+    )
     return vocab, train, valid
 
 
@@ -47,8 +49,9 @@ def test_word_kd_equals_cross_entropy_for_a_one_hot_teacher():
     teacher = OneHotTeacher(make_config(11, 11, "tiny"))
     batch = make_batch_from(target)
     loss, _ = Distillation(student, [teacher], alpha=1.0, temperature=1.0, label_smoothing=0.0)(student, batch)
-    ce = F.cross_entropy(student(batch.src, batch.tgt_in).view(-1, 11), target.view(-1), ignore_index=PAD,
-                         reduction="sum")
+    ce = F.cross_entropy(
+        student(batch.src, batch.tgt_in).view(-1, 11), target.view(-1), ignore_index=PAD, reduction="sum"
+    )
     torch.testing.assert_close(loss, ce)
 
 
@@ -69,8 +72,9 @@ def test_teacher_is_frozen_and_hidden_kd_projects_unequal_widths(toy_model, toy_
     objective = Distillation(student, [teacher], alpha=0.5, temperature=2.0, hidden_beta=1.0, hidden_pairs=pairs)
     assert set(objective.projections) == {"encoder0", "decoder0", "decoder1"}  # 32 -> 64 wide
     projection = objective.projections["encoder0"].weight.clone()
-    config = TrainConfig(max_tokens=500, max_steps=30, valid_interval=30, valid_bleu_sents=0, log_interval=10,
-                         warmup=10, lr=2e-3)
+    config = TrainConfig(
+        max_tokens=500, max_steps=30, valid_interval=30, valid_bleu_sents=0, log_interval=10, warmup=10, lr=2e-3
+    )
     trainer = Trainer(student, vocab, vocab, train, valid, tmp_path, config, torch.device("cpu"), objective)
     trainer.run()
     for k, v in teacher.state_dict().items():
@@ -106,8 +110,9 @@ def test_offline_soft_targets_give_the_online_top_k_loss(toy_model, toy_data):
 
 def test_init_from_teacher_copies_the_chosen_layers(toy_model):
     teacher = load_checkpoint(toy_model).model
-    student = Transformer(make_config(teacher.config.src_vocab_size, teacher.config.tgt_vocab_size, "tiny",
-                                      enc_layers=1, dec_layers=1))
+    student = Transformer(
+        make_config(teacher.config.src_vocab_size, teacher.config.tgt_vocab_size, "tiny", enc_layers=1, dec_layers=1)
+    )
     init_from_teacher(student, teacher, [1], [0])
     sd, td = student.state_dict(), teacher.state_dict()
     for k, v in sd.items():
@@ -136,25 +141,84 @@ def test_student_corpus_drops_empty_distilled_lines(toy_data, tmp_path):
 
 
 def test_train_student_command_with_every_objective(toy_model, toy_data, tmp_path):
-    distilled = write(tmp_path / "distilled.tgt", [" ".join(reversed(s.split()))
-                                                   for s in (toy_data / "train.src").read_text().splitlines()])
-    result = kdmt("soft-targets", "-t", toy_model, "--data", toy_data, "--distilled", distilled,
-                  "-o", tmp_path / "soft.pt", "--topk", "3")
+    distilled = write(
+        tmp_path / "distilled.tgt",
+        [" ".join(reversed(s.split())) for s in (toy_data / "train.src").read_text().splitlines()],
+    )
+    result = kdmt(
+        "soft-targets",
+        "-t",
+        toy_model,
+        "--data",
+        toy_data,
+        "--distilled",
+        distilled,
+        "-o",
+        tmp_path / "soft.pt",
+        "--topk",
+        "3",
+    )
     assert result.exit_code == 0, result.stderr
-    result = kdmt("train-student", "--data", toy_data, "--out", tmp_path / "s", "-t", toy_model, "--distilled",
-                  distilled, "--alpha", "0.5", "--temperature", "2", "--hidden-kd", "both", "--init-from-teacher",
-                  "--enc-layers", "1", "--hidden-enc-layers", "0", "--max-steps", "4", "--valid-interval", "2",
-                  "--valid-bleu-sents", "5")
+    result = kdmt(
+        "train-student",
+        "--data",
+        toy_data,
+        "--out",
+        tmp_path / "s",
+        "-t",
+        toy_model,
+        "--distilled",
+        distilled,
+        "--alpha",
+        "0.5",
+        "--temperature",
+        "2",
+        "--hidden-kd",
+        "both",
+        "--init-from-teacher",
+        "--enc-layers",
+        "1",
+        "--hidden-enc-layers",
+        "0",
+        "--max-steps",
+        "4",
+        "--valid-interval",
+        "2",
+        "--valid-bleu-sents",
+        "5",
+    )
     assert result.exit_code == 0, result.stderr
     meta = load_checkpoint(tmp_path / "s" / "checkpoint_last.pt").meta
     assert meta["role"] == "student" and meta["word_kd"]["alpha"] == 0.5 and meta["hidden_kd"]["beta"] == 1.0
     assert meta["init_from_teacher"]["encoder_layers"] == [1] and meta["corpus"]["distilled"] == str(distilled)
     assert meta["hidden_kd"]["pairs"] == {"encoder": [0], "decoder": [0, 1]}
-    result = kdmt("train-student", "--data", toy_data, "--out", tmp_path / "o", "--distilled", distilled,
-                  "--alpha", "1", "--soft-targets", tmp_path / "soft.pt", "--max-steps", "2", "--valid-bleu-sents", "0")
+    result = kdmt(
+        "train-student",
+        "--data",
+        toy_data,
+        "--out",
+        tmp_path / "o",
+        "--distilled",
+        distilled,
+        "--alpha",
+        "1",
+        "--soft-targets",
+        tmp_path / "soft.pt",
+        "--max-steps",
+        "2",
+        "--valid-bleu-sents",
+        "0",
+    )
     assert result.exit_code == 0, result.stderr
-    result = kdmt("eval", tmp_path / "s" / "checkpoint_last.pt", "--src", toy_data / "valid.src",
-                  "--ref", toy_data / "valid.tgt", "--json")
+    result = kdmt(
+        "eval",
+        tmp_path / "s" / "checkpoint_last.pt",
+        "--src",
+        toy_data / "valid.src",
+        "--ref",
+        toy_data / "valid.tgt",
+        "--json",
+    )
     assert json.loads(result.stdout)[0]["made_with"]["role"] == "student"
     assert "student" in result.stderr  # the table says how each model was made
 
@@ -164,11 +228,25 @@ def test_mismatched_vocabulary_fails_cleanly(toy_model, tmp_path):
     for split in ("train", "valid"):
         write(tmp_path / f"{split}.src", src), write(tmp_path / f"{split}.tgt", tgt)
     data = tmp_path / "data"
-    result = kdmt("prepare", "--src", "src", "--tgt", "tgt", "--train", tmp_path / "train", "--valid",
-                  tmp_path / "valid", "-o", data, "--vocab-size", str(len(LETTERS) + 10))
+    result = kdmt(
+        "prepare",
+        "--src",
+        "src",
+        "--tgt",
+        "tgt",
+        "--train",
+        tmp_path / "train",
+        "--valid",
+        tmp_path / "valid",
+        "-o",
+        data,
+        "--vocab-size",
+        str(len(LETTERS) + 10),
+    )
     assert result.exit_code == 0, result.stderr
-    result = kdmt("train-student", "--data", data, "--out", tmp_path / "s", "-t", toy_model, "--alpha", "0.5",
-                  "--max-steps", "2")
+    result = kdmt(
+        "train-student", "--data", data, "--out", tmp_path / "s", "-t", toy_model, "--alpha", "0.5", "--max-steps", "2"
+    )
     assert_fails(result, "vocabulary mismatch")
     result = kdmt("train-student", "--data", data, "--out", tmp_path / "s", "--alpha", "0.5", "--max-steps", "2")
     assert_fails(result, "needs a teacher")
