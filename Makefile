@@ -36,7 +36,7 @@ STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 3 --dec-layers 1 
 	--max-tokens 3000 --warmup 300 --lr 2e-3 --valid-interval 200 --valid-bleu-sents 300
 resume = $(if $(wildcard $(1)/checkpoint_last.pt),--resume)
 
-demo: $(DEMO)/eval.json
+demo: $(DEMO)/report.json
 
 $(DEMO)/data/prepare.json: | $(KDMT)
 	$(KDMT) prepare --src de --tgt en --train $(M30K)/train --valid $(M30K)/val -o $(DEMO)/data
@@ -58,7 +58,11 @@ $(DEMO)/student-seqkd/checkpoint_best.pt: $(DEMO)/distilled/train.tgt
 
 $(DEMO)/eval.json: $(DEMO)/teacher/checkpoint_best.pt $(DEMO)/student-ref/checkpoint_best.pt \
 		$(DEMO)/student-seqkd/checkpoint_best.pt
+	$(KDMT) eval $^ --src $(TEST_SRC) --ref $(TEST_REF) --beam 1 --report $(DEMO)/eval-greedy.json
 	$(KDMT) eval $^ --src $(TEST_SRC) --ref $(TEST_REF) --beam 5 --report $@
+
+$(DEMO)/report.json: $(DEMO)/eval.json
+	$(KDMT) report $(DEMO)/eval-greedy.json $< -o $(DEMO)
 
 clean-demo:
 	rm -rf $(DEMO)

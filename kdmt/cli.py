@@ -27,6 +27,7 @@ from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation
 from kdmt.prepare import CleanOptions, VocabOptions, prepare
+from kdmt.report import build_rows, load_reports, plot
 from kdmt.soft_targets import SoftTargetStore, compute_soft_targets, corpus_key
 from kdmt.sources import load_dataset_pairs
 from kdmt.student import check_vocabulary, parse_layers, student_corpus
@@ -650,6 +651,45 @@ def eval_cmd(
         write_text(report, json.dumps(reports, indent=2) + "\n")
     if json_out:
         print(json.dumps(reports, indent=2))
+
+
+# --- report ------------------------------------------------------------------------------------
+@command("report")
+def report_cmd(
+    reports: Annotated[list[Path], typer.Argument(help="JSON files written by kdmt eval --report (greedy and beam).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where report.json and report.png go.")],
+) -> None:
+    """Teacher beside students: one table (BLEU, chrF, size, speed greedy and beam) and a plot of BLEU
+    against sentences/s, from kdmt eval reports.
+
+    Example: kdmt report work/eval-beam5.json work/eval-greedy.json -o work
+    """
+    rows = build_rows(load_reports(reports))
+    table = Table(
+        "model",
+        "BLEU",
+        "chrF",
+        "params",
+        "MB",
+        "sent/s greedy",
+        f"sent/s beam {rows[0]['beam']}",
+        title=f"kdmt report: {Path(rows[0]['test']).name} ({rows[0]['device']})",
+    )
+    for r in rows:
+        greedy = r.get("sentences_per_s_greedy")
+        table.add_row(
+            r["checkpoint"],
+            f"{r['bleu']:.2f}",
+            f"{r['chrf']:.2f}",
+            f"{r['parameters']:,}",
+            f"{r['size_mb']:.1f}",
+            f"{greedy:,.1f}" if greedy else "",
+            f"{r['sentences_per_s_beam']:,.1f}",
+        )
+    err.print(table)
+    write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")
+    plot(rows, out_dir / "report.png")
+    err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.png'}")
 
 
 # --- average -----------------------------------------------------------------------------------

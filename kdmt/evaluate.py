@@ -43,6 +43,7 @@ class EvalReport:
     sentences_per_s: float
     tokens_per_s: float  # target sentencepiece tokens generated per second
     parameters: int
+    size_bytes: int  # the checkpoint file on disk
     device: str
     made_with: dict
 
@@ -78,6 +79,7 @@ def evaluate(
         sentences_per_s=round(len(src) / seconds, 2),
         tokens_per_s=round(out_tokens / seconds, 1),
         parameters=sum(m.num_parameters() for m in translator.models),
+        size_bytes=checkpoint.stat().st_size,
         device=str(translator.device),
         made_with=made_with,
     )

@@ -66,6 +66,32 @@ def test_eval_reports_bleu_chrf_signature_and_speed(toy_model, tmp_path):
     assert r["sentences"] == 50 and r["sentences_per_s"] > 0 and r["parameters"] > 0
 
 
+def test_report_table_json_and_plot(toy_model, tmp_path):
+    src, ref = toy_pairs(30, seed=9)
+    src_file, ref_file = write(tmp_path / "t.src", src), write(tmp_path / "t.ref", ref)
+    for beam in (1, 3):
+        result = kdmt(
+            "eval",
+            toy_model,
+            "--src",
+            src_file,
+            "--ref",
+            ref_file,
+            "--beam",
+            beam,
+            "--report",
+            tmp_path / f"beam{beam}.json",
+        )
+        assert result.exit_code == 0, result.stderr
+    result = kdmt("report", tmp_path / "beam1.json", tmp_path / "beam3.json", "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert len(rows) == 1 and rows[0]["beam"] == 3 and rows[0]["sentences_per_s_greedy"] > 0
+    assert rows[0]["size_mb"] > 0 and rows[0]["bleu"] > 90
+    assert (tmp_path / "r" / "report.png").read_bytes().startswith(b"\x89PNG")
+    assert_fails(kdmt("report", src_file, "-o", tmp_path / "r"), "not a kdmt eval report")
+
+
 def test_average_command(toy_model, tmp_path):
     result = kdmt("average", toy_model, toy_model, "-o", tmp_path / "avg.pt")
     assert result.exit_code == 0, result.stderr

@@ -1,0 +1,70 @@
+"""One table and one plot from the JSON reports of `kdmt eval`: quality against speed, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdmt.errors import KdmtError
+from kdmt.evaluate import describe
+
+
+def load_reports(paths: list[Path]) -> list[dict]:
+    reports = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise KdmtError(f"{path}: not a kdmt eval report ({e})") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) and "bleu" in r for r in data):
+            raise KdmtError(f"{path}: not a kdmt eval report (write one with kdmt eval --report)")
+        reports += data
+    return reports
+
+
+def build_rows(reports: list[dict]) -> list[dict]:
+    """One row per checkpoint: quality from its widest beam, speed greedy and with that beam."""
+    rows: dict[str, dict] = {}
+    for r in reports:
+        row = rows.setdefault(
+            r["checkpoint"],
+            {
+                "checkpoint": r["checkpoint"],
+                "made_with": describe(r["made_with"]),
+                "parameters": r["parameters"],
+                "size_mb": round(r.get("size_bytes", 0) / 2**20, 1),
+                "device": r["device"],
+                "test": r["test_src"],
+            },
+        )
+        if r["beam"] == 1:
+            row["sentences_per_s_greedy"], row["bleu_greedy"] = r["sentences_per_s"], r["bleu"]
+        if r["beam"] >= row.get("beam", 0):
+            row.update(beam=r["beam"], bleu=r["bleu"], chrf=r["chrf"], sentences_per_s_beam=r["sentences_per_s"])
+    return list(rows.values())
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """BLEU against sentences/s (with each row's beam), one labelled point per model, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise KdmtError("the plot needs matplotlib: pip install matplotlib") from None
+    from kdmt.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for row in rows:
+        x, y = row["sentences_per_s_beam"], row["bleu"]
+        ax.scatter([x], [y], s=40)
+        ax.annotate(Path(row["checkpoint"]).parent.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(f"sentences/s, beam {rows[0]['beam']} ({rows[0]['device']})")
+    ax.set_ylabel("sacreBLEU")
+    ax.set_title(f"quality against speed: {Path(rows[0]['test']).name}")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
