@@ -8,7 +8,7 @@ KDMT := $(BIN)/kdmt
 
 DEMO ?= work/demo
 M30K := data/multi30k
-DEMO_TIME ?= 7m
+DEMO_TIME ?= 6.5m
 
 .PHONY: install test lint demo clean-demo
 
