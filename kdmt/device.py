@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -27,3 +28,15 @@ def autocast(device: torch.device, bf16: bool = True) -> AbstractContextManager:
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def describe_device(device: torch.device) -> str:
+    """The hardware in words, for benchmark reports: the GPU's name, or the CPU model and threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import torch
 
 from kdmt.batching import pad
 from kdmt.checkpoint import load_checkpoint
+from kdmt.device import describe_device
 from kdmt.files import read_lines
 from kdmt.model import Transformer
 from kdmt.search import Ensemble, beam_search
@@ -158,14 +158,6 @@ def to_ctranslate2(model: Transformer, vocab: Vocab, directory: Path):
     return ctranslate2
 
 
-def hardware() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} threads"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--checkpoint", type=Path, required=True)
@@ -253,7 +245,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     n = len(lines)
     result = {
-        "device": hardware() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": describe_device(device),
         "checkpoint": str(args.checkpoint),
         "sentences": n,
         "beam": args.beam,

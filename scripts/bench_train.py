@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -19,21 +18,10 @@ from pathlib import Path
 import torch
 
 from kdmt.data import load_corpus, load_prepared, read_parallel
-from kdmt.device import resolve_device
+from kdmt.device import describe_device, resolve_device
 from kdmt.model import Transformer, make_config
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.vocab import Vocab
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -75,7 +63,7 @@ def main() -> None:
             "max_tokens": args.max_tokens,
             "median_target_tokens_per_s": round(statistics.median(rates)),
             "steps": args.steps,
-            "device": hardware(device),
+            "device": describe_device(device),
             "torch": torch.__version__,
         }
         results.append(row)
