@@ -14,7 +14,7 @@ import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint
@@ -630,7 +630,15 @@ def eval_cmd(
         reports.append(result.to_dict())
         if hyps_dir:
             write_lines(hyps_dir / f"{path.parent.name}.{path.stem}.hyp", hyps)
-    table = Table("model", "BLEU", "chrF", "params", "sent/s", "tok/s", title=f"kdmt eval: {src.name} (beam {beam})")
+    table = Table(
+        Column("model", overflow="fold"),
+        "BLEU",
+        "chrF",
+        "params",
+        "sent/s",
+        "tok/s",
+        title=f"kdmt eval: {src.name} (beam {beam})",
+    )
     for r in reports:
         table.add_row(
             r["checkpoint"],
@@ -666,7 +674,7 @@ def report_cmd(
     """
     rows = build_rows(load_reports(reports))
     table = Table(
-        "model",
+        Column("model", overflow="fold"),
         "BLEU",
         "chrF",
         "params",
