@@ -1,10 +1,14 @@
-"""Token-based batches with length bucketing, and padding them into tensors."""
+"""Token-based batches with length bucketing, and the padded tensors of a batch."""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from kdmt.vocab import PAD
+import torch
+from torch import Tensor
+
+from kdmt.data import TokenizedCorpus
+from kdmt.vocab import BOS, PAD
 
 
 def token_batches(
@@ -45,3 +49,24 @@ def pad(seqs: list[torch.Tensor], prefix: int | None = None) -> torch.Tensor:
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return out
+
+
+@dataclass
+class Batch:
+    src: Tensor  # (B, S) source ids, EOS-terminated, PAD-padded
+    tgt_in: Tensor  # (B, T) BOS + target
+    tgt_out: Tensor  # (B, T) target + EOS
+    ntokens: int  # target tokens (not PAD)
+    indices: Tensor | None = None  # the sentences' positions in their corpus
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.ntokens, self.indices)
+
+
+def make_batch(corpus: TokenizedCorpus, indices: Tensor) -> Batch:
+    """The padded tensors of the sentence pairs `indices` of a corpus, for teacher forcing."""
+    pairs = [corpus.pair(i) for i in indices.tolist()]
+    src = pad([s for s, _ in pairs])
+    tgt_in = pad([t[:-1] for _, t in pairs], prefix=BOS)
+    tgt_out = pad([t for _, t in pairs])
+    return Batch(src, tgt_in, tgt_out, int(sum(len(t) for _, t in pairs)), indices)

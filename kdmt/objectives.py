@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdmt.batching import Batch
 from kdmt.errors import KdmtError
 from kdmt.model import Hidden, Transformer
 from kdmt.soft_targets import SoftTargetStore, teacher_distribution
 from kdmt.vocab import PAD
-
-
-@dataclass
-class Batch:
-    src: Tensor  # (B, S) source ids, EOS-terminated, PAD-padded
-    tgt_in: Tensor  # (B, T) BOS + target
-    tgt_out: Tensor  # (B, T) target + EOS
-    ntokens: int  # target tokens (not PAD)
-    indices: Tensor | None = None  # the sentences' positions in their corpus
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.ntokens, self.indices)
 
 
 def label_smoothed_nll(logits: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:

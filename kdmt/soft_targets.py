@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdmt.batching import pad, token_batches
+from kdmt.batching import make_batch, token_batches
 from kdmt.data import TokenizedCorpus
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path
 from kdmt.model import Transformer
-from kdmt.vocab import BOS
 
 
 def teacher_distribution(logits: list[Tensor], weights: list[float], temperature: float) -> Tensor:
@@ -95,10 +94,8 @@ def compute_soft_targets(
     logprobs = torch.zeros(int(corpus.tgt_len.sum()), topk, dtype=torch.float16)
     lengths = torch.maximum(corpus.src_len, corpus.tgt_len)
     for batch in token_batches(lengths, lengths, batch_tokens):
-        pairs = [corpus.pair(i) for i in batch.tolist()]
-        src = pad([s for s, _ in pairs]).to(device)
-        tgt_in = pad([t[:-1] for _, t in pairs], prefix=BOS).to(device)
-        probs = teacher_distribution([t(src, tgt_in) for t in teachers], weights, 1.0)
+        b = make_batch(corpus, batch).to(device)
+        probs = teacher_distribution([t(b.src, b.tgt_in) for t in teachers], weights, 1.0)
         top, ids = probs.topk(topk, dim=-1)
         for row, i in enumerate(batch.tolist()):
             start, n = int(corpus.tgt_off[i]), int(corpus.tgt_len[i])

@@ -18,16 +18,16 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kdmt.batching import pad, token_batches
+from kdmt.batching import Batch, make_batch, token_batches
 from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
 from kdmt.data import TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
 from kdmt.evaluate import score
 from kdmt.model import Transformer
-from kdmt.objectives import Batch, CrossEntropy, label_smoothed_nll
+from kdmt.objectives import CrossEntropy, label_smoothed_nll
 from kdmt.translate import SearchOptions, Translator
-from kdmt.vocab import BOS, Vocab
+from kdmt.vocab import Vocab
 
 LAST, BEST, AVERAGE = "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_avg.pt"
 
@@ -75,14 +75,6 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
         raise KdmtError(f"nothing to resume: {out_dir / LAST} does not exist")
     if not resume and (out_dir / LAST).exists():
         raise KdmtError(f"{out_dir} already holds a training run: use --resume, or another --out")
-
-
-def make_batch(corpus: TokenizedCorpus, indices: torch.Tensor) -> Batch:
-    pairs = [corpus.pair(i) for i in indices.tolist()]
-    src = pad([s for s, _ in pairs])
-    tgt_in = pad([t[:-1] for _, t in pairs], prefix=BOS)
-    tgt_out = pad([t for _, t in pairs])
-    return Batch(src, tgt_in, tgt_out, int(sum(len(t) for _, t in pairs)), indices)
 
 
 @dataclass

@@ -9,13 +9,14 @@ from test_cli import assert_fails, kdmt, write
 from test_toy_task import exact_match
 from toy import LETTERS, toy_pairs
 
+from kdmt.batching import Batch, make_batch
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import load_corpus, read_parallel
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, word_kd_loss
 from kdmt.soft_targets import compute_soft_targets
 from kdmt.student import init_from_teacher, mix, student_corpus
-from kdmt.train import TrainConfig, Trainer, ValidSet, make_batch
+from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import PAD, Vocab
 
@@ -56,8 +57,6 @@ def test_word_kd_equals_cross_entropy_for_a_one_hot_teacher():
 
 
 def make_batch_from(target):
-    from kdmt.objectives import Batch
-
     src = torch.randint(4, 11, (target.size(0), 4))
     tgt_in = torch.cat([torch.full((target.size(0), 1), 2), target[:, :-1]], dim=1)
     return Batch(src, tgt_in, target, int((target != PAD).sum()))
