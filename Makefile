@@ -10,7 +10,7 @@ DEMO ?= work/demo
 M30K := data/multi30k
 DEMO_TIME ?= 6.5m
 
-.PHONY: install test lint demo clean-demo
+.PHONY: install test lint demo clean-demo recipe
 
 $(KDMT): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,3 +66,8 @@ $(DEMO)/report.json: $(DEMO)/eval.json
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# --- the full recipe (recipes/multi30k-de-en/Makefile): SIZE=gpu (default), cpu or smoke --------------
+SIZE ?= gpu
+recipe: | $(KDMT)
+	$(MAKE) -f recipes/multi30k-de-en/Makefile SIZE=$(SIZE) KDMT=$(KDMT) -j$(if $(filter gpu,$(SIZE)),1,2)

@@ -634,6 +634,7 @@ def eval_cmd(
         Column("model", overflow="fold"),
         "BLEU",
         "chrF",
+        "BLEU greedy",
         "params",
         "sent/s",
         "tok/s",
@@ -677,6 +678,7 @@ def report_cmd(
         Column("model", overflow="fold"),
         "BLEU",
         "chrF",
+        "BLEU greedy",
         "params",
         "MB",
         "sent/s greedy",
@@ -686,9 +688,10 @@ def report_cmd(
     for r in rows:
         greedy = r.get("sentences_per_s_greedy")
         table.add_row(
-            r["checkpoint"],
+            r["model"],
             f"{r['bleu']:.2f}",
             f"{r['chrf']:.2f}",
+            f"{r['bleu_greedy']:.2f}" if greedy else "",
             f"{r['parameters']:,}",
             f"{r['size_mb']:.1f}",
             f"{greedy:,.1f}" if greedy else "",

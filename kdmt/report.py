@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from kdmt.errors import KdmtError
@@ -22,13 +23,21 @@ def load_reports(paths: list[Path]) -> list[dict]:
     return reports
 
 
+def short_names(checkpoints: list[str]) -> dict[str, str]:
+    """Each checkpoint's path below the folder all of them share, e.g. student-seqkd/checkpoint_best.pt."""
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(c)) for c in checkpoints])
+    return {c: os.path.relpath(os.path.abspath(c), common) for c in checkpoints}
+
+
 def build_rows(reports: list[dict]) -> list[dict]:
     """One row per checkpoint: quality from its widest beam, speed greedy and with that beam."""
+    names = short_names([r["checkpoint"] for r in reports])
     rows: dict[str, dict] = {}
     for r in reports:
         row = rows.setdefault(
             r["checkpoint"],
             {
+                "model": names[r["checkpoint"]],
                 "checkpoint": r["checkpoint"],
                 "made_with": describe(r["made_with"]),
                 "parameters": r["parameters"],
@@ -59,7 +68,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for row in rows:
         x, y = row["sentences_per_s_beam"], row["bleu"]
         ax.scatter([x], [y], s=40)
-        ax.annotate(Path(row["checkpoint"]).parent.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(row["model"].removesuffix(".pt"), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"sentences/s, beam {rows[0]['beam']} ({rows[0]['device']})")
     ax.set_ylabel("sacreBLEU")
     ax.set_title(f"quality against speed: {Path(rows[0]['test']).name}")

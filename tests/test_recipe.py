@@ -1,0 +1,34 @@
+"""The Multi30k recipe, run through make at toy size: every stage, the report, and a re-run that redoes nothing."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+KDMT = Path(sys.executable).parent / "kdmt"
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not KDMT.exists(), reason="needs make and the kdmt script")
+def test_recipe_runs_every_stage_and_resumes(tmp_path):
+    def make() -> str:
+        command = ["make", "-f", "recipes/multi30k-de-en/Makefile", "-j2", "SIZE=smoke", f"W={tmp_path}"]
+        command.append(f"KDMT={KDMT}")
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    make()
+    rows = json.loads((tmp_path / "report.json").read_text())
+    names = [row["model"].split("/")[0] for row in rows]
+    students = ("baseline", "seqkd", "wordkd", "seq-wordkd", "deep-shallow", "teacher-init", "ensemble")
+    assert sorted(names) == sorted(["teacher1", "teacher2"] + [f"student-{s}" for s in students])
+    assert all(row["beam"] == 5 and row["sentences_per_s_greedy"] > 0 for row in rows)
+    assert (tmp_path / "report.png").exists()
+    # A finished stage is not run again; a removed output is made again from what is there.
+    (tmp_path / "report.json").unlink()
+    rerun = [line.split(f"{KDMT} ")[1].split()[0] for line in make().splitlines() if f"{KDMT} " in line]
+    assert rerun == ["report"]
