@@ -27,7 +27,7 @@ from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation
 from kdmt.prepare import CleanOptions, VocabOptions, prepare
-from kdmt.report import build_rows, load_reports, plot
+from kdmt.report import build_rows, compare_with_teacher, load_reports, plot
 from kdmt.soft_targets import SoftTargetStore, compute_soft_targets, corpus_key
 from kdmt.sources import load_dataset_pairs
 from kdmt.student import check_vocabulary, parse_layers, student_corpus
@@ -674,6 +674,7 @@ def report_cmd(
     Example: kdmt report work/eval-beam5.json work/eval-greedy.json -o work
     """
     rows = build_rows(load_reports(reports))
+    teacher = compare_with_teacher(rows)
     table = Table(
         Column("model", overflow="fold"),
         "BLEU",
@@ -683,6 +684,8 @@ def report_cmd(
         "MB",
         "sent/s greedy",
         f"sent/s beam {rows[0]['beam']}",
+        "ΔBLEU",
+        "× speed",
         title=f"kdmt report: {Path(rows[0]['test']).name} ({rows[0]['device']})",
     )
     for r in rows:
@@ -696,8 +699,12 @@ def report_cmd(
             f"{r['size_mb']:.1f}",
             f"{greedy:,.1f}" if greedy else "",
             f"{r['sentences_per_s_beam']:,.1f}",
+            f"{r['bleu_vs_teacher']:+.2f}" if "bleu_vs_teacher" in r else "",
+            f"{r['speedup_vs_teacher']:.2f}" if "speedup_vs_teacher" in r else "",
         )
     err.print(table)
+    if teacher:
+        err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {teacher}")
     write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")
     plot(rows, out_dir / "report.png")
     err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.png'}")

@@ -53,6 +53,18 @@ def build_rows(reports: list[dict]) -> list[dict]:
     return list(rows.values())
 
 
+def compare_with_teacher(rows: list[dict]) -> str | None:
+    """Add each row's BLEU difference and beam-search speed-up against the first teacher among the rows;
+    that teacher's name, or None when there is no teacher."""
+    teacher = next((row for row in rows if row["made_with"].startswith("teacher")), None)
+    if teacher is None:
+        return None
+    for row in rows:
+        row["bleu_vs_teacher"] = round(row["bleu"] - teacher["bleu"], 2)
+        row["speedup_vs_teacher"] = round(row["sentences_per_s_beam"] / teacher["sentences_per_s_beam"], 2)
+    return teacher["model"]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """BLEU against sentences/s (with each row's beam), one labelled point per model, as a PNG."""
     try:

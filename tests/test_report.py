@@ -1,7 +1,18 @@
-from kdmt.report import short_names
+from kdmt.report import compare_with_teacher, short_names
 
 
 def test_models_are_named_below_their_common_folder():
     names = short_names(["w/run/teacher1/checkpoint_best.pt", "w/run/student-a/checkpoint_best.pt"])
     assert list(names.values()) == ["teacher1/checkpoint_best.pt", "student-a/checkpoint_best.pt"]
     assert short_names(["w/run/teacher/checkpoint_avg.pt"]) == {"w/run/teacher/checkpoint_avg.pt": "checkpoint_avg.pt"}
+
+
+def test_students_are_compared_with_the_first_teacher():
+    rows = [
+        {"model": "s", "made_with": "student (tiny preset); references", "bleu": 30.0, "sentences_per_s_beam": 300.0},
+        {"model": "t1", "made_with": "teacher (small preset)", "bleu": 33.5, "sentences_per_s_beam": 100.0},
+        {"model": "t2", "made_with": "teacher (small preset)", "bleu": 34.0, "sentences_per_s_beam": 90.0},
+    ]
+    assert compare_with_teacher(rows) == "t1"
+    assert [(r["bleu_vs_teacher"], r["speedup_vs_teacher"]) for r in rows] == [(-3.5, 3.0), (0.0, 1.0), (0.5, 0.9)]
+    assert compare_with_teacher([rows[0]]) is None
