@@ -27,7 +27,7 @@ from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation
 from kdmt.prepare import CleanOptions, VocabOptions, prepare
-from kdmt.report import build_rows, compare_with_teacher, load_reports, plot
+from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, table
 from kdmt.soft_targets import SoftTargetStore, compute_soft_targets, corpus_key
 from kdmt.sources import load_dataset_pairs
 from kdmt.student import check_vocabulary, parse_layers, student_corpus
@@ -667,6 +667,7 @@ def eval_cmd(
 def report_cmd(
     reports: Annotated[list[Path], typer.Argument(help="JSON files written by kdmt eval --report (greedy and beam).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where report.json and report.png go.")],
+    markdown_out: Annotated[bool, typer.Option("--markdown", help="Also print the table as markdown.")] = False,
 ) -> None:
     """Teacher beside students: one table (BLEU, chrF, size, speed greedy and beam) and a plot of BLEU
     against sentences/s, from kdmt eval reports.
@@ -675,34 +676,17 @@ def report_cmd(
     """
     rows = build_rows(load_reports(reports))
     teacher = compare_with_teacher(rows)
-    table = Table(
-        Column("model", overflow="fold"),
-        "BLEU",
-        "chrF",
-        "BLEU greedy",
-        "params",
-        "MB",
-        "sent/s greedy",
-        f"sent/s beam {rows[0]['beam']}",
-        "ΔBLEU",
-        "× speed",
+    headers, body = table(rows)
+    if markdown_out:
+        print(markdown(headers, body), end="")
+    rich_table = Table(
+        Column(headers[0], overflow="fold"),
+        *headers[1:],
         title=f"kdmt report: {Path(rows[0]['test']).name} ({rows[0]['device']})",
     )
-    for r in rows:
-        greedy = r.get("sentences_per_s_greedy")
-        table.add_row(
-            r["model"],
-            f"{r['bleu']:.2f}",
-            f"{r['chrf']:.2f}",
-            f"{r['bleu_greedy']:.2f}" if greedy else "",
-            f"{r['parameters']:,}",
-            f"{r['size_mb']:.1f}",
-            f"{greedy:,.1f}" if greedy else "",
-            f"{r['sentences_per_s_beam']:,.1f}",
-            f"{r['bleu_vs_teacher']:+.2f}" if "bleu_vs_teacher" in r else "",
-            f"{r['speedup_vs_teacher']:.2f}" if "speedup_vs_teacher" in r else "",
-        )
-    err.print(table)
+    for cells in body:
+        rich_table.add_row(*cells)
+    err.print(rich_table)
     if teacher:
         err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {teacher}")
     write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")

@@ -65,6 +65,37 @@ def compare_with_teacher(rows: list[dict]) -> str | None:
     return teacher["model"]
 
 
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The report's table as text: its headers and one list of cells per row."""
+    headers = ["model", "BLEU", "chrF", "BLEU greedy", "params", "MB", "sent/s greedy"]
+    headers += [f"sent/s beam {rows[0]['beam']}", "ΔBLEU", "× speed"]
+    body = []
+    for r in rows:
+        greedy = "sentences_per_s_greedy" in r
+        compared = "bleu_vs_teacher" in r
+        body.append(
+            [
+                r["model"],
+                f"{r['bleu']:.2f}",
+                f"{r['chrf']:.2f}",
+                f"{r['bleu_greedy']:.2f}" if greedy else "",
+                f"{r['parameters']:,}",
+                f"{r['size_mb']:.1f}",
+                f"{r['sentences_per_s_greedy']:,.1f}" if greedy else "",
+                f"{r['sentences_per_s_beam']:,.1f}",
+                f"{r['bleu_vs_teacher']:+.2f}" if compared else "",
+                f"{r['speedup_vs_teacher']:.2f}" if compared else "",
+            ]
+        )
+    return headers, body
+
+
+def markdown(headers: list[str], body: list[list[str]]) -> str:
+    """A markdown table, numbers aligned right."""
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in [headers, align, *body])
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """BLEU against sentences/s (with each row's beam), one labelled point per model, as a PNG."""
     try:

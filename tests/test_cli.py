@@ -83,8 +83,9 @@ def test_report_table_json_and_plot(toy_model, tmp_path):
             tmp_path / f"beam{beam}.json",
         )
         assert result.exit_code == 0, result.stderr
-    result = kdmt("report", tmp_path / "beam1.json", tmp_path / "beam3.json", "-o", tmp_path / "r")
+    result = kdmt("report", tmp_path / "beam1.json", tmp_path / "beam3.json", "-o", tmp_path / "r", "--markdown")
     assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("| model | BLEU | chrF |") and len(result.stdout.splitlines()) == 3
     rows = json.loads((tmp_path / "r" / "report.json").read_text())
     assert len(rows) == 1 and rows[0]["beam"] == 3 and rows[0]["sentences_per_s_greedy"] > 0
     assert rows[0]["size_mb"] > 0 and rows[0]["bleu"] > 90
