@@ -24,9 +24,14 @@ def load_reports(paths: list[Path]) -> list[dict]:
 
 
 def short_names(checkpoints: list[str]) -> dict[str, str]:
-    """Each checkpoint's path below the folder all of them share, e.g. student-seqkd/checkpoint_best.pt."""
-    common = os.path.commonpath([os.path.dirname(os.path.abspath(c)) for c in checkpoints])
-    return {c: os.path.relpath(os.path.abspath(c), common) for c in checkpoints}
+    """Each checkpoint's path below the folder all of them share, without the file name when they all
+    have the same one: teacher1, student-seqkd; or checkpoint_best.pt, checkpoint_avg.pt."""
+    paths = [os.path.abspath(c) for c in checkpoints]
+    common = os.path.commonpath([os.path.dirname(p) for p in paths])
+    names = [os.path.relpath(p, common) for p in paths]
+    if len({os.path.basename(p) for p in paths}) == 1 and all(os.sep in n for n in names):
+        names = [os.path.dirname(n) for n in names]
+    return dict(zip(checkpoints, names))
 
 
 def build_rows(reports: list[dict]) -> list[dict]:
@@ -111,11 +116,12 @@ def plot(rows: list[dict], path: Path) -> None:
     for row in rows:
         x, y = row["sentences_per_s_beam"], row["bleu"]
         ax.scatter([x], [y], s=40)
-        ax.annotate(row["model"].removesuffix(".pt"), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"sentences/s, beam {rows[0]['beam']} ({rows[0]['device']})")
     ax.set_ylabel("sacreBLEU")
     ax.set_title(f"quality against speed: {Path(rows[0]['test']).name}")
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.25, y=0.08)  # room for the labels
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

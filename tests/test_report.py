@@ -3,7 +3,9 @@ from kdmt.report import compare_with_teacher, short_names
 
 def test_models_are_named_below_their_common_folder():
     names = short_names(["w/run/teacher1/checkpoint_best.pt", "w/run/student-a/checkpoint_best.pt"])
-    assert list(names.values()) == ["teacher1/checkpoint_best.pt", "student-a/checkpoint_best.pt"]
+    assert list(names.values()) == ["teacher1", "student-a"]
+    names = short_names(["w/run/t/checkpoint_best.pt", "w/run/t/checkpoint_avg.pt", "w/run/s/checkpoint_avg.pt"])
+    assert list(names.values()) == ["t/checkpoint_best.pt", "t/checkpoint_avg.pt", "s/checkpoint_avg.pt"]
     assert short_names(["w/run/teacher/checkpoint_avg.pt"]) == {"w/run/teacher/checkpoint_avg.pt": "checkpoint_avg.pt"}
 
 
