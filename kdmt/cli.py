@@ -27,7 +27,7 @@ from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation
 from kdmt.prepare import CleanOptions, VocabOptions, prepare
-from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, table
+from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table
 from kdmt.soft_targets import SoftTargetStore, compute_soft_targets, corpus_key
 from kdmt.sources import load_dataset_pairs
 from kdmt.student import check_vocabulary, parse_layers, student_corpus
@@ -634,15 +634,15 @@ def eval_cmd(
         Column("model", overflow="fold"),
         "BLEU",
         "chrF",
-        "BLEU greedy",
         "params",
         "sent/s",
         "tok/s",
         title=f"kdmt eval: {src.name} (beam {beam})",
     )
+    names = short_names([r["checkpoint"] for r in reports])
     for r in reports:
         table.add_row(
-            r["checkpoint"],
+            names[r["checkpoint"]],
             f"{r['bleu']:.2f}",
             f"{r['chrf']:.2f}",
             f"{r['parameters']:,}",
