@@ -25,7 +25,10 @@ def load_reports(paths: list[Path]) -> list[dict]:
 
 def short_names(checkpoints: list[str]) -> dict[str, str]:
     """Each checkpoint's path below the folder all of them share, without the file name when they all
-    have the same one: teacher1, student-seqkd; or checkpoint_best.pt, checkpoint_avg.pt."""
+    have the same one: teacher1, student-seqkd; or checkpoint_best.pt, checkpoint_avg.pt. One alone keeps
+    its path as given."""
+    if len(set(checkpoints)) == 1:
+        return {c: c for c in checkpoints}
     paths = [os.path.abspath(c) for c in checkpoints]
     common = os.path.commonpath([os.path.dirname(p) for p in paths])
     names = [os.path.relpath(p, common) for p in paths]

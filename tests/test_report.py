@@ -6,7 +6,7 @@ def test_models_are_named_below_their_common_folder():
     assert list(names.values()) == ["teacher1", "student-a"]
     names = short_names(["w/run/t/checkpoint_best.pt", "w/run/t/checkpoint_avg.pt", "w/run/s/checkpoint_avg.pt"])
     assert list(names.values()) == ["t/checkpoint_best.pt", "t/checkpoint_avg.pt", "s/checkpoint_avg.pt"]
-    assert short_names(["w/run/teacher/checkpoint_avg.pt"]) == {"w/run/teacher/checkpoint_avg.pt": "checkpoint_avg.pt"}
+    assert short_names(["w/run/t/checkpoint_avg.pt"] * 2) == {"w/run/t/checkpoint_avg.pt": "w/run/t/checkpoint_avg.pt"}
 
 
 def test_students_are_compared_with_the_first_teacher():
