@@ -44,6 +44,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+if not err.is_terminal:
+    err.width = 200  # a log file or a pipe: lines and tables are not folded at 80 columns
 
 
 def command(name: str):
