@@ -3,7 +3,8 @@
 Beam search follows fairseq's conventions: 2·beam candidates per sentence and step, a hypothesis
 ending in EOS among the top `beam` candidates is finalized with its score divided by length**lenpen
 (its length counting EOS), and a sentence is done once `beam` hypotheses are final, or when it
-reaches its maximum length, max_len_a·|src| + max_len_b tokens. Done sentences leave the batch, so a
+reaches its maximum length, max_len_a·|src| + max_len_b tokens (never more than the models' positions
+allow: max_positions − 1, the first position being BOS's). Done sentences leave the batch, so a
 step costs less as the batch finishes. There is no Python loop over sentences or beams in a step.
 """
 
@@ -30,6 +31,7 @@ class Ensemble:
 
     def __init__(self, models: list[Transformer]):
         self.models = models
+        self.max_positions = min(m.config.max_positions for m in models)
 
     def start(self, src: Tensor) -> list[DecoderState]:
         return [m.start_state(*m.encode(src)) for m in self.models]
@@ -46,9 +48,10 @@ class Ensemble:
         return [s.select(rows, sentences) for s in states]
 
 
-def max_lengths(src: Tensor, a: float, b: int) -> Tensor:
-    """Longest allowed hypothesis (without EOS) per sentence: a·|src| + b, |src| counting EOS."""
-    return ((src != PAD).sum(1) * a + b).long()
+def max_lengths(src: Tensor, a: float, b: int, max_positions: int) -> Tensor:
+    """Longest allowed hypothesis (without EOS) per sentence: a·|src| + b, |src| counting EOS, and at most
+    max_positions − 1, so that BOS and the hypothesis fit the position table."""
+    return ((src != PAD).sum(1) * a + b).long().clamp(0, max_positions - 1)
 
 
 @torch.no_grad()
@@ -58,7 +61,7 @@ def greedy_search(
     """The most probable next token at every step, per sentence."""
     n, device = src.size(0), src.device
     states = ensemble.start(src)
-    limit = max_lengths(src, max_len_a, max_len_b)
+    limit = max_lengths(src, max_len_a, max_len_b, ensemble.max_positions)
     out = torch.full((n, int(limit.max()) + 1), PAD, dtype=torch.long, device=device)
     score = torch.zeros(n, device=device)
     length = torch.zeros(n, dtype=torch.long, device=device)
@@ -95,7 +98,7 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first."""
     n, k, device = src.size(0), beam, src.device
-    limit_all = max_lengths(src, max_len_a, max_len_b)
+    limit_all = max_lengths(src, max_len_a, max_len_b, ensemble.max_positions)
     width = int(limit_all.max()) + 1
     states = [s.with_group(k) for s in ensemble.start(src)]
 

@@ -82,3 +82,22 @@ def test_wide_beam_finds_the_exhaustive_best(lenpen):
     hyps = beam_search(Ensemble([model]), src, beam=64, nbest=5, lenpen=lenpen, max_len_a=0.0, max_len_b=3)[0]
     assert [h.tokens for h in hyps] == [out for _, out in scored[:5]]
     assert [h.score for h in hyps] == pytest.approx([s for s, _ in scored[:5]], abs=1e-4)
+
+
+class NeverEnds(Transformer):
+    """A model that never chooses EOS: its hypotheses run to the length limit."""
+
+    def output(self, h):
+        logits = super().output(h)
+        logits[..., EOS] = -1e9
+        return logits
+
+
+def test_output_length_is_capped_by_the_position_table():
+    """a·|src| + b beyond max_positions must stop at the last position instead of failing."""
+    torch.manual_seed(2)
+    model = NeverEnds(make_config(24, 24, "tiny", max_positions=8)).eval()
+    x = pad(sources([7, 3]))
+    ensemble = Ensemble([model])
+    for hyps in (greedy_search(ensemble, x), [h[0] for h in beam_search(ensemble, x, beam=3)]):
+        assert [len(h.tokens) for h in hyps] == [7, 7]
