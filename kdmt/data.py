@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +120,13 @@ class TokenizedCorpus:
 
     def __len__(self) -> int:
         return len(self.src_len)
+
+    def fingerprint(self) -> str:
+        """A hash of the token ids: what was made from one corpus (soft targets, a run) fits only that corpus."""
+        h = hashlib.sha256()
+        for t in (self.src, self.src_len, self.tgt, self.tgt_len):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = int(self.src_off[i]), int(self.tgt_off[i])

@@ -3,7 +3,6 @@ computed once with teacher forcing and stored compactly (int32 token ids, float1
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +24,13 @@ def teacher_distribution(logits: list[Tensor], weights: list[float], temperature
     return sum(w / total * F.softmax(x.float() / temperature, dim=-1) for w, x in zip(weights, logits))
 
 
-def corpus_key(corpus: TokenizedCorpus) -> str:
-    """A fingerprint of a tokenized corpus: stored soft targets fit only the corpus they were made on."""
-    h = hashlib.sha256()
-    for t in (corpus.src, corpus.src_len, corpus.tgt, corpus.tgt_len):
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class SoftTargetStore:
     index: Tensor  # (target tokens of the corpus, k) int32
     logprobs: Tensor  # (target tokens of the corpus, k) float16, at temperature 1
     offsets: Tensor  # first row of each sentence
     lengths: Tensor  # target tokens of each sentence (EOS included)
-    key: str  # corpus_key of the corpus
+    key: str  # the fingerprint of the corpus
     teachers: list[str]
 
     def lookup(self, sentences: Tensor, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -103,4 +94,4 @@ def compute_soft_targets(
             logprobs[start : start + n] = top[row, :n].log().half().cpu()
         if progress:
             progress(len(batch))
-    return SoftTargetStore(index, logprobs, corpus.tgt_off, corpus.tgt_len, corpus_key(corpus), teacher_names)
+    return SoftTargetStore(index, logprobs, corpus.tgt_off, corpus.tgt_len, corpus.fingerprint(), teacher_names)

@@ -2,21 +2,28 @@
 
 Adam with inverse-square-root warmup, token-based batches, gradient accumulation, gradient clipping,
 bf16 autocast on CUDA, validation (loss and BLEU) with early stopping, atomic checkpoints and an
-exact resume: optimizer, step, position in the data order and random state are all saved.
+exact resume: optimizer, step, position in the data order, random state and training time are all saved.
+
+Validation (and the numbered, best and last checkpoints) happens every `valid_interval` steps, and at the
+final step of a run bounded by --max-steps or --epochs. A run stopped by --max-time, Ctrl-C or SIGTERM
+between validations writes only checkpoint_last.pt: `--resume` then continues exactly as if it had never
+stopped, with the same validations, patience and averaging.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kdmt.batching import Batch, make_batch, token_batches
 from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
@@ -24,8 +31,10 @@ from kdmt.data import TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
 from kdmt.evaluate import score
+from kdmt.files import write_lines
 from kdmt.model import Transformer
 from kdmt.objectives import CrossEntropy, label_smoothed_nll
+from kdmt.progress import ProgressLine, format_duration
 from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import Vocab
 
@@ -44,7 +53,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # 0: no clipping
     max_steps: int | None = None
     epochs: int | None = None
-    max_time: float | None = None  # seconds of training in this run
+    max_time: float | None = None  # seconds of training, counted across resumes
     valid_interval: int = 1000  # steps between validations (and checkpoints)
     valid_bleu_sents: int | None = None  # validation sentences translated for BLEU (None: all, 0: none)
     valid_beam: int = 1
@@ -59,8 +68,29 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps is None and self.epochs is None and self.max_time is None:
             raise KdmtError("give a bound: --max-steps, --epochs or --max-time")
-        if self.keep_last < 1 or self.average_last > self.keep_last:
-            raise KdmtError("--keep-last must be at least 1 and at least --average-last")
+        at_least_one = ("max_tokens", "update_freq", "valid_interval", "log_interval", "max_len", "keep_last")
+        at_least_one += ("max_steps", "epochs", "patience", "valid_beam")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise KdmtError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        for name in ("warmup", "weight_decay", "clip_norm", "average_last"):
+            if getattr(self, name) < 0:
+                raise KdmtError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise KdmtError(f"--lr must be positive, not {self.lr}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise KdmtError("--max-time must be positive")
+        if not 0 <= self.label_smoothing < 1:
+            raise KdmtError(f"--label-smoothing must lie in [0, 1), not {self.label_smoothing}")
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            raise KdmtError(f"--adam-betas must lie in [0, 1), not {self.adam_betas}")
+        if self.average_last > self.keep_last:
+            raise KdmtError("--keep-last must be at least --average-last")
+
+
+# Settings that a resumed run may change without breaking its exact continuation: its bounds.
+FREE_ON_RESUME = ("max_steps", "epochs", "max_time", "patience", "keep_last", "average_last", "log_interval")
 
 
 def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
@@ -107,25 +137,31 @@ class Trainer:
         self.meta = {**(meta or {}), "train_config": asdict(config)}
         self.console = console or Console(stderr=True)
         self.objective.to(device)  # it may have parameters, e.g. the projections of hidden-state KD
-        params = self.parameters()
         self.optimizer = torch.optim.AdamW(
-            params, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+            self.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
         )
-        keep = (train.src_len <= config.max_len) & (train.tgt_len <= config.max_len)
+        longest = torch.maximum(train.src_len, train.tgt_len)
+        keep = longest <= config.max_len
         self.train_indices = keep.nonzero().squeeze(1)
         self.skipped_long = int((~keep).sum())
         if len(self.train_indices) == 0:
             raise KdmtError(f"no training pair is within --max-len {config.max_len} tokens")
+        if config.max_tokens < (need := int(longest[keep].max())):
+            raise KdmtError(
+                f"--max-tokens {config.max_tokens} is smaller than the longest training pair ({need} tokens): "
+                "raise it, or lower --max-len"
+            )
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
         self.bad_validations = 0
+        self.elapsed = 0.0  # seconds of training before this run started (resumed runs)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer trains: the model's parameters and the objective's."""
         return [*self.model.parameters(), *self.objective.parameters()]
 
     # --- state -------------------------------------------------------------------------------
-    def train_state(self) -> dict[str, Any]:
+    def train_state(self, elapsed: float) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),
             "objective": self.objective.state_dict(),
@@ -134,30 +170,61 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "best": self.best,
             "bad_validations": self.bad_validations,
+            "elapsed_s": elapsed,
+            "corpus": self.train_data.fingerprint(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def resume(self) -> None:
-        """Continue exactly where checkpoint_last.pt left off."""
-        ckpt = load_checkpoint(self.out_dir / LAST, self.device)
-        if ckpt.train_state is None:
-            raise KdmtError(f"{self.out_dir / LAST} holds no training state to resume from")
-        if ckpt.tgt_vocab.fingerprint != self.tgt_vocab.fingerprint:
-            raise KdmtError(f"{self.out_dir / LAST} was trained with another vocabulary than this data")
-        self.model.load_state_dict(ckpt.model.state_dict())
+        """Continue exactly where checkpoint_last.pt left off; refuse another model, corpus or vocabulary."""
+        path = self.out_dir / LAST
+        ckpt = load_checkpoint(path, self.device)
         s = ckpt.train_state
+        if s is None:
+            raise KdmtError(f"{path} holds no training state to resume from")
+        if ckpt.tgt_vocab.fingerprint != self.tgt_vocab.fingerprint:
+            raise KdmtError(f"{path} was trained with another vocabulary than this data")
+        if ckpt.model.config != self.model.config:
+            old, new = asdict(ckpt.model.config), asdict(self.model.config)
+            diff = ", ".join(f"{k} {old[k]} (now {new[k]})" for k in old if old[k] != new[k])
+            raise KdmtError(f"{path} holds another model: {diff}; resume with the same preset and dimensions")
+        if s.get("corpus", self.train_data.fingerprint()) != self.train_data.fingerprint():
+            raise KdmtError(f"{path} was trained on another corpus than this one; resume with the same data")
+        saved = ckpt.meta.get("train_config", {})
+        changed = [k for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME and saved.get(k, v) != v]
+        if changed:
+            self.console.print(f"warning: resuming with other {', '.join(changed)}: the run will not repeat exactly")
+        self.model.load_state_dict(ckpt.model.state_dict())
         self.optimizer.load_state_dict(s["optimizer"])
         self.objective.load_state_dict(s["objective"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         self.best, self.bad_validations = s["best"], s["bad_validations"]
+        self.elapsed = s.get("elapsed_s", 0.0)
         torch.set_rng_state(s["rng_cpu"])
-        if s["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["rng_cuda"])
+        restore_cuda_rng(s.get("rng_cuda"), self.device)
+        self.forget_after(self.step)
 
-    def save(self, name: str, with_state: bool) -> None:
+    def forget_after(self, step: int) -> None:
+        """Drop what a run wrote after `step` before it died: metrics lines and numbered checkpoints."""
+        for path in self.numbered_checkpoints():
+            if checkpoint_step(path) > step:
+                path.unlink()
+        metrics = self.out_dir / "metrics.jsonl"
+        if metrics.is_file():
+            kept = []
+            for line in metrics.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short by the crash
+            write_lines(metrics, kept)
+
+    def save(self, name: str, elapsed: float | None = None) -> None:
+        """Write checkpoint `name`; with `elapsed` (training seconds so far) it carries the training state."""
         meta = {**self.meta, "step": self.step, "epoch": self.epoch, "best_valid": self.best}
-        state = self.train_state() if with_state else None
+        state = self.train_state(elapsed) if elapsed is not None else None
         save_checkpoint(self.out_dir / name, Checkpoint(self.model, self.src_vocab, self.tgt_vocab, meta, state))
 
     def log(self, record: dict[str, Any]) -> None:
@@ -238,6 +305,13 @@ class Trainer:
             result["valid_bleu"] = score(hyps, refs).bleu
         return result
 
+    def total_steps(self) -> int | None:
+        """The step the run ends at, when --max-steps or --epochs bound it."""
+        c = self.config
+        steps_per_epoch = math.ceil(len(self.epoch_batches(0)) / c.update_freq)
+        bounds = [b for b in (c.max_steps, c.epochs and c.epochs * steps_per_epoch) if b]
+        return min(bounds) if bounds else None
+
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train until a bound is reached or validation stops improving; returns the final figures."""
         c = self.config
@@ -245,41 +319,34 @@ class Trainer:
         check_out_dir(self.out_dir, resume)
         if resume:
             self.resume()
+            self.console.print(f"resumed at step {self.step} after {format_duration(self.elapsed)} of training")
         if self.skipped_long:
             self.console.print(f"skipping {self.skipped_long} training pairs longer than {c.max_len} tokens")
-        steps_per_epoch = math.ceil(len(self.epoch_batches(0)) / c.update_freq)
-        bounds = [b for b in (c.max_steps, c.epochs and c.epochs * steps_per_epoch) if b]
-        total = min(bounds) if bounds else None
-        start_time, last_log = time.monotonic(), time.monotonic()
+        total = self.total_steps()
+        start, last_log = time.monotonic() - self.elapsed, time.monotonic()
         window: dict[str, float] = {}  # sums over the steps since the last log line, weighted by tokens
         stop_reason, result = None, {}
         data = self.batches()
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, console=self.console, transient=False) as progress:
-            task = progress.add_task("train", total=total, completed=self.step, info="")
-            while stop_reason is None:
+        progress = ProgressLine(self.console, "train", total, "steps", completed=self.step)
+        with progress, stop_requests() as stop:
+            while True:
                 if total is not None and self.step >= total:
                     stop_reason = "max steps" if c.max_steps and self.step >= c.max_steps else "epochs"
                     break
-                if c.max_time is not None and time.monotonic() - start_time >= c.max_time:
+                if c.max_time is not None and time.monotonic() - start >= c.max_time:
                     stop_reason = "max time"
+                    break
+                if stop.requested:
+                    stop_reason = "interrupted"
                     break
                 try:
                     stats = self.train_step([next(data) for _ in range(c.update_freq)])
-                except torch.cuda.OutOfMemoryError:
+                except torch.OutOfMemoryError:
                     raise KdmtError("out of GPU memory: lower --max-tokens (and raise --update-freq)") from None
                 for key, value in stats.items():
                     if key not in ("lr", "ntokens"):
                         window[key] = window.get(key, 0.0) + value * stats["ntokens"]
                 window["tokens"] = window.get("tokens", 0) + stats["ntokens"]
-                progress.update(task, completed=self.step)
                 if self.step % c.log_interval == 0 or self.step == total:
                     now = time.monotonic()
                     tokens = window.pop("tokens")
@@ -289,27 +356,34 @@ class Trainer:
                         **{key: value / tokens for key, value in window.items()},
                         "lr": stats["lr"],
                         "tokens_per_s": tokens / (now - last_log),
-                        "elapsed_s": now - start_time,
+                        "elapsed_s": now - start,
                     }
                     self.log(record)
-                    progress.update(
-                        task,
-                        info=f"loss {record['loss']:.3f}  lr {stats['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s",
-                    )
+                    info = f"loss {record['loss']:.3f}, lr {stats['lr']:.2e}, {record['tokens_per_s']:,.0f} tok/s"
+                    progress.update(self.step, info)
                     window, last_log = {}, now
+                else:
+                    progress.update(self.step)
                 if self.step % c.valid_interval == 0:
-                    result = self.validate_and_save()
+                    result = self.validate_and_save(time.monotonic() - start)
                     last_log = time.monotonic()  # validation time does not count against tokens/s
                     if c.patience is not None and self.bad_validations >= c.patience:
                         stop_reason = "early stopping"
-        if self.step % c.valid_interval != 0 or not result:
-            result = self.validate_and_save()
+                        break
+        if self.step % c.valid_interval:
+            if stop_reason in ("max steps", "epochs") or self.best is None and stop_reason == "max time":
+                result = self.validate_and_save(time.monotonic() - start)
+            else:  # a pause: the next validation is the scheduled one, as in an uninterrupted run
+                self.save(LAST, elapsed=time.monotonic() - start)
+        if stop_reason == "interrupted":
+            self.console.print(f"interrupted at step {self.step}: --resume continues from {self.out_dir / LAST}")
+            raise KeyboardInterrupt
         if c.average_last > 0:
             self.average(c.average_last)
         self.console.print(f"stopped at step {self.step} ({stop_reason}); best validation {self.best}")
         return {"step": self.step, "stop": stop_reason, **result}
 
-    def validate_and_save(self) -> dict[str, float]:
+    def validate_and_save(self, elapsed: float) -> dict[str, float]:
         """Validate, then write the numbered, last and (if improved) best checkpoints."""
         result = self.validate()
         metric = result.get("valid_bleu", -result["valid_loss"])
@@ -321,18 +395,65 @@ class Trainer:
         self.log({"step": self.step, "epoch": self.epoch, **result, "best": self.best})
         shown = "  ".join(f"{k} {v:.3f}" for k, v in result.items())
         self.console.print(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
-        self.save(f"checkpoint_{self.step}.pt", with_state=False)
+        self.save(f"checkpoint_{self.step}.pt")
         for old in self.numbered_checkpoints()[: -self.config.keep_last or None]:
             old.unlink()
         if improved:
-            self.save(BEST, with_state=False)
-        self.save(LAST, with_state=True)
+            self.save(BEST)
+        self.save(LAST, elapsed=elapsed)
         return result
 
     def numbered_checkpoints(self) -> list[Path]:
-        return sorted(self.out_dir.glob("checkpoint_[0-9]*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        return sorted(self.out_dir.glob("checkpoint_[0-9]*.pt"), key=checkpoint_step)
 
     def average(self, n: int) -> None:
         paths = self.numbered_checkpoints()[-n:]
         average_checkpoints(paths, self.out_dir / AVERAGE)
         self.console.print(f"averaged {len(paths)} checkpoints into {self.out_dir / AVERAGE}")
+
+
+def checkpoint_step(path: Path) -> int:
+    """checkpoint_1200.pt -> 1200"""
+    return int(path.stem.split("_")[1])
+
+
+def restore_cuda_rng(state: torch.Tensor | list[torch.Tensor] | None, device: torch.device) -> None:
+    """Set the training GPU's random state from a checkpoint; nothing to do on the CPU. Older checkpoints
+    hold one state per visible GPU: the one of this device's index is used when it exists."""
+    if device.type != "cuda" or state is None:
+        return
+    if isinstance(state, list):
+        index = device.index or 0
+        if index >= len(state):
+            return
+        state = state[index]
+    torch.cuda.set_rng_state(state, device)
+
+
+class StopRequest:
+    """Set by the first Ctrl-C or SIGTERM: training stops after the current step, its state saved."""
+
+    requested = False
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Within the block, the first SIGINT or SIGTERM (Ctrl-C, `kill`, a cluster job's end) asks training to
+    stop at the next step; a second SIGINT interrupts at once."""
+    stop = StopRequest()
+
+    def request(signum, frame):
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    try:
+        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay as they are
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
