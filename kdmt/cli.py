@@ -28,7 +28,7 @@ from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation
 from kdmt.prepare import CleanOptions, VocabOptions, prepare
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table
-from kdmt.soft_targets import SoftTargetStore, compute_soft_targets, corpus_key
+from kdmt.soft_targets import SoftTargetStore, compute_soft_targets
 from kdmt.sources import load_dataset_pairs
 from kdmt.student import check_vocabulary, parse_layers, student_corpus
 from kdmt.student import init_from_teacher as init_student
@@ -389,7 +389,7 @@ def train_student_cmd(
     store = None
     if soft_targets is not None:
         store = SoftTargetStore.load(soft_targets)
-        if store.key != corpus_key(train):
+        if store.key != train.fingerprint():
             raise KdmtError(f"{soft_targets} was computed on another corpus than this student's training corpus")
     torch.manual_seed(seed)
     dims = {k: options[k] for k in MODEL_OPTIONS}
