@@ -19,8 +19,8 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressLine:
-    """Work of `total` units (steps, sentences): a rich bar when `console` is a terminal; otherwise one
-    line every `interval` seconds (default LOG_INTERVAL_S) with the count, the rate, the ETA and the caller's `info` text.
+    """Work of `total` units (steps, sentences): a rich bar when `console` is a terminal; otherwise one line
+    every `interval` seconds (LOG_INTERVAL_S) with the count, the rate, the ETA and the caller's `info` text.
 
     Use as a context manager; `update(completed, info)` or `advance(n)` as the work goes on."""
 
