@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from kdmt.files import atomic_path, read_lines
 from kdmt.vocab import EOS, Vocab
 
 PREPARED_MARKER = "prepare.json"
+
+# Scripts written without spaces between words, with about how many of their characters make a word.
+_UNSPACED = {
+    "\u3005\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff": 1.5,  # CJK ideographs
+    "\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f": 2.0,  # hiragana, katakana
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff": 4.0,  # Thai, Lao, Myanmar, Khmer
+}
+_UNSPACED_CHARS = [(re.compile(f"[{chars}]"), per_word) for chars, per_word in _UNSPACED.items()]
+_CJK_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+_SPACED_WORD = re.compile(f"[^\\s{''.join(_UNSPACED)}{_CJK_PUNCTUATION}]+")
+_NOT_ONLY_WORDS = re.compile(f"[{''.join(_UNSPACED)}{_CJK_PUNCTUATION}]")
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
@@ -36,6 +48,17 @@ class CleanStats:
     kept: int = 0
 
 
+def length_in_words(text: str) -> float:
+    """A sentence's length for cleaning: its whitespace-separated words, except that text in a script
+    written without spaces between words is measured in characters, about 1.5 a word for CJK ideographs,
+    2 for kana, and 4 for the alphabets of Thai, Lao, Khmer and Myanmar; CJK punctuation counts nothing.
+    (Korean is written with spaces: Hangul counts in words.)"""
+    if not _NOT_ONLY_WORDS.search(text):  # the common case: the same count, faster
+        return len(text.split())
+    words = len(_SPACED_WORD.findall(text))
+    return words + sum(len(chars.findall(text)) / per_word for chars, per_word in _UNSPACED_CHARS)
+
+
 def clean_pairs(
     src: list[str],
     tgt: list[str],
@@ -43,14 +66,14 @@ def clean_pairs(
     max_ratio: float = 3.0,
     dedup: bool = True,
 ) -> tuple[list[str], list[str], CleanStats]:
-    """Drop empty pairs, pairs over `max_words` words, pairs whose word-length ratio exceeds
-    `max_ratio`, and exact duplicate pairs. Whitespace is normalised to single spaces."""
+    """Drop empty pairs, pairs over `max_words` words, pairs whose length ratio exceeds `max_ratio`,
+    and exact duplicate pairs; lengths are `length_in_words`. Whitespace is normalised to single spaces."""
     stats = CleanStats(input=len(src))
     seen: set[tuple[str, str]] = set()
     out_src, out_tgt = [], []
     for s, t in zip(src, tgt):
         s, t = " ".join(s.split()), " ".join(t.split())
-        ns, nt = len(s.split()), len(t.split())
+        ns, nt = length_in_words(s), length_in_words(t)
         if ns == 0 or nt == 0:
             stats.empty += 1
         elif ns > max_words or nt > max_words:

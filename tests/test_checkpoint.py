@@ -7,6 +7,8 @@ import torch
 
 from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
 from kdmt.errors import KdmtError
+from kdmt.model import Transformer, make_config
+from kdmt.vocab import Vocab
 
 
 def test_round_trip_is_exact(toy_model, tmp_path):
@@ -21,6 +23,24 @@ def test_round_trip_is_exact(toy_model, tmp_path):
     src = torch.tensor([[5, 6, 7, 3]])
     tgt = torch.tensor([[2, 7, 6]])
     assert torch.equal(ckpt.model(src, tgt), again.model(src, tgt))
+
+
+def test_shared_embeddings_are_saved_once(toy_data, tmp_path):
+    vocab = Vocab.load(toy_data / "spm.model")
+    model = Transformer(make_config(len(vocab), len(vocab), "tiny"))
+    assert model.src_embed is model.tgt_embed
+    save_checkpoint(tmp_path / "new.pt", Checkpoint(model, vocab, vocab))
+    state = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert [k for k in state["model"] if "embed" in k] == ["tgt_embed.weight"]
+    # A checkpoint saved before that, from CUDA, holds a second copy of the embedding.
+    state["model"]["src_embed.weight"] = state["model"]["tgt_embed.weight"].clone()
+    torch.save(state, tmp_path / "old.pt")
+    average_checkpoints([tmp_path / "new.pt", tmp_path / "old.pt"], tmp_path / "avg.pt")
+    for path in ("new.pt", "old.pt", "avg.pt"):
+        again = load_checkpoint(tmp_path / path).model
+        assert again.src_embed is again.tgt_embed
+        for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+            assert torch.equal(a, b), (path, name)
 
 
 def test_average_of_two_checkpoints(toy_model, tmp_path):

@@ -1,5 +1,7 @@
 """A tiny model really learns a toy task, and searching it behaves."""
 
+import sys
+
 import pytest
 import torch
 from toy import toy_pairs
@@ -60,6 +62,32 @@ def test_out_of_memory_halves_the_batch(toy_model, monkeypatch):
     monkeypatch.setattr(kdmt.translate, "beam_search", small_memory)
     assert Translator([ckpt], SearchOptions(beam=3)).translate(src) == expected
     assert sum(decoded) == 30 and max(decoded) <= 4
+
+
+def test_out_of_memory_retries_after_leaving_the_handler(toy_model, monkeypatch):
+    """The halves are decoded once the error is handled: its traceback no longer holds the failed batch."""
+    import kdmt.translate
+
+    translator = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3))
+    src, _ = toy_pairs(30, seed=8)
+    real_search, handling = kdmt.translate.beam_search, []
+
+    def small_memory(ensemble, x, *args):
+        handling.append(sys.exc_info()[0])
+        if x.size(0) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_search(ensemble, x, *args)
+
+    monkeypatch.setattr(kdmt.translate, "beam_search", small_memory)
+    translator.translate(src)
+    assert len(handling) > 1 and handling == [None] * len(handling)
+
+    def no_memory(ensemble, x, *args):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(kdmt.translate, "beam_search", no_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # not even one sentence fits
+        translator.translate(src)
 
 
 def test_bf16_decoding_runs_and_agrees(toy_model):
