@@ -9,7 +9,9 @@ from conftest import MULTI30K
 from toy import toy_pairs
 from typer.testing import CliRunner
 
+from kdmt.checkpoint import load_checkpoint
 from kdmt.cli import app
+from kdmt.device import resolve_device
 
 runner = CliRunner()
 
@@ -56,14 +58,32 @@ def test_eval_reports_bleu_chrf_signature_and_speed(toy_model, tmp_path):
         "--json",
         "--report",
         tmp_path / "report.json",
+        "--hyps-dir",
+        tmp_path / "hyps",
     )
     assert result.exit_code == 0, result.stderr
-    reports = json.loads(result.stdout)
-    assert len(reports) == 2 and reports == json.loads((tmp_path / "report.json").read_text())
-    r = reports[0]
-    assert r["bleu"] > 90 and r["chrf"] > 90
-    assert r["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
-    assert r["sentences"] == 50 and r["sentences_per_s"] > 0 and r["parameters"] > 0
+    printed, written = json.loads(result.stdout), json.loads((tmp_path / "report.json").read_text())
+    fields = {"checkpoint", "test_src", "beam", "sentences", "bleu", "chrf", "bleu_signature", "chrf_signature"}
+    fields |= {"seconds", "sentences_per_s", "tokens_per_s", "parameters", "size_bytes", "device", "made_with"}
+    for reports in (printed, written):
+        assert len(reports) == 2 and all(fields <= set(r) for r in reports)
+    assert printed == written
+    ckpt = load_checkpoint(toy_model)
+    hyps = (tmp_path / "hyps" / f"{toy_model.parent.name}.{toy_model.stem}.hyp").read_text().splitlines()
+    tokens = sum(len(ids) + 1 for ids in ckpt.tgt_vocab.encode(hyps))  # EOS included
+    for r in printed:
+        assert r["checkpoint"] == str(toy_model) and r["test_src"] == str(tmp_path / "t.src") and r["beam"] == 5
+        assert r["sentences"] == len(hyps) == 50 and r["device"] == str(resolve_device())
+        assert r["parameters"] == ckpt.model.num_parameters() and r["size_bytes"] == toy_model.stat().st_size
+        assert r["made_with"] == json.loads(json.dumps(ckpt.meta))
+        assert r["bleu"] > 90 and r["chrf"] > 90
+        assert r["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+        assert r["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
+        # the speeds are the counts over the time, to rounding (seconds to 1 ms, speeds to 0.01 and 0.1)
+        assert r["seconds"] > 0
+        slack = 1e-3 / r["seconds"]
+        assert r["sentences_per_s"] == pytest.approx(50 / r["seconds"], rel=slack, abs=0.01)
+        assert r["tokens_per_s"] == pytest.approx(tokens / r["seconds"], rel=slack, abs=0.1)
 
 
 def test_report_table_json_and_plot(toy_model, tmp_path):

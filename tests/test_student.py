@@ -7,28 +7,17 @@ import torch
 import torch.nn.functional as F
 from test_cli import assert_fails, kdmt, write
 from test_toy_task import exact_match
-from toy import LETTERS, toy_pairs
+from toy import LETTERS, make_batch_from, toy_pairs, toy_setup
 
-from kdmt.batching import Batch, make_batch
+from kdmt.batching import make_batch
 from kdmt.checkpoint import load_checkpoint
-from kdmt.data import load_corpus, read_parallel
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, word_kd_loss
 from kdmt.soft_targets import compute_soft_targets
 from kdmt.student import init_from_teacher, mix, student_corpus
-from kdmt.train import TrainConfig, Trainer, ValidSet
+from kdmt.train import TrainConfig, Trainer
 from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import PAD, Vocab
-
-
-def toy_setup(data):
-    vocab = Vocab.load(data / "spm.model")
-    train = load_corpus(data / "train.src", data / "train.tgt", vocab, vocab)
-    valid = ValidSet(
-        load_corpus(data / "valid.src", data / "valid.tgt", vocab, vocab),
-        *read_parallel(data / "valid.src", data / "valid.tgt"),
-    )
-    return vocab, train, valid
 
 
 def test_word_kd_equals_cross_entropy_for_a_one_hot_teacher():
@@ -56,16 +45,11 @@ def test_word_kd_equals_cross_entropy_for_a_one_hot_teacher():
     torch.testing.assert_close(loss, ce)
 
 
-def make_batch_from(target):
-    src = torch.randint(4, 11, (target.size(0), 4))
-    tgt_in = torch.cat([torch.full((target.size(0), 1), 2), target[:, :-1]], dim=1)
-    return Batch(src, tgt_in, target, int((target != PAD).sum()))
-
-
 def test_teacher_is_frozen_and_hidden_kd_projects_unequal_widths(toy_model, toy_data, tmp_path):
     vocab, train, valid = toy_setup(toy_data)
     teacher = load_checkpoint(toy_model).model
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    torch.manual_seed(0)
     student = Transformer(make_config(len(vocab), len(vocab), "tiny", d_model=32, d_ff=64, enc_layers=1))
     pairs = {"encoder": [1], "decoder": [0, 1]}
     objective = Distillation(student, [teacher], alpha=0.5, temperature=2.0, hidden_beta=1.0, hidden_pairs=pairs)
@@ -75,13 +59,18 @@ def test_teacher_is_frozen_and_hidden_kd_projects_unequal_widths(toy_model, toy_
         max_tokens=500, max_steps=30, valid_interval=30, valid_bleu_sents=0, log_interval=10, warmup=10, lr=2e-3
     )
     trainer = Trainer(student, vocab, vocab, train, valid, tmp_path, config, torch.device("cpu"), objective)
+    valid_before = trainer.validate()["valid_loss"]
     trainer.run()
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert not torch.equal(projection, objective.projections["encoder0"].weight)  # trained with the student
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["valid_loss"] < records[0]["loss"]
+    assert records[-1]["valid_loss"] < 0.8 * valid_before  # like with like: the validation loss before and after
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [10, 20, 30]
+    for term in ("word_kd", "hidden_mse"):  # the distillation terms themselves go down
+        assert steps[-1][term] < 0.95 * steps[0][term], term
 
 
 def test_student_learns_from_soft_targets_alone(toy_model, toy_data, tmp_path):

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from kdmt.data import load_corpus, read_parallel
+from kdmt.batching import Batch
+from kdmt.data import TokenizedCorpus, load_corpus, read_parallel
 from kdmt.model import Transformer, make_config
 from kdmt.prepare import CleanOptions, VocabOptions, prepare
 from kdmt.train import TrainConfig, Trainer, ValidSet
-from kdmt.vocab import Vocab
+from kdmt.vocab import BOS, PAD, Vocab
 
 LETTERS = "abcdefghij"
 
@@ -62,3 +63,21 @@ def train_toy(data: Path, out: Path, resume: bool = False, dropout: float = 0.0,
     )
     trainer = Trainer(model, vocab, vocab, train, valid, out, config, torch.device("cpu"))
     return trainer, trainer.run(resume)
+
+
+def toy_setup(data: Path) -> tuple[Vocab, TokenizedCorpus, ValidSet]:
+    """The toy task's vocabulary, training corpus and validation set."""
+    vocab = Vocab.load(data / "spm.model")
+    train = load_corpus(data / "train.src", data / "train.tgt", vocab, vocab)
+    valid = ValidSet(
+        load_corpus(data / "valid.src", data / "valid.tgt", vocab, vocab),
+        *read_parallel(data / "valid.src", data / "valid.tgt"),
+    )
+    return vocab, train, valid
+
+
+def make_batch_from(target: torch.Tensor) -> Batch:
+    """A batch with the given (PAD-padded) targets and random sources, for the objectives alone."""
+    src = torch.randint(4, 11, (target.size(0), 4))
+    tgt_in = torch.cat([torch.full((target.size(0), 1), BOS), target[:, :-1]], dim=1)
+    return Batch(src, tgt_in, target, int((target != PAD).sum()))
