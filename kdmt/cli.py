@@ -6,35 +6,30 @@ import functools
 import json
 import re
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
-from rich.text import Text
 
 from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint
-from kdmt.data import Prepared, load_corpus, load_prepared, read_parallel
+from kdmt.data import PreparedData, read_parallel
 from kdmt.device import resolve_device
 from kdmt.distill import DistillSettings, distill_corpus
 from kdmt.errors import KdmtError
 from kdmt.evaluate import describe, evaluate
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
-from kdmt.model import Transformer, make_config
-from kdmt.objectives import Distillation
+from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.prepare import CleanOptions, VocabOptions, prepare
+from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table
-from kdmt.soft_targets import SoftTargetStore, compute_soft_targets
+from kdmt.soft_targets import compute_soft_targets
 from kdmt.sources import load_dataset_pairs
-from kdmt.student import check_vocabulary, parse_layers, student_corpus
-from kdmt.student import init_from_teacher as init_student
+from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet, check_out_dir
 from kdmt.translate import SearchOptions, Translator
-from kdmt.vocab import Vocab
 
 app = typer.Typer(
     help="Knowledge distillation for neural machine translation: prepare → train-teacher → distill → "
@@ -82,29 +77,6 @@ def parse_duration(text: str | None) -> float | None:
     if not m:
         raise KdmtError(f"cannot read the duration {text!r} (examples: 90s, 30m, 2h)")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
-class RateColumn(ProgressColumn):
-    """Items per second, e.g. '812.4 sent/s'."""
-
-    def __init__(self, unit: str):
-        super().__init__()
-        self.unit = unit
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.1f} {self.unit}/s" if task.speed else "")
-
-
-def progress_bar(unit: str) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
 
 
 Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
@@ -222,26 +194,35 @@ MaxLen = Annotated[int, typer.Option(help="Skip training pairs longer than this 
 LogInterval = Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 TrainBf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="bf16 autocast on CUDA.")]
+AdamBetas = Annotated[tuple[float, float], typer.Option(help="Adam's β1 and β2.")]
+ValidBeam = Annotated[int, typer.Option(help="Beam size of the validation BLEU's translations.")]
 Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.pt.")]
 D = TrainConfig(max_steps=1)  # for the defaults
-MODEL_OPTIONS = ("d_model", "n_heads", "enc_layers", "dec_layers", "d_ff", "dropout")
 
 
-def _train_config(options: dict) -> TrainConfig:
-    """A TrainConfig from the command's options of the same names."""
-    values = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
-    return TrainConfig(**{**values, "max_time": parse_duration(options["max_time"])})
-
-
-def _prepared_data(data: Path) -> tuple[Prepared, Vocab, Vocab, ValidSet]:
-    prepared = load_prepared(data)
-    src_vocab = Vocab.load(prepared.src_vocab_path(data))
-    tgt_vocab = src_vocab if prepared.joint_vocab else Vocab.load(prepared.tgt_vocab_path(data))
-    valid = ValidSet(
-        load_corpus(data / "valid.src", data / "valid.tgt", src_vocab, tgt_vocab, data / "valid.ids.pt"),
-        *read_parallel(data / "valid.src", data / "valid.tgt"),
+def _model_config(
+    data: PreparedData,
+    preset: str,
+    d_model: int | None,
+    n_heads: int | None,
+    enc_layers: int | None,
+    dec_layers: int | None,
+    d_ff: int | None,
+    dropout: float | None,
+) -> ModelConfig:
+    """A preset for the data's vocabularies, with the dimensions given on the command line."""
+    return make_config(
+        len(data.src_vocab),
+        len(data.tgt_vocab),
+        preset,
+        share_embeddings=data.info.joint_vocab,
+        d_model=d_model,
+        n_heads=n_heads,
+        enc_layers=enc_layers,
+        dec_layers=dec_layers,
+        d_ff=d_ff,
+        dropout=dropout,
     )
-    return prepared, src_vocab, tgt_vocab, valid
 
 
 @command("train-teacher")
@@ -259,6 +240,7 @@ def train_teacher_cmd(
     update_freq: UpdateFreq = D.update_freq,
     lr: Lr = D.lr,
     warmup: Warmup = D.warmup,
+    adam_betas: AdamBetas = D.adam_betas,
     label_smoothing: LabelSmoothing = D.label_smoothing,
     clip_norm: ClipNorm = D.clip_norm,
     weight_decay: WeightDecay = D.weight_decay,
@@ -267,6 +249,7 @@ def train_teacher_cmd(
     max_time: MaxTime = None,
     valid_interval: ValidInterval = D.valid_interval,
     valid_bleu_sents: ValidBleuSents = None,
+    valid_beam: ValidBeam = D.valid_beam,
     patience: Patience = None,
     keep_last: KeepLast = D.keep_last,
     average_last: AverageLast = D.average_last,
@@ -279,34 +262,54 @@ def train_teacher_cmd(
 ) -> None:
     """Train a Transformer teacher with label-smoothed cross-entropy.
 
-    Example: kdmt train-teacher --data work/data --out work/teacher --preset small --max-time 30m
+    Example: kdmt train-teacher --data work/data --out work/teacher --preset small --max-steps 20000
     """
-    options = locals()
     check_out_dir(out, resume)
-    config = _train_config(options)
-    prepared, src_vocab, tgt_vocab, valid = _prepared_data(data)
-    torch.manual_seed(seed)
-    dims = {k: options[k] for k in MODEL_OPTIONS}
-    model = Transformer(
-        make_config(len(src_vocab), len(tgt_vocab), preset, share_embeddings=prepared.joint_vocab, **dims)
+    config = TrainConfig(
+        max_tokens=max_tokens,
+        update_freq=update_freq,
+        lr=lr,
+        warmup=warmup,
+        adam_betas=adam_betas,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        clip_norm=clip_norm,
+        max_steps=max_steps,
+        epochs=epochs,
+        max_time=parse_duration(max_time),
+        valid_interval=valid_interval,
+        valid_bleu_sents=valid_bleu_sents,
+        valid_beam=valid_beam,
+        patience=patience,
+        keep_last=keep_last,
+        average_last=average_last,
+        max_len=max_len,
+        seed=seed,
+        log_interval=log_interval,
+        bf16=bf16,
     )
-    train = load_corpus(data / "train.src", data / "train.tgt", src_vocab, tgt_vocab, data / "train.ids.pt")
+    prepared = PreparedData.open(data)
+    model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
+    torch.manual_seed(seed)
+    model = Transformer(model_config)
+    train, valid = prepared.corpus("train"), ValidSet.of(prepared)
     dev = resolve_device(device)
     err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
-    meta = {
-        "role": "teacher",
-        "data": str(data),
-        "preset": preset,
-        "src_lang": prepared.src_lang,
-        "tgt_lang": prepared.tgt_lang,
-        "objective": "label-smoothed cross-entropy",
-    }
-    Trainer(model, src_vocab, tgt_vocab, train, valid, out, config, dev, meta=meta, console=err).run(resume)
+    meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset)}
+    trainer = Trainer(model, prepared.src_vocab, prepared.tgt_vocab, train, valid, out, config, dev, None, meta, err)
+    trainer.run(resume)
+
+
+def _data_record(data: PreparedData, preset: str) -> dict[str, str]:
+    return {"data": str(data.root), "preset": preset, "src_lang": data.info.src_lang, "tgt_lang": data.info.tgt_lang}
 
 
 Teachers = Annotated[list[Path] | None, typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")]
 TeacherWeights = Annotated[
     list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
+]
+FallbackRef = Annotated[
+    bool, typer.Option(help="Where the distilled line is empty (filtered), train on the reference instead of dropping.")
 ]
 
 
@@ -320,6 +323,7 @@ def train_student_cmd(
         Path | None, typer.Option(help="Distilled targets, line-aligned with DATA/train.src (seq-KD).")
     ] = None,
     ref_share: Annotated[float, typer.Option(help="Share of reference pairs mixed with the distilled ones.")] = 0.0,
+    fallback_ref: FallbackRef = False,
     alpha: Annotated[float, typer.Option(help="Word-level KD weight α (0: off).")] = 0.0,
     temperature: Annotated[float, typer.Option(help="Word-level KD temperature T.")] = 1.0,
     topk: Annotated[int | None, typer.Option(help="Keep only the teacher's top-k probabilities (word-KD).")] = None,
@@ -350,6 +354,7 @@ def train_student_cmd(
     update_freq: UpdateFreq = D.update_freq,
     lr: Lr = D.lr,
     warmup: Warmup = D.warmup,
+    adam_betas: AdamBetas = D.adam_betas,
     label_smoothing: LabelSmoothing = D.label_smoothing,
     clip_norm: ClipNorm = D.clip_norm,
     weight_decay: WeightDecay = D.weight_decay,
@@ -358,6 +363,7 @@ def train_student_cmd(
     max_time: MaxTime = None,
     valid_interval: ValidInterval = D.valid_interval,
     valid_bleu_sents: ValidBleuSents = None,
+    valid_beam: ValidBeam = D.valid_beam,
     patience: Patience = None,
     keep_last: KeepLast = D.keep_last,
     average_last: AverageLast = D.average_last,
@@ -372,79 +378,60 @@ def train_student_cmd(
     their hidden states, and/or initialised from a teacher.
 
     Example: kdmt train-student --data work/data --out work/student --distilled work/distilled/train.tgt \
-    --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-time 20m
+    --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-steps 10000
     """
-    options = locals()
     check_out_dir(out, resume)
-    config = _train_config(options)
-    if hidden_kd not in ("none", "encoder", "decoder", "both"):
-        raise KdmtError("--hidden-kd takes none, encoder, decoder or both")
-    if (init_from_teacher or hidden_kd != "none") and not teacher:
-        raise KdmtError("--init-from-teacher and --hidden-kd need --teacher")
-    prepared, src_vocab, tgt_vocab, valid = _prepared_data(data)
+    config = TrainConfig(
+        max_tokens=max_tokens,
+        update_freq=update_freq,
+        lr=lr,
+        warmup=warmup,
+        adam_betas=adam_betas,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        clip_norm=clip_norm,
+        max_steps=max_steps,
+        epochs=epochs,
+        max_time=parse_duration(max_time),
+        valid_interval=valid_interval,
+        valid_bleu_sents=valid_bleu_sents,
+        valid_beam=valid_beam,
+        patience=patience,
+        keep_last=keep_last,
+        average_last=average_last,
+        max_len=max_len,
+        seed=seed,
+        log_interval=log_interval,
+        bf16=bf16,
+    )
+    options = StudentOptions(
+        teachers=teacher or [],
+        teacher_weights=teacher_weight,
+        distilled=distilled,
+        ref_share=ref_share,
+        fallback_ref=fallback_ref,
+        alpha=alpha,
+        temperature=temperature,
+        topk=topk,
+        soft_targets=soft_targets,
+        hidden_kd=hidden_kd,
+        hidden_beta=hidden_beta,
+        hidden_enc_layers=hidden_enc_layers,
+        hidden_dec_layers=hidden_dec_layers,
+        init_from_teacher=init_from_teacher,
+        init_enc_layers=init_enc_layers,
+        init_dec_layers=init_dec_layers,
+    )
+    prepared = PreparedData.open(data)
+    model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
     dev = resolve_device(device)
-    teachers = [(path, load_checkpoint(path, dev)) for path in teacher or []]
-    check_vocabulary(teachers, src_vocab, tgt_vocab)
-    train, corpus_record = student_corpus(data, src_vocab, tgt_vocab, distilled, ref_share, seed)
-    store = None
-    if soft_targets is not None:
-        store = SoftTargetStore.load(soft_targets)
-        if store.key != train.fingerprint():
-            raise KdmtError(f"{soft_targets} was computed on another corpus than this student's training corpus")
-    torch.manual_seed(seed)
-    dims = {k: options[k] for k in MODEL_OPTIONS}
-    model = Transformer(
-        make_config(len(src_vocab), len(tgt_vocab), preset, share_embeddings=prepared.joint_vocab, **dims)
-    )
-    init = None
-    if init_from_teacher:
-        t = teachers[0][1].model
-        enc = parse_layers(init_enc_layers, model.config.enc_layers, t.config.enc_layers)
-        dec = parse_layers(init_dec_layers, model.config.dec_layers, t.config.dec_layers)
-        init_student(model, t, enc, dec)
-        init = {"teacher": str(teachers[0][0]), "encoder_layers": enc, "decoder_layers": dec}
-    sides = {"none": (), "encoder": ("encoder",), "decoder": ("decoder",), "both": ("encoder", "decoder")}[hidden_kd]
-    pairs = {}
-    for side in sides:
-        t = teachers[0][1].model.config
-        layers = (
-            (model.config.enc_layers, t.enc_layers) if side == "encoder" else (model.config.dec_layers, t.dec_layers)
-        )
-        pairs[side] = parse_layers(hidden_enc_layers if side == "encoder" else hidden_dec_layers, *layers)
-    objective = Distillation(
-        model,
-        [c.model for _, c in teachers],
-        teacher_weight,
-        alpha,
-        temperature,
-        label_smoothing,
-        topk,
-        store,
-        hidden_beta if sides else 0.0,
-        pairs,
-    )
-    err.print(f"student: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
-    meta = {
-        "role": "student",
-        "data": str(data),
-        "preset": preset,
-        "src_lang": prepared.src_lang,
-        "tgt_lang": prepared.tgt_lang,
-        "corpus": corpus_record,
-        "teachers": [str(p) for p, _ in teachers] or (store.teachers if store else []),
-        "teacher_weights": objective.weights,
-        "word_kd": {
-            "alpha": alpha,
-            "temperature": temperature,
-            "topk": topk,
-            "soft_targets": str(soft_targets) if soft_targets else None,
-        }
-        if alpha > 0
-        else None,
-        "hidden_kd": {"pairs": pairs, "beta": hidden_beta} if sides else None,
-        "init_from_teacher": init,
-    }
-    Trainer(model, src_vocab, tgt_vocab, train, valid, out, config, dev, objective, meta, err).run(resume)
+    student = build_student(prepared, model_config, options, label_smoothing, seed, dev)
+    n = len(student.corpus)
+    err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
+    meta = {**student.meta, **_data_record(prepared, preset)}
+    vocabs = prepared.src_vocab, prepared.tgt_vocab
+    valid = ValidSet.of(prepared)
+    Trainer(student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err).run(resume)
 
 
 @command("soft-targets")
@@ -457,6 +444,7 @@ def soft_targets_cmd(
         Path | None, typer.Option(help="The student's distilled targets, as for train-student.")
     ] = None,
     ref_share: Annotated[float, typer.Option(help="As for train-student: the same corpus is needed.")] = 0.0,
+    fallback_ref: FallbackRef = False,
     topk: Annotated[int, typer.Option(help="Probabilities kept per target token.")] = 8,
     seed: Seed = D.seed,
     batch_tokens: BatchTokens = 4000,
@@ -467,16 +455,15 @@ def soft_targets_cmd(
 
     Example: kdmt soft-targets -t work/teacher/checkpoint_best.pt --data work/data -o work/soft.pt --topk 8
     """
-    _, src_vocab, tgt_vocab, _ = _prepared_data(data)
+    prepared = PreparedData.open(data)
     dev = resolve_device(device)
     teachers = [(path, load_checkpoint(path, dev)) for path in teacher]
-    check_vocabulary(teachers, src_vocab, tgt_vocab)
-    corpus, _ = student_corpus(data, src_vocab, tgt_vocab, distilled, ref_share, seed)
+    check_vocabulary(teachers, prepared.src_vocab, prepared.tgt_vocab)
+    corpus, _ = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
     weights = teacher_weight or [1.0] * len(teachers)
     if len(weights) != len(teachers) or topk < 1:
         raise KdmtError("give one --teacher-weight per teacher, and --topk of at least 1")
-    with progress_bar("sent") as progress:
-        task = progress.add_task("soft targets", total=len(corpus))
+    with ProgressLine(err, "soft targets", len(corpus), "sent", transient=True) as progress:
         store = compute_soft_targets(
             [c.model for _, c in teachers],
             weights,
@@ -484,7 +471,7 @@ def soft_targets_cmd(
             topk,
             [str(p) for p in teacher],
             batch_tokens,
-            functools.partial(progress.advance, task),
+            progress.advance,
         )
     store.save(out)
     err.print(f"wrote the top-{topk} soft targets of {len(corpus):,} sentences to {out}")
@@ -528,11 +515,10 @@ def translate_cmd(
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
     _, translator = _translator(model, device, options, bf16)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
-    with progress_bar("sent") as progress:
-        task = progress.add_task("translate", total=len(lines))
-        results = translator.translate_nbest(lines, 1, functools.partial(progress.advance, task))
+    with ProgressLine(err, "translate", len(lines), "sent", transient=True) as progress:
+        results = translator.translate_nbest(lines, 1, progress.advance)
     _report_skipped(lines, results, translator.max_src_tokens)
-    hyps = [r[0][0] if r else "" for r in results]
+    hyps = [r[0].text if r else "" for r in results]
     if output:
         write_lines(output, hyps)
     else:
@@ -550,6 +536,20 @@ def distill_cmd(
     select_metric: Annotated[str, typer.Option(help="Sentence metric for seq-inter: bleu or chrf.")] = "bleu",
     ref: Annotated[Path | None, typer.Option(help="Reference target corpus, for --select seq-inter.")] = None,
     shard_size: Annotated[int, typer.Option(help="Lines per shard: the unit of resuming.")] = 10000,
+    filter_degenerate: Annotated[
+        bool,
+        typer.Option(
+            "--filter/--no-filter",
+            help="Write degenerate translations (repetition loops, cut at the maximum length, "
+            "outlying length ratio) as empty lines.",
+        ),
+    ] = True,
+    max_repeat: Annotated[
+        int, typer.Option(help="Filter: a word n-gram (n ≤ 4) this many times in a row is a loop.")
+    ] = 3,
+    max_len_ratio: Annotated[
+        float, typer.Option(help="Filter: a target/source token ratio above this, or below its inverse.")
+    ] = 2.0,
     beam: Beam = 5,
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
@@ -561,6 +561,7 @@ def distill_cmd(
 ) -> None:
     """Translate a corpus with the teacher(s): the sequence-level distilled corpus (Kim & Rush 2016).
 
+    Degenerate translations are written as empty lines (--no-filter keeps them); OUT.json counts them by reason.
     A killed run resumes from its last finished shard when started again with the same arguments.
 
     Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
@@ -586,14 +587,29 @@ def distill_cmd(
         select_metric=select_metric,
         reference=str(ref) if ref else None,
         shard_size=shard_size,
+        filter=filter_degenerate,
+        max_repeat=max_repeat,
+        max_len_ratio=max_len_ratio,
     )
     lines = read_lines(src)
-    with progress_bar("sent") as progress:
-        task = progress.add_task("distill", total=len(lines))
-        stats = distill_corpus(translator, settings, lines, out, functools.partial(progress.advance, task))
+    shards = -(-len(lines) // shard_size)
+    with ProgressLine(err, "distill", len(lines), "sent", transient=True) as progress:
+
+        def shard_done(index: int) -> None:
+            progress.update(progress.completed, f"shard {index + 1} of {shards} written")
+
+        stats = distill_corpus(translator, settings, lines, out, progress.advance, shard_done)
+    n_filtered = sum(stats.filtered.values())
+    reasons = ", ".join(f"{n:,} {reason}" for reason, n in stats.filtered.items())
+    filtered = (
+        f", {n_filtered:,} filtered translations ({n_filtered / max(stats.lines, 1):.1%} of the lines: {reasons})"
+        if filter_degenerate
+        else " (--no-filter)"
+    )
     err.print(
-        f"distilled {stats.lines:,} lines into {out} ({stats.empty} empty and {stats.too_long} over-long "
-        f"sources kept as empty lines)"
+        f"distilled {stats.lines:,} lines into {out}; empty lines: {stats.empty:,} empty and {stats.too_long:,} "
+        f"over-long sources{filtered}",
+        soft_wrap=True,  # one line, however long the path
     )
 
 
@@ -624,11 +640,8 @@ def eval_cmd(
     for path in checkpoints:
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
         ckpts, translator = _translator([path], device, options, bf16)
-        with progress_bar("sent") as progress:
-            task = progress.add_task(f"eval {path.parent.name}", total=len(src_lines))
-            result, hyps = evaluate(
-                translator, path, src, src_lines, ref_lines, ckpts[0].meta, functools.partial(progress.advance, task)
-            )
+        with ProgressLine(err, f"eval {path.parent.name}", len(src_lines), "sent", transient=True) as progress:
+            result, hyps = evaluate(translator, path, src, src_lines, ref_lines, ckpts[0].meta, progress.advance)
         reports.append(result.to_dict())
         if hyps_dir:
             write_lines(hyps_dir / f"{path.parent.name}.{path.stem}.hyp", hyps)

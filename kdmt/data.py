@@ -119,6 +119,33 @@ def load_prepared(root: str | Path) -> Prepared:
         raise KdmtError(f"{marker} is damaged ({e})") from None
 
 
+@dataclass
+class PreparedData:
+    """A prepared data directory, opened: its record and vocabularies; its corpora on demand."""
+
+    root: Path
+    info: Prepared
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+
+    @classmethod
+    def open(cls, root: str | Path) -> PreparedData:
+        root = Path(root)
+        info = load_prepared(root)
+        src_vocab = Vocab.load(info.src_vocab_path(root))
+        tgt_vocab = src_vocab if info.joint_vocab else Vocab.load(info.tgt_vocab_path(root))
+        return cls(root, info, src_vocab, tgt_vocab)
+
+    def text(self, split: str) -> tuple[list[str], list[str]]:
+        """The cleaned text of a split (train, valid): its source and target lines."""
+        return read_parallel(self.root / f"{split}.src", self.root / f"{split}.tgt")
+
+    def corpus(self, split: str) -> TokenizedCorpus:
+        """The tokenized corpus of a split, from its cache when that is current."""
+        src, tgt, cache = (self.root / f"{split}.{ext}" for ext in ("src", "tgt", "ids.pt"))
+        return load_corpus(src, tgt, self.src_vocab, self.tgt_vocab, cache)
+
+
 def save_prepared(root: Path, prepared: Prepared) -> None:
     with atomic_path(root / PREPARED_MARKER) as tmp:
         tmp.write_text(json.dumps(asdict(prepared), indent=2) + "\n")

@@ -4,7 +4,9 @@ The source is cut into shards of a fixed number of lines. Each finished shard is
 and recorded in a manifest, so a run killed at any moment resumes at the first unfinished shard, and
 the assembled corpus is byte-identical to that of an uninterrupted run. With `select="seq-inter"`
 the n-best candidate closest to the reference (sentence BLEU or chrF) is kept instead of the best
-scoring one (Kim & Rush's seq-inter).
+scoring one (Kim & Rush's seq-inter). With `filter` on, a degenerate chosen hypothesis (a repetition
+loop, one cut at the search's maximum length, an outlying length ratio: kdmt.filters) is written as an
+empty line, and counted by reason.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path, read_lines, write_lines, write_text
-from kdmt.translate import Progress, Translator
+from kdmt.filters import REASONS, FilterOptions, degenerate
+from kdmt.translate import Candidate, Progress, Translator
 
 
 @dataclass
@@ -28,6 +31,7 @@ class DistillStats:
     lines: int = 0
     empty: int = 0  # empty source lines: an empty output line
     too_long: int = 0  # sources over the token limit: an empty output line
+    filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # reason -> empty lines
 
 
 @dataclass
@@ -46,6 +50,9 @@ class DistillSettings:
     select_metric: str
     reference: str | None
     shard_size: int
+    filter: bool = True  # degenerate hypotheses become empty lines
+    max_repeat: int = 3
+    max_len_ratio: float = 2.0
     inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
 
 
@@ -53,11 +60,29 @@ def file_identity(paths: list[str]) -> dict[str, list[int]]:
     return {p: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths}
 
 
-def select_closest(candidates: list[tuple[str, float]], reference: str, metric: str) -> str:
-    """The candidate with the highest sentence-level BLEU or chrF against the reference (first on ties)."""
+def closest(texts: list[str], reference: str, metric: str) -> int:
+    """The index of the text with the highest sentence-level BLEU or chrF against the reference (first on ties)."""
     scorer = BLEU(effective_order=True) if metric == "bleu" else CHRF()
-    scores = [scorer.sentence_score(hyp, [reference]).score for hyp, _ in candidates]
-    return candidates[max(range(len(candidates)), key=scores.__getitem__)][0]
+    scores = [scorer.sentence_score(text, [reference]).score for text in texts]
+    return max(range(len(texts)), key=scores.__getitem__)
+
+
+def filter_degenerate(
+    translator: Translator,
+    options: FilterOptions,
+    src: list[str],
+    chosen: list[Candidate | None],
+    counts: dict[str, int],
+) -> list[Candidate | None]:
+    """`chosen` with every degenerate hypothesis replaced by None (an empty line), counted in `counts`."""
+    out: list[Candidate | None] = []
+    for c, src_ids in zip(chosen, translator.src_vocab.encode(src)):
+        limit = translator.max_output_length(len(src_ids) + 1)  # the search saw the source with EOS
+        reason = degenerate(c.text, c.length, len(src_ids), limit, options) if c else None
+        if reason:
+            counts[reason] += 1
+        out.append(None if reason else c)
+    return out
 
 
 def shard_paths(work: Path, index: int) -> tuple[Path, Path]:
@@ -78,6 +103,7 @@ def distill_corpus(
         raise KdmtError(f"line counts differ: {settings.source} has {len(src)}, {settings.reference} has {len(refs)}")
     if settings.select == "seq-inter" and refs is None:
         raise KdmtError("--select seq-inter needs --ref")
+    filter_options = FilterOptions(settings.max_repeat, settings.max_len_ratio) if settings.filter else None
     settings.inputs = file_identity([settings.source, *settings.teachers] + ([settings.reference] if refs else []))
     work = Path(f"{out}.shards")
     manifest_path = work / "manifest.json"
@@ -104,22 +130,38 @@ def distill_corpus(
             continue
         results = translator.translate_nbest(src[lo:hi], settings.nbest, progress)
         if settings.select == "seq-inter":
-            best = [select_closest(r, ref, settings.select_metric) if r else "" for r, ref in zip(results, refs[lo:hi])]
+            chosen = [
+                r[closest([c.text for c in r], ref, settings.select_metric)] if r else None
+                for r, ref in zip(results, refs[lo:hi])
+            ]
         else:
-            best = [r[0][0] if r else "" for r in results]
+            chosen = [r[0] if r else None for r in results]
+        filtered = dict.fromkeys(REASONS, 0)
+        if filter_options is not None:
+            chosen = filter_degenerate(translator, filter_options, src[lo:hi], chosen, filtered)
         best_path, nbest_path = shard_paths(work, index)
-        write_lines(best_path, best)
+        write_lines(best_path, [c.text if c else "" for c in chosen])
         if keep_nbest:
             write_lines(
-                nbest_path, [f"{lo + i} ||| {hyp} ||| {score:.6f}" for i, r in enumerate(results) for hyp, score in r]
+                nbest_path, [f"{lo + i} ||| {c.text} ||| {c.score:.6f}" for i, r in enumerate(results) for c in r]
             )
         empty = sum(1 for line in src[lo:hi] if not line.strip())
-        manifest["done"][str(index)] = {"empty": empty, "too_long": sum(1 for r in results if not r) - empty}
+        manifest["done"][str(index)] = {
+            "empty": empty,
+            "too_long": sum(1 for r in results if not r) - empty,
+            "filtered": filtered,
+        }
         write_text(manifest_path, json.dumps(manifest, indent=1))
         if after_shard:
             after_shard(index)
 
-    stats = DistillStats(len(src), *(sum(d[k] for d in manifest["done"].values()) for k in ("empty", "too_long")))
+    done = manifest["done"].values()
+    stats = DistillStats(
+        len(src),
+        sum(d["empty"] for d in done),
+        sum(d["too_long"] for d in done),
+        {reason: sum(d["filtered"][reason] for d in done) for reason in REASONS},
+    )
     outputs = [(out, 0)] + ([(Path(f"{out}.nbest"), 1)] if keep_nbest else [])
     for path, kind in outputs:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -6,7 +6,17 @@ import time
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 LOG_INTERVAL_S = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
@@ -16,6 +26,17 @@ def format_duration(seconds: float) -> str:
     s = int(round(seconds))
     h, m, s = s // 3600, s // 60 % 60, s % 60
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class RateColumn(ProgressColumn):
+    """Units per second, e.g. '812.4 sent/s'."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.1f} {self.unit}/s" if task.speed else "")
 
 
 class ProgressLine:
@@ -43,7 +64,7 @@ class ProgressLine:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn(f"{unit}"),
+                RateColumn(unit),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from kdmt.batching import Batch, make_batch, token_batches
 from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
-from kdmt.data import TokenizedCorpus
+from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
 from kdmt.evaluate import score
@@ -112,6 +112,11 @@ class ValidSet:
     corpus: TokenizedCorpus
     src_lines: list[str]
     ref_lines: list[str]
+
+    @classmethod
+    def of(cls, data: PreparedData) -> ValidSet:
+        """The validation split of a prepared data directory."""
+        return cls(data.corpus("valid"), *data.text("valid"))
 
 
 class Trainer:

@@ -11,10 +11,19 @@ from torch import Tensor
 from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
 from kdmt.errors import KdmtError
-from kdmt.search import Ensemble, Hypothesis, beam_search, greedy_search
+from kdmt.search import Ensemble, Hypothesis, beam_search, greedy_search, max_lengths
 from kdmt.vocab import EOS
 
 Progress = Callable[[int], None]
+
+
+@dataclass
+class Candidate:
+    """A translation with its score, and its length in target tokens."""
+
+    text: str
+    score: float
+    length: int  # target tokens, without EOS
 
 
 @dataclass
@@ -25,6 +34,13 @@ class SearchOptions:
     max_len_b: int = 10
     batch_tokens: int = 4000  # source tokens per batch (times the beam during search)
     max_src_tokens: int = 1024  # longer sources are not translated (an empty result)
+
+    def __post_init__(self) -> None:
+        for name in ("beam", "batch_tokens", "max_src_tokens"):
+            if getattr(self, name) < 1:
+                raise KdmtError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.max_len_a < 0 or self.max_len_b < 0:
+            raise KdmtError("--max-len-a and --max-len-b must not be negative")
 
 
 class Translator:
@@ -42,13 +58,14 @@ class Translator:
         self.ensemble = Ensemble(self.models)
         self.src_vocab, self.tgt_vocab = first.src_vocab, first.tgt_vocab
         self.options = options or SearchOptions()
-        if self.options.beam < 1:
-            raise KdmtError("the beam size must be at least 1")
         self.device = next(self.models[0].parameters()).device
         self.max_src_tokens = min([self.options.max_src_tokens] + [m.config.max_positions for m in self.models])
 
     def search(self, x: Tensor, nbest: int) -> list[list[Hypothesis]]:
-        """Decode one padded batch; on a CUDA out-of-memory error, decode its halves instead."""
+        """Decode one padded batch; on a CUDA out-of-memory error, decode its halves instead.
+
+        The halves are decoded after leaving the handler: until then the error's traceback keeps the
+        failed attempt's tensors allocated."""
         o = self.options
         try:
             if o.beam == 1:
@@ -57,10 +74,10 @@ class Translator:
         except torch.OutOfMemoryError:
             if x.size(0) == 1:
                 raise
-            if x.is_cuda:
-                torch.cuda.empty_cache()
-            half = x.size(0) // 2
-            return self.search(x[:half], nbest) + self.search(x[half:], nbest)
+        if x.is_cuda:
+            torch.cuda.empty_cache()
+        half = x.size(0) // 2
+        return self.search(x[:half], nbest) + self.search(x[half:], nbest)
 
     def translate_ids(
         self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None
@@ -77,23 +94,31 @@ class Translator:
                 progress(len(ids))
         return out
 
+    def max_output_length(self, n_src_tokens: int) -> int:
+        """The longest hypothesis (tokens, without EOS) the search allows for a source of `n_src_tokens`
+        tokens, EOS counted: one this long was cut there, its EOS forced (search.max_lengths)."""
+        src = torch.ones(1, n_src_tokens, dtype=torch.long)  # any id but PAD
+        o = self.options
+        return int(max_lengths(src, o.max_len_a, o.max_len_b, self.ensemble.max_positions))
+
     def translate_nbest(
         self, lines: list[str], nbest: int = 1, progress: Progress | None = None
-    ) -> list[list[tuple[str, float]]]:
-        """(translation, score) pairs, best first, for each line. Empty lines, and lines longer than
+    ) -> list[list[Candidate]]:
+        """The `nbest` best candidates, best first, for each line. Empty lines, and lines longer than
         `max_src_tokens` tokens, are not translated: their list is empty."""
         encoded = self.src_vocab.encode(lines)
         todo = [
             i for i, (line, ids) in enumerate(zip(lines, encoded)) if line.strip() and len(ids) < self.max_src_tokens
         ]
         results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress) if todo else []
-        out: list[list[tuple[str, float]]] = [[] for _ in lines]
+        out: list[list[Candidate]] = [[] for _ in lines]
         for i, hyps in zip(todo, results):
-            out[i] = list(zip(self.tgt_vocab.decode([h.tokens for h in hyps]), [h.score for h in hyps]))
+            texts = self.tgt_vocab.decode([h.tokens for h in hyps])
+            out[i] = [Candidate(text, h.score, len(h.tokens)) for text, h in zip(texts, hyps)]
         if progress and len(todo) < len(lines):
             progress(len(lines) - len(todo))
         return out
 
     def translate(self, lines: list[str], progress: Progress | None = None) -> list[str]:
         """The best translation of each line; an empty line for an empty (or over-long) one."""
-        return [hyps[0][0] if hyps else "" for hyps in self.translate_nbest(lines, 1, progress)]
+        return [c[0].text if c else "" for c in self.translate_nbest(lines, 1, progress)]

@@ -11,13 +11,14 @@ from toy import LETTERS, make_batch_from, toy_pairs, toy_setup
 
 from kdmt.batching import make_batch
 from kdmt.checkpoint import load_checkpoint
+from kdmt.data import PreparedData
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, word_kd_loss
 from kdmt.soft_targets import compute_soft_targets
 from kdmt.student import init_from_teacher, mix, student_corpus
 from kdmt.train import TrainConfig, Trainer
 from kdmt.translate import SearchOptions, Translator
-from kdmt.vocab import PAD, Vocab
+from kdmt.vocab import PAD
 
 
 def test_word_kd_equals_cross_entropy_for_a_one_hot_teacher():
@@ -120,11 +121,10 @@ def test_mix_sets_the_share_of_references():
 
 
 def test_student_corpus_drops_empty_distilled_lines(toy_data, tmp_path):
-    vocab = Vocab.load(toy_data / "spm.model")
     src = (toy_data / "train.src").read_text().splitlines()
     lines = ["x"] * len(src)
     lines[0] = ""
-    corpus, record = student_corpus(toy_data, vocab, vocab, write(tmp_path / "d", lines), 0.0, 1)
+    corpus, record = student_corpus(PreparedData.open(toy_data), write(tmp_path / "d", lines), 0.0, 1)
     assert len(corpus) == len(src) - 1 and record["dropped_empty"] == 1
 
 
