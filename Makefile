@@ -34,12 +34,12 @@ test: lint
 TEST_SRC := $(M30K)/test_2016_flickr.de.gz
 TEST_REF := $(M30K)/test_2016_flickr.en.gz
 SEED ?= 1
-TEACHER_STEPS ?= 600
-STUDENT_STEPS ?= 400
-TEACHER := --preset small --max-steps $(TEACHER_STEPS) --max-tokens 3000 --warmup 400 --lr 1e-3 \
-	--valid-interval 200 --valid-bleu-sents 300 --seed $(SEED)
+TEACHER_STEPS ?= 330
+STUDENT_STEPS ?= 250
+TEACHER := --preset small --max-steps $(TEACHER_STEPS) --max-tokens 3000 --warmup 200 --lr 2e-3 \
+	--valid-interval 110 --valid-bleu-sents 300 --seed $(SEED)
 STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 3 --dec-layers 1 --max-steps $(STUDENT_STEPS) \
-	--max-tokens 3000 --warmup 300 --lr 2e-3 --valid-interval 200 --valid-bleu-sents 300 --seed $(SEED)
+	--max-tokens 3000 --warmup 150 --lr 2e-3 --valid-interval 125 --valid-bleu-sents 300 --seed $(SEED)
 resume = $(if $(wildcard $(1)/checkpoint_last.pt),--resume)
 
 demo: $(DEMO)/report.json

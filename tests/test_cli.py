@@ -329,3 +329,24 @@ def test_prepare_from_a_local_json_dataset(tmp_path, monkeypatch):
         tmp_path / "d2",
     )
     assert_fails(missing, "no field 'translation.xx'")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "-5"], "--lr must be positive"),
+        (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+        (["--max-tokens", "5"], "smaller than the longest training pair"),
+        (["--label-smoothing", "1.5"], "--label-smoothing must lie in [0, 1)"),
+        (["--update-freq", "0"], "--update-freq must be at least 1"),
+    ],
+)
+def test_bad_training_options_fail_in_one_line(toy_data, tmp_path, args, message):
+    result = kdmt("train-teacher", "--data", toy_data, "--out", tmp_path / "t", "--max-steps", "2", *args)
+    assert_fails(result, message)
+    assert not (tmp_path / "t" / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.parametrize("args", [["--batch-tokens", "0"], ["--max-len-a", "-1"], ["--max-src-tokens", "0"]])
+def test_bad_search_option_values_fail_in_one_line(toy_model, args):
+    assert_fails(kdmt("translate", "-m", toy_model, *args, input="a b\n"), "must")
