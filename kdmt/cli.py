@@ -294,9 +294,9 @@ def train_teacher_cmd(
     model = Transformer(model_config)
     train, valid = prepared.corpus("train"), ValidSet.of(prepared)
     dev = resolve_device(device)
-    err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
     meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset)}
     trainer = Trainer(model, prepared.src_vocab, prepared.tgt_vocab, train, valid, out, config, dev, None, meta, err)
+    err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
     trainer.run(resume)
 
 
@@ -426,12 +426,13 @@ def train_student_cmd(
     model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
     dev = resolve_device(device)
     student = build_student(prepared, model_config, options, label_smoothing, seed, dev)
-    n = len(student.corpus)
-    err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
     meta = {**student.meta, **_data_record(prepared, preset)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
     valid = ValidSet.of(prepared)
-    Trainer(student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err).run(resume)
+    trainer = Trainer(student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err)
+    n = len(student.corpus)
+    err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
+    trainer.run(resume)
 
 
 @command("soft-targets")
