@@ -14,21 +14,24 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from kdmt import distributed
 from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint
-from kdmt.data import PreparedData, read_parallel
+from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.device import resolve_device
-from kdmt.distill import DistillSettings, distill_corpus
+from kdmt.distill import DistillRun, DistillSettings
 from kdmt.errors import KdmtError
 from kdmt.evaluate import describe, evaluate
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.model import ModelConfig, Transformer, make_config
-from kdmt.prepare import CleanOptions, VocabOptions, prepare
+from kdmt.prepare import SPM_SAMPLE, CleanOptions, VocabOptions, prepare
 from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table
-from kdmt.soft_targets import compute_soft_targets
-from kdmt.sources import load_dataset_pairs
+from kdmt.run_dir import check_out_dir
+from kdmt.shards import file_identity, launch_rank, local_device, locked
+from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
+from kdmt.sources import dataset_pairs
 from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
-from kdmt.train import TrainConfig, Trainer, ValidSet, check_out_dir
+from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions, Translator
 
 app = typer.Typer(
@@ -130,8 +133,12 @@ def prepare_cmd(
     max_words: Annotated[int, typer.Option(help="Drop training pairs with a side longer than this many words.")] = 250,
     max_ratio: Annotated[float, typer.Option(help="Drop pairs whose word-length ratio exceeds this.")] = 3.0,
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact duplicate training pairs.")] = True,
+    spm_sample: Annotated[
+        int, typer.Option(help="Sentences sentencepiece is trained on: a random sample of the cleaned corpus.")
+    ] = SPM_SAMPLE,
+    workers: Annotated[int, typer.Option(help="Processes that tokenize the corpus.")] = 1,
 ) -> None:
-    """Clean a parallel corpus, train a sentencepiece model and write the tokenized corpus.
+    """Clean a parallel corpus, train a sentencepiece model and write the tokenized corpus, streaming.
 
     Example: kdmt prepare --src de --tgt en --train data/multi30k/train --valid data/multi30k/val -o work/data
     """
@@ -140,8 +147,8 @@ def prepare_cmd(
     if dataset is None:
         if valid is None:
             raise KdmtError("--valid is required with --train")
-        train_pairs = read_parallel(_prefix_file(train, src_lang), _prefix_file(train, tgt_lang))
-        valid_pairs = read_parallel(_prefix_file(valid, src_lang), _prefix_file(valid, tgt_lang))
+        train_pairs = stream_parallel(_prefix_file(train, src_lang), _prefix_file(train, tgt_lang))
+        valid_pairs = stream_parallel(_prefix_file(valid, src_lang), _prefix_file(valid, tgt_lang))
     else:
         files = None
         if data_files:
@@ -149,9 +156,9 @@ def prepare_cmd(
                 raise KdmtError("--data-files takes SPLIT=PATH, e.g. --data-files train=train.jsonl")
             files = dict(f.split("=", 1) for f in data_files)
         columns = dict(src_field=src_field, tgt_field=tgt_field)
-        train_pairs = load_dataset_pairs(dataset, train_split, src_lang, tgt_lang, dataset_config, files, **columns)
-        valid_pairs = load_dataset_pairs(dataset, valid_split, src_lang, tgt_lang, dataset_config, files, **columns)
-    with err.status("cleaning and training sentencepiece"):
+        train_pairs = dataset_pairs(dataset, train_split, src_lang, tgt_lang, dataset_config, files, **columns)
+        valid_pairs = dataset_pairs(dataset, valid_split, src_lang, tgt_lang, dataset_config, files, **columns)
+    with err.status("prepare") as status:
         prepared = prepare(
             out,
             src_lang,
@@ -159,7 +166,9 @@ def prepare_cmd(
             train_pairs,
             valid_pairs,
             CleanOptions(max_words, max_ratio, dedup),
-            VocabOptions(vocab_size, joint_vocab, spm_type),
+            VocabOptions(vocab_size, joint_vocab, spm_type, sample=spm_sample),
+            workers,
+            status.update,
         )
     table = Table("split", *prepared.stats["train"].keys(), title=f"kdmt prepare → {out}")
     for split, stats in prepared.stats.items():
@@ -225,6 +234,17 @@ def _model_config(
     )
 
 
+def _join_training(device: str | None, out: Path, resume: bool) -> torch.device:
+    """The training device; under torchrun, this process joins the others, and rank 0 alone speaks and
+    checks --out (it alone writes there)."""
+    dev = distributed.init(device)
+    err.quiet = not distributed.is_main()
+    distributed.on_rank0(lambda: check_out_dir(out, resume))
+    if distributed.is_distributed():
+        err.print(f"training on {distributed.world_size()} processes; rank 0 validates and writes {out}")
+    return dev
+
+
 @command("train-teacher")
 def train_teacher_cmd(
     data: Data,
@@ -264,7 +284,7 @@ def train_teacher_cmd(
 
     Example: kdmt train-teacher --data work/data --out work/teacher --preset small --max-steps 20000
     """
-    check_out_dir(out, resume)
+    dev = _join_training(device, out, resume)
     config = TrainConfig(
         max_tokens=max_tokens,
         update_freq=update_freq,
@@ -292,8 +312,8 @@ def train_teacher_cmd(
     model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
     torch.manual_seed(seed)
     model = Transformer(model_config)
-    train, valid = prepared.corpus("train"), ValidSet.of(prepared)
-    dev = resolve_device(device)
+    with distributed.rank0_first():  # tokenized again, and saved, when not current
+        train, valid = prepared.corpus("train"), ValidSet.of(prepared)
     meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset)}
     trainer = Trainer(model, prepared.src_vocab, prepared.tgt_vocab, train, valid, out, config, dev, None, meta, err)
     err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
@@ -380,7 +400,7 @@ def train_student_cmd(
     Example: kdmt train-student --data work/data --out work/student --distilled work/distilled/train.tgt \
     --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-steps 10000
     """
-    check_out_dir(out, resume)
+    dev = _join_training(device, out, resume)
     config = TrainConfig(
         max_tokens=max_tokens,
         update_freq=update_freq,
@@ -424,22 +444,32 @@ def train_student_cmd(
     )
     prepared = PreparedData.open(data)
     model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
-    dev = resolve_device(device)
-    student = build_student(prepared, model_config, options, label_smoothing, seed, dev)
+    with distributed.rank0_first():  # the student's corpus is tokenized once, and saved
+        student = build_student(prepared, model_config, options, label_smoothing, seed, dev)
+        valid = ValidSet.of(prepared)
+    n = len(student.corpus)
     meta = {**student.meta, **_data_record(prepared, preset)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
-    valid = ValidSet.of(prepared)
     trainer = Trainer(student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err)
-    n = len(student.corpus)
     err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
     trainer.run(resume)
+
+
+def _progress_console() -> Console:
+    """Where a sharded command shows its progress: stderr, except in torchrun's processes other than rank 0."""
+    return err if launch_rank() == 0 else Console(stderr=True, quiet=True)
 
 
 @command("soft-targets")
 def soft_targets_cmd(
     teacher: Annotated[list[Path], typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")],
     data: Data,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The soft-targets file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="The soft-targets record to write (JSON); its arrays beside it: OUT's stem.*.npy."
+        ),
+    ],
     teacher_weight: TeacherWeights = None,
     distilled: Annotated[
         Path | None, typer.Option(help="The student's distilled targets, as for train-student.")
@@ -449,33 +479,44 @@ def soft_targets_cmd(
     topk: Annotated[int, typer.Option(help="Probabilities kept per target token.")] = 8,
     seed: Seed = D.seed,
     batch_tokens: BatchTokens = 4000,
+    shard_size: Annotated[
+        int, typer.Option(help="Sentences per shard: the unit of resuming and of sharing the work among processes.")
+    ] = 10000,
     device: Device = None,
 ) -> None:
     """Store the teachers' top-k log-probabilities for every target token of a student's training
-    corpus, for offline word-level KD (train-student --soft-targets).
+    corpus, for offline word-level KD (train-student --soft-targets): int32 ids and float16 log-probs in
+    memory-mapped arrays (about 6·K bytes a token) that training reads lazily.
 
-    Example: kdmt soft-targets -t work/teacher/checkpoint_best.pt --data work/data -o work/soft.pt --topk 8
+    Processes started with the same arguments share the shards (torchrun --nproc-per-node N -m kdmt
+    soft-targets ..., or the command started several times on one machine); a killed run resumes.
+
+    Example: kdmt soft-targets -t work/teacher/checkpoint_best.pt --data work/data -o work/soft.json --topk 8
     """
     prepared = PreparedData.open(data)
-    dev = resolve_device(device)
+    dev = local_device(device)
     teachers = [(path, load_checkpoint(path, dev)) for path in teacher]
     check_vocabulary(teachers, prepared.src_vocab, prepared.tgt_vocab)
-    corpus, _ = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
+    with locked(Path(f"{out}.shards")):  # one process tokenizes the student's corpus; the others map it
+        corpus, _ = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
     weights = teacher_weight or [1.0] * len(teachers)
-    if len(weights) != len(teachers) or topk < 1:
-        raise KdmtError("give one --teacher-weight per teacher, and --topk of at least 1")
-    with ProgressLine(err, "soft targets", len(corpus), "sent", transient=True) as progress:
+    if len(weights) != len(teachers) or topk < 1 or shard_size < 1:
+        raise KdmtError("give one --teacher-weight per teacher, --topk and --shard-size of at least 1")
+    names = [str(p) for p in teacher]
+    settings = SoftTargetSettings(names, weights, topk, batch_tokens, shard_size, inputs=file_identity(names))
+    shards = -(-len(corpus) // shard_size)
+    with ProgressLine(_progress_console(), "soft targets", len(corpus), "sent", transient=True) as progress:
+
+        def shard_done(index: int) -> None:
+            progress.update(progress.completed, f"shard {index + 1} of {shards} written")
+
         store = compute_soft_targets(
-            [c.model for _, c in teachers],
-            weights,
-            corpus,
-            topk,
-            [str(p) for p in teacher],
-            batch_tokens,
-            progress.advance,
+            [c.model for _, c in teachers], corpus, settings, out, progress.advance, shard_done
         )
-    store.save(out)
-    err.print(f"wrote the top-{topk} soft targets of {len(corpus):,} sentences to {out}")
+    if store is None:
+        err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
+        return
+    err.print(f"wrote the top-{topk} soft targets of {len(corpus):,} sentences to {out}", soft_wrap=True)
 
 
 # --- translate ---------------------------------------------------------------------------------
@@ -536,7 +577,9 @@ def distill_cmd(
     select: Annotated[str | None, typer.Option(help="seq-inter: keep the n-best candidate closest to --ref.")] = None,
     select_metric: Annotated[str, typer.Option(help="Sentence metric for seq-inter: bleu or chrf.")] = "bleu",
     ref: Annotated[Path | None, typer.Option(help="Reference target corpus, for --select seq-inter.")] = None,
-    shard_size: Annotated[int, typer.Option(help="Lines per shard: the unit of resuming.")] = 10000,
+    shard_size: Annotated[
+        int, typer.Option(help="Lines per shard: the unit of resuming and of sharing the work among processes.")
+    ] = 10000,
     filter_degenerate: Annotated[
         bool,
         typer.Option(
@@ -563,7 +606,9 @@ def distill_cmd(
     """Translate a corpus with the teacher(s): the sequence-level distilled corpus (Kim & Rush 2016).
 
     Degenerate translations are written as empty lines (--no-filter keeps them); OUT.json counts them by reason.
-    A killed run resumes from its last finished shard when started again with the same arguments.
+    Processes started with the same arguments share the shards: torchrun --nproc-per-node N -m kdmt distill ...,
+    or the command started several times, on machines sharing the file system. A killed run resumes where it
+    stopped when started again with the same arguments, with any number of processes.
 
     Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
     """
@@ -574,7 +619,7 @@ def distill_cmd(
     if select and nbest == 1:
         nbest = beam  # seq-inter chooses among the whole beam
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
-    _, translator = _translator(teacher, device, options, bf16)
+    _, translator = _translator(teacher, str(local_device(device)), options, bf16)
     settings = DistillSettings(
         teachers=[str(t) for t in teacher],
         source=str(src),
@@ -592,14 +637,17 @@ def distill_cmd(
         max_repeat=max_repeat,
         max_len_ratio=max_len_ratio,
     )
-    lines = read_lines(src)
-    shards = -(-len(lines) // shard_size)
-    with ProgressLine(err, "distill", len(lines), "sent", transient=True) as progress:
+    run = DistillRun(translator, settings, out)
+    shards = -(-run.lines // shard_size)
+    with ProgressLine(_progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
         def shard_done(index: int) -> None:
             progress.update(progress.completed, f"shard {index + 1} of {shards} written")
 
-        stats = distill_corpus(translator, settings, lines, out, progress.advance, shard_done)
+        stats = run.run(progress.advance, shard_done)
+    if stats is None:
+        err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
+        return
     n_filtered = sum(stats.filtered.values())
     reasons = ", ".join(f"{n:,} {reason}" for reason, n in stats.filtered.items())
     filtered = (

@@ -1,18 +1,25 @@
-"""Parallel text: checking, cleaning, the prepared work directory, and the tokenized corpus."""
+"""Parallel text: reading and cleaning it as it streams, the prepared work directory, and its tokenized
+corpora (kdmt.corpus), tokenized once and then mapped."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from itertools import compress
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from kdmt.arrays import HashSet
+from kdmt.corpus import TokenizedCorpus, open_corpus, record_path, vocab_key, write_tokenized
 from kdmt.errors import KdmtError
-from kdmt.files import atomic_path, read_lines
-from kdmt.vocab import EOS, Vocab
+from kdmt.files import atomic_path, read_lines, stream_lines
+from kdmt.parallel import chunks, ordered_map
+from kdmt.vocab import Vocab
 
 PREPARED_MARKER = "prepare.json"
 
@@ -32,8 +39,34 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
     """Both sides of a parallel corpus; their line counts must agree."""
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
-        raise KdmtError(f"line counts differ: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}")
+        raise _count_mismatch(src_path, len(src), tgt_path, len(tgt))
     return src, tgt
+
+
+def stream_parallel(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
+    """The pairs of a parallel corpus as they are read; when one side ends first, the rest of the other is
+    counted and the line counts are reported."""
+    ended: list[int] = []
+    src, tgt = _marking_end(stream_lines(src_path), ended, 0), _marking_end(stream_lines(tgt_path), ended, 1)
+    n = 0
+    for pair in zip(src, tgt):
+        n += 1
+        yield pair
+    if ended[0] == 0:  # the source ended: zip took nothing more from the target
+        n_src, n_tgt = n, n + sum(1 for _ in tgt)
+    else:  # the target ended, after zip had taken one more source line
+        n_src, n_tgt = n + 1 + sum(1 for _ in src), n
+    if n_src != n_tgt:
+        raise _count_mismatch(src_path, n_src, tgt_path, n_tgt)
+
+
+def _marking_end(lines: Iterator[str], ended: list[int], side: int) -> Iterator[str]:
+    yield from lines
+    ended.append(side)
+
+
+def _count_mismatch(src_path: str | Path, n_src: int, tgt_path: str | Path, n_tgt: int) -> KdmtError:
+    return KdmtError(f"line counts differ: {src_path} has {n_src} lines, {tgt_path} has {n_tgt}")
 
 
 @dataclass
@@ -59,36 +92,75 @@ def length_in_words(text: str) -> float:
     return words + sum(len(chars.findall(text)) / per_word for chars, per_word in _UNSPACED_CHARS)
 
 
-def clean_pairs(
-    src: list[str],
-    tgt: list[str],
+def clean_stream(
+    pairs: Iterable[tuple[str, str]],
+    stats: CleanStats,
     max_words: int = 250,
     max_ratio: float = 3.0,
     dedup: bool = True,
-) -> tuple[list[str], list[str], CleanStats]:
-    """Drop empty pairs, pairs over `max_words` words, pairs whose length ratio exceeds `max_ratio`,
-    and exact duplicate pairs; lengths are `length_in_words`. Whitespace is normalised to single spaces."""
-    stats = CleanStats(input=len(src))
-    seen: set[tuple[str, str]] = set()
-    out_src, out_tgt = [], []
-    for s, t in zip(src, tgt):
+    chunk: int = 8192,
+    workers: int = 1,
+) -> Iterator[list[tuple[str, str]]]:
+    """The pairs that cleaning keeps, in input order, chunk by chunk, counting in `stats` what it drops
+    (`stats.input` is up to date at each chunk): empty pairs, pairs
+    over `max_words` words, pairs whose length ratio exceeds `max_ratio` (lengths are `length_in_words`),
+    and exact duplicates. Whitespace is normalised to single spaces. A pair is known again by a 64-bit hash
+    (8 bytes a kept pair in memory; two distinct pairs among n collide with odds of about n²/2⁶⁵). Chunks of
+    `chunk` pairs are normalised, measured and hashed in `workers` processes; duplicates are found here."""
+    select = partial(_select, max_words=max_words, max_ratio=max_ratio, dedup=dedup)
+    batches = chunks(pairs, chunk)
+    seen = HashSet()
+    for kept, hashes, counts in map(select, batches) if workers <= 1 else ordered_map(select, batches, workers):
+        for reason, n in counts.items():
+            setattr(stats, reason, getattr(stats, reason) + n)
+        if dedup and kept:
+            fresh = seen.add_new(hashes)
+            stats.duplicate += len(kept) - int(fresh.sum())
+            kept = list(compress(kept, fresh))
+        stats.kept += len(kept)
+        yield kept
+
+
+def _select(
+    batch: list[tuple[str, str]], max_words: int, max_ratio: float, dedup: bool
+) -> tuple[list[tuple[str, str]], np.ndarray | None, dict[str, int]]:
+    """The pairs of `batch` that pass the length checks, normalised; their hashes (for `dedup`); the counts
+    of the pairs read and of those dropped, by reason."""
+    kept, counts = [], {"input": len(batch), "empty": 0, "too_long": 0, "ratio": 0}
+    for s, t in batch:
         s, t = " ".join(s.split()), " ".join(t.split())
-        ns, nt = length_in_words(s), length_in_words(t)
-        if ns == 0 or nt == 0:
-            stats.empty += 1
-        elif ns > max_words or nt > max_words:
-            stats.too_long += 1
-        elif max(ns, nt) / min(ns, nt) > max_ratio:
-            stats.ratio += 1
-        elif dedup and (s, t) in seen:
-            stats.duplicate += 1
+        if reason := _rejection(s, t, max_words, max_ratio):
+            counts[reason] += 1
         else:
-            if dedup:
-                seen.add((s, t))
-            out_src.append(s)
-            out_tgt.append(t)
-    stats.kept = len(out_src)
-    return out_src, out_tgt, stats
+            kept.append((s, t))
+    hashes = np.fromiter((pair_hash(s, t) for s, t in kept), dtype=np.uint64, count=len(kept)) if dedup else None
+    return kept, hashes, counts
+
+
+def _rejection(s: str, t: str, max_words: int, max_ratio: float) -> str | None:
+    """Why cleaning drops a pair (a field of CleanStats), or None."""
+    ns, nt = length_in_words(s), length_in_words(t)
+    if ns == 0 or nt == 0:
+        return "empty"
+    if ns > max_words or nt > max_words:
+        return "too_long"
+    if max(ns, nt) / min(ns, nt) > max_ratio:
+        return "ratio"
+    return None
+
+
+def pair_hash(s: str, t: str) -> int:
+    """A 64-bit hash of a whitespace-normalised pair (in which a tab cannot occur)."""
+    return int.from_bytes(hashlib.blake2b(f"{s}\t{t}".encode(), digest_size=8).digest(), "little")
+
+
+def clean_pairs(
+    src: list[str], tgt: list[str], max_words: int = 250, max_ratio: float = 3.0, dedup: bool = True
+) -> tuple[list[str], list[str], CleanStats]:
+    """`clean_stream` of a corpus in memory: the kept sources and targets, and the counts."""
+    stats = CleanStats()
+    kept = [pair for chunk in clean_stream(zip(src, tgt), stats, max_words, max_ratio, dedup) for pair in chunk]
+    return [s for s, _ in kept], [t for _, t in kept], stats
 
 
 @dataclass
@@ -141,63 +213,14 @@ class PreparedData:
         return read_parallel(self.root / f"{split}.src", self.root / f"{split}.tgt")
 
     def corpus(self, split: str) -> TokenizedCorpus:
-        """The tokenized corpus of a split, from its cache when that is current."""
-        src, tgt, cache = (self.root / f"{split}.{ext}" for ext in ("src", "tgt", "ids.pt"))
-        return load_corpus(src, tgt, self.src_vocab, self.tgt_vocab, cache)
+        """The tokenized corpus of a split, mapped from its files (tokenized again if they are not current)."""
+        src, tgt = self.root / f"{split}.src", self.root / f"{split}.tgt"
+        return load_corpus(src, tgt, self.src_vocab, self.tgt_vocab, self.root / split)
 
 
 def save_prepared(root: Path, prepared: Prepared) -> None:
     with atomic_path(root / PREPARED_MARKER) as tmp:
         tmp.write_text(json.dumps(asdict(prepared), indent=2) + "\n")
-
-
-class TokenizedCorpus:
-    """Token ids of a parallel corpus in two flat tensors with offsets; each sentence ends in EOS."""
-
-    def __init__(self, src: torch.Tensor, src_len: torch.Tensor, tgt: torch.Tensor, tgt_len: torch.Tensor):
-        self.src, self.src_len, self.tgt, self.tgt_len = src, src_len, tgt, tgt_len
-        self.src_off = torch.cumsum(src_len, 0) - src_len
-        self.tgt_off = torch.cumsum(tgt_len, 0) - tgt_len
-
-    @classmethod
-    def encode(cls, src: list[str], tgt: list[str], src_vocab: Vocab, tgt_vocab: Vocab) -> TokenizedCorpus:
-        def flat(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-            lengths = torch.tensor([len(x) + 1 for x in ids], dtype=torch.int64)
-            data = torch.tensor([t for x in ids for t in (*x, EOS)], dtype=torch.int32)
-            return data, lengths
-
-        return cls(*flat(src_vocab.encode(src)), *flat(tgt_vocab.encode(tgt)))
-
-    def __len__(self) -> int:
-        return len(self.src_len)
-
-    def fingerprint(self) -> str:
-        """A hash of the token ids: what was made from one corpus (soft targets, a run) fits only that corpus."""
-        h = hashlib.sha256()
-        for t in (self.src, self.src_len, self.tgt, self.tgt_len):
-            h.update(t.numpy().tobytes())
-        return h.hexdigest()[:16]
-
-    def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s, t = int(self.src_off[i]), int(self.tgt_off[i])
-        return self.src[s : s + int(self.src_len[i])], self.tgt[t : t + int(self.tgt_len[i])]
-
-    def save(self, path: Path, key: str) -> None:
-        """Write the ids with `key` (the vocabularies' fingerprints) that `load` checks."""
-        d = {"src": self.src, "src_len": self.src_len, "tgt": self.tgt, "tgt_len": self.tgt_len, "key": key}
-        with atomic_path(path) as tmp:
-            torch.save(d, tmp)
-
-    @classmethod
-    def load(cls, path: Path, key: str) -> TokenizedCorpus | None:
-        """The cached ids, or None when the file is unreadable or was made with other vocabularies."""
-        try:
-            d = torch.load(path, weights_only=True)
-            if d.get("key") != key:
-                return None
-            return cls(d["src"], d["src_len"], d["tgt"], d["tgt_len"])
-        except Exception:
-            return None
 
 
 def load_corpus(
@@ -207,16 +230,24 @@ def load_corpus(
     tgt_vocab: Vocab,
     cache: Path | None = None,
 ) -> TokenizedCorpus:
-    """Tokenize a parallel text corpus, reusing `cache` when it is newer than both text files
-    and was made with the same vocabularies."""
-    key = f"{src_vocab.fingerprint}-{tgt_vocab.fingerprint}"
-    if cache is not None and cache.is_file():
-        newest_text = max(src_path.stat().st_mtime, tgt_path.stat().st_mtime)
-        if cache.stat().st_mtime >= newest_text and (corpus := TokenizedCorpus.load(cache, key)):
-            return corpus
-    corpus = TokenizedCorpus.encode(*read_parallel(src_path, tgt_path), src_vocab, tgt_vocab)
-    if len(corpus) == 0:
-        raise KdmtError(f"{src_path}: the corpus is empty")
-    if cache is not None:
-        corpus.save(cache, key)
-    return corpus
+    """A parallel text corpus, tokenized: in memory without `cache`; else written (streaming) to the files
+    under the prefix `cache` (kdmt.corpus) and mapped from them, reused while they are complete, newer than
+    both text files and made with the same vocabularies."""
+    if cache is None:
+        corpus = TokenizedCorpus.encode(*read_parallel(src_path, tgt_path), src_vocab, tgt_vocab)
+        if len(corpus) == 0:
+            raise KdmtError(f"{src_path}: the corpus is empty")
+        return corpus
+    key = vocab_key(src_vocab, tgt_vocab)
+    found = open_corpus(cache, key) if _newer(record_path(cache), src_path, tgt_path) else None
+    if found is None:
+        write_tokenized(stream_parallel(src_path, tgt_path), src_vocab, tgt_vocab, cache, key)
+        found = open_corpus(cache, key)
+    if found is None:
+        raise KdmtError(f"{cache}: the tokenized corpus just written cannot be read back")
+    return found[0]
+
+
+def _newer(path: Path, *sources: Path) -> bool:
+    """Whether `path` exists and was written after every one of `sources`."""
+    return path.is_file() and path.stat().st_mtime >= max(source.stat().st_mtime for source in sources)

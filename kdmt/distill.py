@@ -1,8 +1,11 @@
 """Sequence-level knowledge distillation (Kim & Rush 2016): the teacher's translations of a corpus.
 
-The source is cut into shards of a fixed number of lines. Each finished shard is written atomically
-and recorded in a manifest, so a run killed at any moment resumes at the first unfinished shard, and
-the assembled corpus is byte-identical to that of an uninterrupted run. With `select="seq-inter"`
+The source is cut into shards of a fixed number of lines, found in one pass over the file and read
+shard by shard (never the whole file). Any number of processes — torchrun's, or the same command started
+several times, on one machine or several sharing a file system — claim and translate the shards
+(kdmt.shards); each finished shard is written atomically and recorded in a manifest, and the last process
+assembles the corpus. A run killed at any moment resumes, with any number of processes, where it stopped,
+and the corpus is byte-identical to that of one uninterrupted process. With `select="seq-inter"`
 the n-best candidate closest to the reference (sentence BLEU or chrF) is kept instead of the best
 scoring one (Kim & Rush's seq-inter). With `filter` on, a degenerate chosen hypothesis (a repetition
 loop, one cut at the search's maximum length, an outlying length ratio: kdmt.filters) is written as an
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,9 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 
 from kdmt.errors import KdmtError
-from kdmt.files import atomic_path, read_lines, write_lines, write_text
+from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
+from kdmt.shards import Manifest, ShardedRun, file_identity
 from kdmt.translate import Candidate, Progress, Translator
 
 
@@ -56,10 +61,6 @@ class DistillSettings:
     inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
 
 
-def file_identity(paths: list[str]) -> dict[str, list[int]]:
-    return {p: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths}
-
-
 def closest(texts: list[str], reference: str, metric: str) -> int:
     """The index of the text with the highest sentence-level BLEU or chrF against the reference (first on ties)."""
     scorer = BLEU(effective_order=True) if metric == "bleu" else CHRF()
@@ -89,85 +90,133 @@ def shard_paths(work: Path, index: int) -> tuple[Path, Path]:
     return work / f"{index:06d}.txt", work / f"{index:06d}.nbest"
 
 
-def distill_corpus(
-    translator: Translator,
-    settings: DistillSettings,
-    src: list[str],
-    out: Path,
-    progress: Progress | None = None,
-    after_shard: Callable[[int], None] | None = None,
-) -> DistillStats:
-    """Translate `src` (the lines of settings.source) into `out`, one line per line, shard by shard."""
-    refs = read_lines(settings.reference) if settings.reference else None
-    if refs is not None and len(refs) != len(src):
-        raise KdmtError(f"line counts differ: {settings.source} has {len(src)}, {settings.reference} has {len(refs)}")
-    if settings.select == "seq-inter" and refs is None:
-        raise KdmtError("--select seq-inter needs --ref")
-    filter_options = FilterOptions(settings.max_repeat, settings.max_len_ratio) if settings.filter else None
-    settings.inputs = file_identity([settings.source, *settings.teachers] + ([settings.reference] if refs else []))
-    work = Path(f"{out}.shards")
-    manifest_path = work / "manifest.json"
-    record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
-    manifest: dict[str, Any] = {"settings": record, "done": {}}
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
-        if previous["settings"] != record:
-            raise KdmtError(
-                f"{work} holds an unfinished distill run with other settings or inputs; "
-                "run it with the same ones, or delete that directory"
-            )
-        manifest = previous
-    work.mkdir(parents=True, exist_ok=True)
-    write_text(manifest_path, json.dumps(manifest, indent=1))
+class DistillRun:
+    """The distillation of settings.source into `out`, shared by every process started with the same
+    settings (kdmt.shards). `plan` is None, and `finished` holds the stats, when the outputs of a finished
+    run with these settings exist already."""
 
-    n_shards = (len(src) + settings.shard_size - 1) // settings.shard_size
-    keep_nbest = settings.nbest > 1
-    for index in range(n_shards):
-        lo, hi = index * settings.shard_size, min(len(src), (index + 1) * settings.shard_size)
-        if str(index) in manifest["done"]:
-            if progress:
-                progress(hi - lo)
-            continue
-        results = translator.translate_nbest(src[lo:hi], settings.nbest, progress)
-        if settings.select == "seq-inter":
+    def __init__(self, translator: Translator, settings: DistillSettings, out: Path):
+        if settings.select == "seq-inter" and not settings.reference:
+            raise KdmtError("--select seq-inter needs --ref")
+        references = [settings.reference] if settings.reference else []
+        settings.inputs = file_identity([settings.source, *settings.teachers, *references])
+        self.translator, self.settings, self.out = translator, settings, out
+        self.record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
+        self.work = ShardedRun(Path(f"{out}.shards"), self.record, lambda: self.read_stats() is not None)
+        manifest = self.work.open(self.make_plan)
+        self.plan: dict[str, Any] | None = manifest["plan"] if manifest else None
+        self.finished = None if manifest else self.read_stats()
+
+    @property
+    def lines(self) -> int:
+        return self.plan["lines"] if self.plan else self.finished.lines
+
+    def make_plan(self) -> dict[str, Any]:
+        """The number of lines and the byte offset of each shard, in the source and the reference."""
+        s = self.settings
+        lines, offsets = line_offsets(s.source, s.shard_size)
+        plan = {"shards": len(offsets), "lines": lines, "offsets": offsets, "ref_offsets": None}
+        if s.reference:
+            ref_lines, plan["ref_offsets"] = line_offsets(s.reference, s.shard_size)
+            if ref_lines != lines:
+                raise KdmtError(f"line counts differ: {s.source} has {lines}, {s.reference} has {ref_lines}")
+        return plan
+
+    def read_stats(self) -> DistillStats | None:
+        """The stats in OUT.json when the outputs of a finished run with these settings are there."""
+        nbest = [Path(f"{self.out}.nbest")] if self.settings.nbest > 1 else []
+        outputs = [self.out, Path(f"{self.out}.json"), *nbest]
+        if not all(p.is_file() for p in outputs):
+            return None
+        try:
+            record = json.loads(outputs[1].read_text())
+            return DistillStats(**record["stats"]) if record["settings"] == self.record else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def run(
+        self, progress: Progress | None = None, after_shard: Callable[[int], None] | None = None
+    ) -> DistillStats | None:
+        """Translate the shards no other process holds; the stats when the outputs are complete, None when
+        other processes are still translating (the last one to finish assembles the outputs)."""
+        if self.plan is None:
+            return self.finished
+        s = self.settings
+        with ExitStack() as stack:
+            src = stack.enter_context(closing(LineReader(s.source)))
+            ref = stack.enter_context(closing(LineReader(s.reference))) if s.reference else None
+
+            def do(index: int) -> dict[str, Any]:
+                return self.translate_shard(index, src, ref, progress)
+
+            def done(index: int, mine: bool) -> None:
+                if mine and after_shard:
+                    after_shard(index)
+                elif not mine and progress:
+                    progress(len(self.shard_range(index)))
+
+            self.work.work(do, done)
+        if not self.work.finish(self.assemble):
+            return None
+        return self.read_stats()
+
+    def shard_range(self, index: int) -> range:
+        size = self.settings.shard_size
+        return range(index * size, min(self.plan["lines"], (index + 1) * size))
+
+    def translate_shard(
+        self, index: int, src_reader: LineReader, ref_reader: LineReader | None, progress: Progress | None
+    ) -> dict[str, Any]:
+        """Translate shard `index`, write its files, and return its counts for the manifest."""
+        s, lines = self.settings, self.shard_range(index)
+        src = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
+        results = self.translator.translate_nbest(src, s.nbest, progress)
+        if s.select == "seq-inter":
+            refs = ref_reader.read(self.plan["ref_offsets"][index], len(lines), lines.start)
             chosen = [
-                r[closest([c.text for c in r], ref, settings.select_metric)] if r else None
-                for r, ref in zip(results, refs[lo:hi])
+                r[closest([c.text for c in r], ref, s.select_metric)] if r else None for r, ref in zip(results, refs)
             ]
         else:
             chosen = [r[0] if r else None for r in results]
         filtered = dict.fromkeys(REASONS, 0)
-        if filter_options is not None:
-            chosen = filter_degenerate(translator, filter_options, src[lo:hi], chosen, filtered)
-        best_path, nbest_path = shard_paths(work, index)
+        if s.filter:
+            options = FilterOptions(s.max_repeat, s.max_len_ratio)
+            chosen = filter_degenerate(self.translator, options, src, chosen, filtered)
+        best_path, nbest_path = shard_paths(self.work.path, index)
         write_lines(best_path, [c.text if c else "" for c in chosen])
-        if keep_nbest:
+        if s.nbest > 1:
             write_lines(
-                nbest_path, [f"{lo + i} ||| {c.text} ||| {c.score:.6f}" for i, r in enumerate(results) for c in r]
+                nbest_path,
+                [f"{lines.start + i} ||| {c.text} ||| {c.score:.6f}" for i, r in enumerate(results) for c in r],
             )
-        empty = sum(1 for line in src[lo:hi] if not line.strip())
-        manifest["done"][str(index)] = {
-            "empty": empty,
-            "too_long": sum(1 for r in results if not r) - empty,
-            "filtered": filtered,
-        }
-        write_text(manifest_path, json.dumps(manifest, indent=1))
-        if after_shard:
-            after_shard(index)
+        empty = sum(1 for line in src if not line.strip())
+        return {"empty": empty, "too_long": sum(1 for r in results if not r) - empty, "filtered": filtered}
 
-    done = manifest["done"].values()
-    stats = DistillStats(
-        len(src),
-        sum(d["empty"] for d in done),
-        sum(d["too_long"] for d in done),
-        {reason: sum(d["filtered"][reason] for d in done) for reason in REASONS},
-    )
-    outputs = [(out, 0)] + ([(Path(f"{out}.nbest"), 1)] if keep_nbest else [])
-    for path, kind in outputs:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            for index in range(n_shards):
-                with open(shard_paths(work, index)[kind], "rb") as shard:
-                    shutil.copyfileobj(shard, f)
-    write_text(Path(f"{out}.json"), json.dumps({"settings": record, "stats": asdict(stats)}, indent=2) + "\n")
-    shutil.rmtree(work)
-    return stats
+    def assemble(self, manifest: Manifest) -> None:
+        """Concatenate the shards into OUT (and OUT.nbest), and write OUT.json with the settings and counts."""
+        done = manifest["done"].values()
+        stats = DistillStats(
+            manifest["plan"]["lines"],
+            sum(d["empty"] for d in done),
+            sum(d["too_long"] for d in done),
+            {reason: sum(d["filtered"][reason] for d in done) for reason in REASONS},
+        )
+        outputs = [(self.out, 0)] + ([(Path(f"{self.out}.nbest"), 1)] if self.settings.nbest > 1 else [])
+        for path, kind in outputs:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                for index in range(manifest["plan"]["shards"]):
+                    with open(shard_paths(self.work.path, index)[kind], "rb") as shard:
+                        shutil.copyfileobj(shard, f)
+        stats_record = {"settings": self.record, "stats": asdict(stats)}
+        write_text(Path(f"{self.out}.json"), json.dumps(stats_record, indent=2) + "\n")
+
+
+def distill_corpus(
+    translator: Translator,
+    settings: DistillSettings,
+    out: Path,
+    progress: Progress | None = None,
+    after_shard: Callable[[int], None] | None = None,
+) -> DistillStats | None:
+    """Translate settings.source into `out`, one line per line, shard by shard (DistillRun)."""
+    return DistillRun(translator, settings, out).run(progress, after_shard)

@@ -25,23 +25,72 @@ def _open_bytes(path: Path) -> IO[bytes]:
 def read_lines(path: str | Path) -> list[str]:
     """All lines of a UTF-8 text file (gzipped if it ends in .gz), without line endings."""
     path = Path(path)
-    lines = []
+    with _open_bytes(path) as f:
+        return [_decode(raw, path, number) for number, raw in enumerate(f, start=1)]
+
+
+def stream_lines(path: str | Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file (gzipped if it ends in .gz) as they are read, without line endings
+    (as read_lines, a megabyte at a time)."""
+    path = Path(path)
+    number = 0
+    with _open_bytes(path) as f:
+        while batch := f.readlines(1 << 20):
+            try:
+                text = b"".join(batch).decode("utf-8")
+            except UnicodeDecodeError:
+                for i, raw in enumerate(batch, start=number + 1):
+                    _decode(raw, path, i)  # raises, with the line's number
+                raise
+            lines = text.split("\n")
+            if lines[-1] == "":
+                lines.pop()
+            number += len(lines)
+            yield from (line.rstrip("\r") for line in lines) if "\r" in text else lines
+
+
+def line_offsets(path: str | Path, every: int) -> tuple[int, list[int]]:
+    """One pass over a UTF-8 text file (gzipped if it ends in .gz), checking every line: its number of
+    lines, and the byte offsets (in the decompressed text) of lines 0, every, 2·every, …"""
+    path = Path(path)
+    offsets, position, number = [], 0, 0
     with _open_bytes(path) as f:
         for number, raw in enumerate(f, start=1):
-            try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as e:
-                raise KdmtError(f"{path}: line {number} is not valid UTF-8 ({e.reason})") from None
-    return lines
+            if (number - 1) % every == 0:
+                offsets.append(position)
+            _decode(raw, path, number)
+            position += len(raw)
+    return number, offsets
+
+
+class LineReader:
+    """Runs of lines of a text file read from the byte offsets of `line_offsets`, through one open file:
+    in a .gz file, a seek forward decompresses only the text in between."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = _open_bytes(self.path)
+
+    def read(self, offset: int, count: int, first: int) -> list[str]:
+        """`count` lines from the byte `offset`, where line `first` (0-based) begins."""
+        self.file.seek(offset)
+        return [_decode(self.file.readline(), self.path, first + i + 1) for i in range(count)]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _decode(raw: bytes, name: str | Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise KdmtError(f"{name}: line {number} is not valid UTF-8 ({e.reason})") from None
 
 
 def decode_stream(stream: Iterable[bytes], name: str) -> Iterator[str]:
     """Lines of a binary stream (stdin) as text, with a clear error on invalid UTF-8."""
     for number, raw in enumerate(stream, start=1):
-        try:
-            yield raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as e:
-            raise KdmtError(f"{name}: line {number} is not valid UTF-8 ({e.reason})") from None
+        yield _decode(raw, name, number)
 
 
 @contextmanager

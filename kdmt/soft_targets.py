@@ -1,21 +1,38 @@
 """Offline word-level KD: the teachers' top-k log-probabilities for every target token of a corpus,
-computed once with teacher forcing and stored compactly (int32 token ids, float16 log-probs)."""
+computed once with teacher forcing and stored compactly in memory-mapped arrays that training reads lazily.
+
+OUT is a small JSON record (the settings: the corpus' fingerprint, the teachers, k, ...); beside it, with
+OUT's suffix replaced, `.ids.npy` (tokens × k, int32), `.logp.npy` (tokens × k, float16, log-probabilities
+at temperature 1) and `.offsets.npy` (sentences + 1, int64: each sentence's first row, then the total).
+The arrays are preallocated in the run's directory `OUT.shards` and filled shard by shard (of sentences)
+by any number of processes (kdmt.shards), each writing its own rows; the last process moves them into
+place and writes OUT. A killed run resumes with any number of processes, to the same bytes.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.lib.format import open_memmap
 from torch import Tensor
 
 from kdmt.batching import make_batch, token_batches
 from kdmt.data import TokenizedCorpus
 from kdmt.errors import KdmtError
-from kdmt.files import atomic_path
+from kdmt.files import write_text
 from kdmt.model import Transformer
+from kdmt.shards import Manifest, ShardedRun
+
+FORMAT = "kdmt-soft-targets-2"
+ARRAYS = ("ids", "logp", "offsets")
 
 
 def teacher_distribution(logits: list[Tensor], weights: list[float], temperature: float) -> Tensor:
@@ -25,73 +42,153 @@ def teacher_distribution(logits: list[Tensor], weights: list[float], temperature
 
 
 @dataclass
+class SoftTargetSettings:
+    """What stored soft targets depend on; a resumed run must match the manifest's."""
+
+    teachers: list[str]
+    weights: list[float]
+    topk: int
+    batch_tokens: int = 4000  # padded tokens per batch (token_batches), within a shard
+    shard_size: int = 10000  # sentences
+    key: str = ""  # the fingerprint of the corpus
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # teacher file -> [size, mtime_ns]
+
+
+def array_paths(out: Path) -> dict[str, Path]:
+    """The arrays beside the record OUT: OUT with its suffix replaced by .ids.npy, .logp.npy, .offsets.npy."""
+    return {name: out.with_suffix(f".{name}.npy") for name in ARRAYS}
+
+
+@dataclass
 class SoftTargetStore:
-    index: Tensor  # (target tokens of the corpus, k) int32
-    logprobs: Tensor  # (target tokens of the corpus, k) float16, at temperature 1
-    offsets: Tensor  # first row of each sentence
-    lengths: Tensor  # target tokens of each sentence (EOS included)
+    index: np.ndarray  # (target tokens of the corpus, k) int32, memory-mapped
+    logprobs: np.ndarray  # (target tokens of the corpus, k) float16, at temperature 1, memory-mapped
+    offsets: np.ndarray  # (sentences + 1) int64: the first row of each sentence, then the number of rows
     key: str  # the fingerprint of the corpus
     teachers: list[str]
 
     def lookup(self, sentences: Tensor, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Top-k ids and log-probs of a batch's sentences, (B, width, k), padded with id 0 and log-prob 0."""
-        k = self.index.size(1)
-        index = torch.zeros(len(sentences), width, k, dtype=torch.int64)
-        logprobs = torch.zeros(len(sentences), width, k, dtype=torch.float32)
-        for row, i in enumerate(sentences.tolist()):
-            start, n = int(self.offsets[i]), int(self.lengths[i])
-            index[row, :n] = self.index[start : start + n]
-            logprobs[row, :n] = self.logprobs[start : start + n].float()
+        i = sentences.numpy()
+        starts, lengths = torch.from_numpy(self.offsets[i]), torch.from_numpy(self.offsets[i + 1] - self.offsets[i])
+        mask = torch.arange(width) < lengths[:, None]
+        rows = (starts[:, None] + torch.arange(width))[mask].numpy()
+        k = self.index.shape[1]
+        index = torch.zeros(len(i), width, k, dtype=torch.int64)
+        logprobs = torch.zeros(len(i), width, k, dtype=torch.float32)
+        index[mask] = torch.from_numpy(self.index[rows]).long()
+        logprobs[mask] = torch.from_numpy(self.logprobs[rows]).float()
         return index.to(device), logprobs.to(device)
-
-    def save(self, path: Path) -> None:
-        state = {
-            "format": "kdmt-soft-targets-1",
-            "index": self.index,
-            "logprobs": self.logprobs,
-            "lengths": self.lengths,
-            "key": self.key,
-            "teachers": self.teachers,
-        }
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
 
     @classmethod
     def load(cls, path: Path) -> SoftTargetStore:
+        """Open the record and map its arrays (read-only: nothing is read until looked up)."""
         if not path.is_file():
             raise KdmtError(f"{path}: no such file")
         try:
-            s = torch.load(path, weights_only=True)
-            assert s["format"] == "kdmt-soft-targets-1"
-            lengths = s["lengths"]
-            return cls(s["index"], s["logprobs"], torch.cumsum(lengths, 0) - lengths, lengths, s["key"], s["teachers"])
+            record = json.loads(path.read_text())
+            assert record["format"] == FORMAT
+            ids, logp, offsets = (np.load(p, mmap_mode="r") for p in array_paths(path).values())
+            k = record["settings"]["topk"]
+            assert ids.dtype == np.int32 and logp.dtype == np.float16 and offsets.dtype == np.int64
+            assert ids.shape == logp.shape == (record["tokens"], k) and offsets.shape == (record["sentences"] + 1,)
+            return cls(ids, logp, offsets, record["settings"]["key"], record["settings"]["teachers"])
         except Exception:
-            raise KdmtError(f"{path}: not a kdmt soft-targets file") from None
+            raise KdmtError(f"{path}: not a kdmt soft-targets file, or its arrays are missing or damaged") from None
+
+
+def finished(out: Path, settings: dict[str, Any]) -> bool:
+    """Whether OUT holds the soft targets of a finished run with these settings."""
+    try:
+        same = json.loads(out.read_text())["settings"] == settings
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return same and all(p.is_file() for p in array_paths(out).values())
+
+
+def shard_sentences(shard: int, settings: SoftTargetSettings, n: int) -> range:
+    return range(shard * settings.shard_size, min(n, (shard + 1) * settings.shard_size))
 
 
 @torch.no_grad()
 def compute_soft_targets(
     teachers: list[Transformer],
-    weights: list[float],
     corpus: TokenizedCorpus,
-    topk: int,
-    teacher_names: list[str],
-    batch_tokens: int = 4000,
+    settings: SoftTargetSettings,
+    out: Path,
     progress: Callable[[int], None] | None = None,
-) -> SoftTargetStore:
-    """Teacher-force the teachers over the corpus and keep the top-k of their averaged distribution."""
+    after_shard: Callable[[int], None] | None = None,
+) -> SoftTargetStore | None:
+    """Teacher-force the teachers over the corpus and keep the top-k of their averaged distribution, in OUT
+    and its arrays. The store when they are complete; None while other processes compute the last shards."""
+    settings.key = corpus.fingerprint()
+    record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
+    work = ShardedRun(Path(f"{out}.shards"), record, lambda: finished(out, record))
+    partial = {name: work.path / f"{name}.npy" for name in ARRAYS}
+    tokens = int(corpus.tgt_len.sum())
+
+    def plan() -> dict[str, Any]:
+        """Preallocate the arrays (sparse files), and write the offsets."""
+        for name, dtype in (("ids", np.int32), ("logp", np.float16)):
+            open_memmap(partial[name], mode="w+", dtype=dtype, shape=(tokens, settings.topk)).flush()
+        offsets = open_memmap(partial["offsets"], mode="w+", dtype=np.int64, shape=(len(corpus) + 1,))
+        offsets[1:] = np.cumsum(corpus.tgt_len.numpy())
+        offsets.flush()
+        return {"shards": -(-len(corpus) // settings.shard_size)}
+
+    def assemble(manifest: Manifest) -> None:
+        """Move the arrays into place, then write the record, which says that they are complete."""
+        out.unlink(missing_ok=True)
+        for name, path in array_paths(out).items():
+            os.replace(partial[name], path)
+        summary = {"format": FORMAT, "settings": record, "sentences": len(corpus), "tokens": tokens}
+        write_text(out, json.dumps(summary, indent=1) + "\n")
+
+    if work.open(plan) is not None:
+        ids, logp = (np.load(partial[name], mmap_mode="r+") for name in ("ids", "logp"))
+        offsets = np.load(partial["offsets"], mmap_mode="r")
+
+        def do(shard: int) -> dict[str, Any]:
+            sentences = shard_sentences(shard, settings, len(corpus))
+            fill_shard(teachers, settings, corpus, sentences, (ids, logp, offsets), progress)
+            return {}
+
+        def done(shard: int, mine: bool) -> None:
+            if mine and after_shard:
+                after_shard(shard)
+            elif not mine and progress:
+                progress(len(shard_sentences(shard, settings, len(corpus))))
+
+        work.work(do, done)
+        del ids, logp, offsets  # unmapped before the files are moved
+        if not work.finish(assemble):
+            return None
+    return SoftTargetStore.load(out)
+
+
+def fill_shard(
+    teachers: list[Transformer],
+    settings: SoftTargetSettings,
+    corpus: TokenizedCorpus,
+    sentences: range,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Compute the soft targets of a run of sentences into their rows of the arrays (ids, logp, offsets),
+    flushed to disk."""
+    ids, logp, offsets = arrays
     device = next(teachers[0].parameters()).device
-    index = torch.zeros(int(corpus.tgt_len.sum()), topk, dtype=torch.int32)
-    logprobs = torch.zeros(int(corpus.tgt_len.sum()), topk, dtype=torch.float16)
-    lengths = torch.maximum(corpus.src_len, corpus.tgt_len)
-    for batch in token_batches(lengths, lengths, batch_tokens):
+    lengths = torch.maximum(corpus.src_len, corpus.tgt_len)[sentences.start : sentences.stop]
+    for batch in token_batches(lengths, lengths, settings.batch_tokens):
+        batch = batch + sentences.start
         b = make_batch(corpus, batch).to(device)
-        probs = teacher_distribution([t(b.src, b.tgt_in) for t in teachers], weights, 1.0)
-        top, ids = probs.topk(topk, dim=-1)
-        for row, i in enumerate(batch.tolist()):
-            start, n = int(corpus.tgt_off[i]), int(corpus.tgt_len[i])
-            index[start : start + n] = ids[row, :n].int().cpu()
-            logprobs[start : start + n] = top[row, :n].log().half().cpu()
+        probs = teacher_distribution([t(b.src, b.tgt_in) for t in teachers], settings.weights, 1.0)
+        top, top_ids = (x.cpu() for x in probs.topk(settings.topk, dim=-1))
+        mask = torch.arange(top.size(1)) < corpus.tgt_len[batch][:, None]
+        rows = (torch.from_numpy(offsets[batch.numpy()])[:, None] + torch.arange(top.size(1)))[mask].numpy()
+        ids[rows] = top_ids[mask].int().numpy()
+        logp[rows] = top[mask].log().half().numpy()
         if progress:
             progress(len(batch))
-    return SoftTargetStore(index, logprobs, corpus.tgt_off, corpus.tgt_len, corpus.fingerprint(), teacher_names)
+    ids.flush()
+    logp.flush()

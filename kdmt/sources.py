@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from typing import Any
 
 from kdmt.errors import KdmtError
@@ -29,7 +31,7 @@ def default_field(columns: list[str], lang: str) -> str:
     )
 
 
-def load_dataset_pairs(
+def dataset_pairs(
     name: str,
     split: str,
     src_lang: str,
@@ -38,21 +40,29 @@ def load_dataset_pairs(
     data_files: dict[str, str] | None = None,
     src_field: str | None = None,
     tgt_field: str | None = None,
-) -> tuple[list[str], list[str]]:
-    """The source and target sentences of one split of a `datasets` source."""
+) -> Iterator[tuple[str, str]]:
+    """The (source, target) sentences of one split of a `datasets` source, streamed: the first row is read
+    at once, to check the fields, the others as they are asked for."""
     try:
         import datasets
     except ImportError:
         raise KdmtError("reading a dataset source needs the 'datasets' package: pip install datasets") from None
     datasets.disable_progress_bars()
+    rows = _rows(
+        name, split, lambda: datasets.load_dataset(name, config, data_files=data_files, split=split, streaming=True)
+    )
+    first = next(rows, None)
+    if first is None:
+        return iter(())
+    src_field = src_field or default_field(list(first), src_lang)
+    tgt_field = tgt_field or default_field(list(first), tgt_lang)
+    first_pair = _field(first, src_field), _field(first, tgt_field)
+    return chain([first_pair], ((_field(row, src_field), _field(row, tgt_field)) for row in rows))
+
+
+def _rows(name: str, split: str, load: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """The rows of a dataset; its errors (missing files, unknown splits, the network) as one-line KdmtErrors."""
     try:
-        ds = datasets.load_dataset(name, config, data_files=data_files, split=split)
-    except Exception as e:  # datasets raises many types: missing files, unknown splits, network errors
+        yield from load()
+    except Exception as e:  # datasets raises many types
         raise KdmtError(f"cannot load dataset {name!r} split {split!r}: {str(e).splitlines()[0][:300]}") from None
-    src_field = src_field or default_field(ds.column_names, src_lang)
-    tgt_field = tgt_field or default_field(ds.column_names, tgt_lang)
-    src, tgt = [], []
-    for row in ds:
-        src.append(_field(row, src_field))
-        tgt.append(_field(row, tgt_field))
-    return src, tgt

@@ -3,19 +3,25 @@ and the assembly of a student, its corpus and its objective from train-student's
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdmt.checkpoint import Checkpoint, load_checkpoint
-from kdmt.data import PreparedData, TokenizedCorpus
+from kdmt.corpus import CHUNK_PAIRS, CorpusSink, encode_flat, ids_dtype, open_corpus, vocab_key, write_corpus
+from kdmt.data import PreparedData, TokenizedCorpus, stream_parallel
 from kdmt.errors import KdmtError
-from kdmt.files import read_lines
 from kdmt.model import ModelConfig, Transformer
 from kdmt.objectives import Distillation
+from kdmt.parallel import chunks
 from kdmt.soft_targets import SoftTargetStore
 from kdmt.vocab import Vocab
 
@@ -27,16 +33,17 @@ def check_vocabulary(teachers: list[tuple[Path, Checkpoint]], src_vocab: Vocab, 
             raise KdmtError(f"vocabulary mismatch: {path} was trained with other sentencepiece models than this data")
 
 
-def mix(distilled: list[tuple[str, str]], reference: list[tuple[str, str]], ref_share: float, seed: int):
-    """The most pairs such that references make up `ref_share` of them (a seeded sample of the larger side)."""
+def mix_indices(n_distilled: int, n_reference: int, ref_share: float, seed: int) -> tuple[Sequence[int], Sequence[int]]:
+    """The positions of the distilled and of the reference pairs that make the most pairs such that references
+    make up `ref_share` of them (a seeded sample of the larger side, in the order drawn)."""
     if ref_share <= 0:
-        return distilled
+        return range(n_distilled), range(0)
     if ref_share >= 1:
-        return reference
-    n_ref = min(len(reference), round(len(distilled) * ref_share / (1 - ref_share)))
-    n_dist = min(len(distilled), round(n_ref * (1 - ref_share) / ref_share))
+        return range(0), range(n_reference)
+    n_ref = min(n_reference, round(n_distilled * ref_share / (1 - ref_share)))
+    n_dist = min(n_distilled, round(n_ref * (1 - ref_share) / ref_share))
     rng = random.Random(seed)
-    return rng.sample(distilled, n_dist) + rng.sample(reference, n_ref)
+    return rng.sample(range(n_distilled), n_dist), rng.sample(range(n_reference), n_ref)
 
 
 def student_corpus(
@@ -49,34 +56,81 @@ def student_corpus(
     """The student's training pairs: the distilled targets (line-aligned with DATA/train.src), the
     references, or both mixed with `ref_share` references. A pair whose distilled line is empty (an
     empty, over-long or filtered line of `kdmt distill`) is dropped, or with `fallback_to_reference`
-    takes the reference target instead."""
-    src, ref = data.text("train")
-    reference = list(zip(src, ref))
+    takes the reference target instead. On the references alone, this is DATA's own corpus; with a distilled
+    file, a corpus tokenized once into DISTILLED.student-HASH.* (kdmt.corpus), and mapped from there while
+    the distilled file, the data and these settings are the same."""
+    train = data.corpus("train")
     if distilled is None:
-        pairs, dropped, fallback = reference, 0, 0
-    else:
-        hyps = read_lines(distilled)
-        if len(hyps) != len(src):
-            raise KdmtError(
-                f"line counts differ: {distilled} has {len(hyps)} lines, {data.root / 'train.src'} has {len(src)}"
-            )
-        kept = [(s, h if h.strip() else r) for s, h, r in zip(src, hyps, ref) if h.strip() or fallback_to_reference]
-        fallback = sum(1 for h in hyps if not h.strip()) if fallback_to_reference else 0
-        dropped = len(src) - len(kept)
-        pairs = mix(kept, reference, ref_share, seed)
-    if not pairs:
-        raise KdmtError(
-            f"every line of {distilled} is empty (filtered by kdmt distill?): --fallback-ref trains on the references"
-        )
-    corpus = TokenizedCorpus.encode([s for s, _ in pairs], [t for _, t in pairs], data.src_vocab, data.tgt_vocab)
-    record = {
-        "distilled": str(distilled) if distilled else None,
-        "ref_share": ref_share if distilled else 1.0,
-        "pairs": len(pairs),
-        "dropped_empty": dropped,
-        "fallback_ref": fallback,
-    }
-    return corpus, record
+        return train, _corpus_record(None, 1.0, len(train), {"dropped_empty": 0, "fallback_ref": 0})
+    if not distilled.is_file():
+        raise KdmtError(f"{distilled}: no such file")
+    settings = {"ref_share": ref_share, "seed": seed if 0 < ref_share < 1 else None, "fallback": fallback_to_reference}
+    name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    prefix = distilled.with_name(f"{distilled.name}.student-{name}")
+    stat = distilled.stat()
+    key = {**settings, **vocab_key(data.src_vocab, data.tgt_vocab), "data": train.fingerprint()}
+    key["distilled"] = [stat.st_size, stat.st_mtime_ns]
+    if (found := open_corpus(prefix, key)) is None:
+        _write_student_corpus(prefix, key, data, train, distilled, settings)
+        found = open_corpus(prefix, key)
+    if found is None:
+        raise KdmtError(f"{prefix}: the student's corpus just written cannot be read back")
+    corpus, counts = found
+    return corpus, _corpus_record(distilled, ref_share, len(corpus), counts)
+
+
+def _corpus_record(distilled: Path | None, ref_share: float, pairs: int, counts: dict) -> dict:
+    return {"distilled": str(distilled) if distilled else None, "ref_share": ref_share, "pairs": pairs, **counts}
+
+
+def _write_student_corpus(
+    prefix: Path, key: dict, data: PreparedData, train: TokenizedCorpus, distilled: Path, settings: dict
+) -> None:
+    """Tokenize the kept distilled lines with their sources, in line order: the student's corpus itself,
+    or, to be mixed with references, a temporary one that the mix draws from."""
+    counts = {"dropped_empty": 0, "fallback_ref": 0}
+    dtype = ids_dtype(max(len(data.src_vocab), len(data.tgt_vocab)))
+    empty = f"every line of {distilled} is empty (filtered by kdmt distill?): --fallback-ref trains on the references"
+    lines = _distilled_lines(distilled, data.root / "train.tgt", settings["fallback"], counts)
+    if settings["ref_share"] <= 0:
+        with write_corpus(prefix, dtype, key, counts) as sink:
+            _tokenize_distilled(sink, lines, train, data.tgt_vocab)
+            if sink.pairs == 0:
+                raise KdmtError(empty)
+        return
+    with tempfile.TemporaryDirectory(prefix=f".{prefix.name}.", dir=prefix.parent) as tmp:
+        with write_corpus(Path(tmp) / "kept", dtype, {}) as sink:
+            _tokenize_distilled(sink, lines, train, data.tgt_vocab)
+        kept = open_corpus(Path(tmp) / "kept", {})[0] if sink.pairs else None
+        drawn = mix_indices(sink.pairs, len(train), settings["ref_share"], settings["seed"])
+        if sum(map(len, drawn)) == 0:
+            raise KdmtError(empty)
+        with write_corpus(prefix, dtype, key, counts) as out:
+            for source, rows in zip((kept, train), drawn):
+                for chunk in chunks(rows, CHUNK_PAIRS):
+                    index = np.array(chunk, dtype=np.int64)
+                    out.add(source.rows("src", index), source.rows("tgt", index))
+
+
+def _distilled_lines(distilled: Path, references: Path, fallback: bool, counts: dict) -> Iterator[tuple[int, str]]:
+    """(line number, target) of each kept line: the distilled line, or the reference where it is empty and
+    `fallback`; the others are counted in `counts`."""
+    for row, (hyp, ref) in enumerate(stream_parallel(distilled, references)):
+        if hyp.strip():
+            yield row, hyp
+        elif fallback:
+            counts["fallback_ref"] += 1
+            yield row, ref
+        else:
+            counts["dropped_empty"] += 1
+
+
+def _tokenize_distilled(
+    sink: CorpusSink, lines: Iterator[tuple[int, str]], train: TokenizedCorpus, vocab: Vocab
+) -> None:
+    for chunk in chunks(lines, CHUNK_PAIRS):
+        rows = np.fromiter((row for row, _ in chunk), dtype=np.int64, count=len(chunk))
+        sink.add(train.rows("src", rows), encode_flat(vocab, [target for _, target in chunk]))
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:

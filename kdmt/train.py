@@ -8,37 +8,43 @@ Validation (and the numbered, best and last checkpoints) happens every `valid_in
 final step of a run bounded by --max-steps or --epochs. A run stopped by --max-time, Ctrl-C or SIGTERM
 between validations writes only checkpoint_last.pt: `--resume` then continues exactly as if it had never
 stopped, with the same validations, patience and averaging.
+
+Under torchrun (kdmt.distributed) every process trains a replica wrapped in DistributedDataParallel. The
+batch plan of an epoch is the same on every rank; one optimizer step takes N·F consecutive batches of it
+(N processes, F = update_freq), rank r the batches r, r+N, r+2N, ...: so N processes take the batches of
+one process with update_freq N·F, and the gradient is the mean over the target tokens of them all. Rank 0
+alone validates, writes checkpoints and metrics and shows progress; stop decisions are rank 0's, shared.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from kdmt import distributed
 from kdmt.batching import Batch, make_batch, token_batches
-from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
+from kdmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
 from kdmt.evaluate import score
-from kdmt.files import write_lines
 from kdmt.model import Transformer
 from kdmt.objectives import CrossEntropy, label_smoothed_nll
 from kdmt.progress import ProgressLine, format_duration
+from kdmt.run_dir import AVERAGE, BEST, LAST, RunDir
 from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import Vocab
-
-LAST, BEST, AVERAGE = "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_avg.pt"
 
 
 @dataclass
@@ -99,14 +105,6 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / max(warmup, 1), math.sqrt(max(warmup, 1) / step))
 
 
-def check_out_dir(out_dir: Path, resume: bool) -> None:
-    """A new run never overwrites an earlier one; a resumed run needs one."""
-    if resume and not (out_dir / LAST).is_file():
-        raise KdmtError(f"nothing to resume: {out_dir / LAST} does not exist")
-    if not resume and (out_dir / LAST).exists():
-        raise KdmtError(f"{out_dir} already holds a training run: use --resume, or another --out")
-
-
 @dataclass
 class ValidSet:
     corpus: TokenizedCorpus
@@ -119,8 +117,27 @@ class ValidSet:
         return cls(data.corpus("valid"), *data.text("valid"))
 
 
+class Learner(nn.Module):
+    """The model and its objective as one module, whose forward is the objective on a batch: what
+    DistributedDataParallel wraps, so that the objective's own parameters (the projections of hidden-state
+    KD) are all-reduced with the model's. Online teachers are no submodules: each rank runs its own."""
+
+    def __init__(self, model: Transformer, objective: nn.Module):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        return self.objective(self.model, batch)
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a rank's random state (dropout) when several processes train, started or resumed at `step`."""
+    return (seed * 1_000_003 + step) * 4096 + rank
+
+
 class Trainer:
-    """Trains `model` on `train` with `objective`, writing checkpoints and metrics to `out_dir`."""
+    """Trains `model` on `train` with `objective`, writing checkpoints and metrics to `out_dir`; under
+    torchrun, this process's share of the training (see kdmt.distributed)."""
 
     def __init__(
         self,
@@ -140,7 +157,10 @@ class Trainer:
         self.train_data, self.valid, self.out_dir, self.config, self.device = train, valid, out_dir, config, device
         self.objective = objective or CrossEntropy(config.label_smoothing)
         self.meta = {**(meta or {}), "train_config": asdict(config)}
-        self.console = console or Console(stderr=True)
+        self.run_dir = RunDir(out_dir)  # written by rank 0 alone
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        self.console = (console or Console(stderr=True)) if self.main else Console(stderr=True, quiet=True)
         self.objective.to(device)  # it may have parameters, e.g. the projections of hidden-state KD
         self.optimizer = torch.optim.AdamW(
             self.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
@@ -160,13 +180,24 @@ class Trainer:
         self.best: float | None = None
         self.bad_validations = 0
         self.elapsed = 0.0  # seconds of training before this run started (resumed runs)
+        self.learner: nn.Module = Learner(self.model, self.objective)
+        if self.world_size > 1:
+            ids = [device] if device.type == "cuda" else None
+            self.learner = DistributedDataParallel(self.learner, device_ids=ids)
+            self.learner.broadcast_buffers = False  # buffers (the positions) are constant: no sync each forward
+            torch.manual_seed(rank_seed(config.seed, self.rank, 0))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer trains: the model's parameters and the objective's."""
         return [*self.model.parameters(), *self.objective.parameters()]
 
     # --- state -------------------------------------------------------------------------------
-    def train_state(self, elapsed: float) -> dict[str, Any]:
+    def train_state(self, elapsed: float) -> dict[str, Any] | None:
+        """What --resume needs, on rank 0 (None on the others); every rank calls it: it gathers the random
+        states of all (rng_cpu and rng_cuda are rank 0's, rng_ranks every rank's when there are several)."""
+        rng = distributed.all_gather(self.rng_state())
+        if not self.main:
+            return None
         return {
             "optimizer": self.optimizer.state_dict(),
             "objective": self.objective.state_dict(),
@@ -177,14 +208,22 @@ class Trainer:
             "bad_validations": self.bad_validations,
             "elapsed_s": elapsed,
             "corpus": self.train_data.fingerprint(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "rng_cpu": rng[0]["cpu"],
+            "rng_cuda": rng[0]["cuda"],
+            "world_size": self.world_size,
+            **({"rng_ranks": rng} if self.world_size > 1 else {}),
         }
 
-    def resume(self) -> None:
-        """Continue exactly where checkpoint_last.pt left off; refuse another model, corpus or vocabulary."""
+    def rng_state(self) -> dict[str, Tensor | None]:
+        """This process's random state (dropout)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    def resume_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The weights and training state of checkpoint_last.pt (read on rank 0, sent to all); refuse another
+        model, corpus or vocabulary; warn of other settings or another number of processes."""
         path = self.out_dir / LAST
-        ckpt = load_checkpoint(path, self.device)
+        ckpt = load_checkpoint(path)
         s = ckpt.train_state
         if s is None:
             raise KdmtError(f"{path} holds no training state to resume from")
@@ -200,41 +239,39 @@ class Trainer:
         changed = [k for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME and saved.get(k, v) != v]
         if changed:
             self.console.print(f"warning: resuming with other {', '.join(changed)}: the run will not repeat exactly")
-        self.model.load_state_dict(ckpt.model.state_dict())
+        if (n := s.get("world_size", 1)) != self.world_size:
+            f, n_now, f_now = saved.get("update_freq", 1), self.world_size, self.config.update_freq
+            self.console.print(
+                f"warning: {path} was written by a run on {n} processes, this one has {n_now}: it continues from "
+                f"step {s['step']} at the same place in the data, but a step now takes {n_now}×{f_now} batches "
+                f"(was {n}×{f}) and the random state (dropout) starts anew, so the run will not repeat exactly; "
+                "keep processes × --update-freq to keep the batches of a step"
+            )
+        self.run_dir.forget_after(s["step"])
+        return ckpt.model.state_dict(), s
+
+    def restore(self, weights: dict[str, Tensor], s: dict[str, Any]) -> None:
+        """Continue from a resume_state: exactly, with the number of processes that saved it."""
+        self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(s["optimizer"])
         self.objective.load_state_dict(s["objective"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         self.best, self.bad_validations = s["best"], s["bad_validations"]
         self.elapsed = s.get("elapsed_s", 0.0)
-        torch.set_rng_state(s["rng_cpu"])
-        restore_cuda_rng(s.get("rng_cuda"), self.device)
-        self.forget_after(self.step)
+        n = s.get("world_size", 1)
+        if n != self.world_size:
+            torch.manual_seed(rank_seed(self.config.seed, self.rank, self.step))
+        elif n == 1:
+            torch.set_rng_state(s["rng_cpu"])
+            restore_cuda_rng(s.get("rng_cuda"), self.device)
+        else:
+            torch.set_rng_state(s["rng_ranks"][self.rank]["cpu"])
+            restore_cuda_rng(s["rng_ranks"][self.rank]["cuda"], self.device)
 
-    def forget_after(self, step: int) -> None:
-        """Drop what a run wrote after `step` before it died: metrics lines and numbered checkpoints."""
-        for path in self.numbered_checkpoints():
-            if checkpoint_step(path) > step:
-                path.unlink()
-        metrics = self.out_dir / "metrics.jsonl"
-        if metrics.is_file():
-            kept = []
-            for line in metrics.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["step"] <= step:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    pass  # a line cut short by the crash
-            write_lines(metrics, kept)
-
-    def save(self, name: str, elapsed: float | None = None) -> None:
-        """Write checkpoint `name`; with `elapsed` (training seconds so far) it carries the training state."""
+    def save(self, name: str, state: dict[str, Any] | None = None) -> None:
+        """Write checkpoint `name` (rank 0), with the training `state` if given."""
         meta = {**self.meta, "step": self.step, "epoch": self.epoch, "best_valid": self.best}
-        state = self.train_state(elapsed) if elapsed is not None else None
         save_checkpoint(self.out_dir / name, Checkpoint(self.model, self.src_vocab, self.tgt_vocab, meta, state))
-
-    def log(self, record: dict[str, Any]) -> None:
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
     # --- the loop ----------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
@@ -244,33 +281,46 @@ class Trainer:
         batches = token_batches(self.train_data.src_len[idx], self.train_data.tgt_len[idx], self.config.max_tokens, g)
         return [idx[b] for b in batches]
 
-    def batches(self):
-        """Batches from the current position on, forever; the position advances as they are taken."""
+    def plan(self) -> Iterator[Tensor]:
+        """The batches (sentence indices) of the epochs' plans from the current position on, forever; the
+        position advances as they are taken."""
         while True:
             batches = self.epoch_batches(self.epoch)
             while self.batch_in_epoch < len(batches):
                 self.batch_in_epoch += 1
-                yield make_batch(self.train_data, batches[self.batch_in_epoch - 1])
+                yield batches[self.batch_in_epoch - 1]
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
+    def batches(self) -> Iterator[Batch]:
+        """This rank's batches: of every N consecutive batches of the plan (N processes), the rank-th."""
+        plan = self.plan()
+        while True:
+            group = [next(plan) for _ in range(self.world_size)]
+            yield make_batch(self.train_data, group[self.rank])
+
     def train_step(self, batches: list[Batch]) -> dict[str, float]:
-        self.model.train()
+        """One optimizer step on this rank's `batches`: the gradient is the mean over the target tokens of
+        all ranks' batches, and the figures are sums over all ranks divided by those tokens."""
+        self.learner.train()
         lr = inverse_sqrt_lr(self.step + 1, self.config.lr, self.config.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total_loss, ntokens, figures = 0.0, 0, {}
-        for batch in batches:
+        for i, batch in enumerate(batches):
             batch = batch.to(self.device)
-            with autocast(self.device, self.config.bf16):
-                loss, extra = self.objective(self.model, batch)
-            loss.backward()
+            with self.gradient_sync(i == len(batches) - 1):
+                with autocast(self.device, self.config.bf16):
+                    loss, extra = self.learner(batch)
+                loss.backward()
             total_loss += float(loss.detach())
             ntokens += batch.ntokens
             for k, v in extra.items():
                 figures[k] = figures.get(k, 0.0) + v
+        total_loss, ntokens, *sums = distributed.all_sum([total_loss, ntokens, *figures.values()])
+        figures = dict(zip(figures, sums))
         for p in self.parameters():
             if p.grad is not None:
-                p.grad.div_(ntokens)
+                p.grad.div_(ntokens / self.world_size)  # DDP averaged the ranks' sums
         if self.config.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.clip_norm)
         self.optimizer.step()
@@ -278,10 +328,14 @@ class Trainer:
         self.step += 1
         return {
             "loss": total_loss / ntokens,
-            "ntokens": ntokens,
+            "ntokens": int(ntokens),
             "lr": lr,
             **{k: v / ntokens for k, v in figures.items()},
         }
+
+    def gradient_sync(self, last: bool) -> AbstractContextManager:
+        """DDP all-reduces the gradients in the backward pass of a step's last batch only."""
+        return nullcontext() if last or self.world_size == 1 else self.learner.no_sync()
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -313,37 +367,27 @@ class Trainer:
     def total_steps(self) -> int | None:
         """The step the run ends at, when --max-steps or --epochs bound it."""
         c = self.config
-        steps_per_epoch = math.ceil(len(self.epoch_batches(0)) / c.update_freq)
+        steps_per_epoch = math.ceil(len(self.epoch_batches(0)) / (c.update_freq * self.world_size))
         bounds = [b for b in (c.max_steps, c.epochs and c.epochs * steps_per_epoch) if b]
         return min(bounds) if bounds else None
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train until a bound is reached or validation stops improving; returns the final figures."""
         c = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        check_out_dir(self.out_dir, resume)
+        distributed.on_rank0(lambda: self.run_dir.open(resume))
         if resume:
-            self.resume()
+            self.restore(*distributed.on_rank0(self.resume_state))
             self.console.print(f"resumed at step {self.step} after {format_duration(self.elapsed)} of training")
         if self.skipped_long:
             self.console.print(f"skipping {self.skipped_long} training pairs longer than {c.max_len} tokens")
         total = self.total_steps()
         start, last_log = time.monotonic() - self.elapsed, time.monotonic()
         window: dict[str, float] = {}  # sums over the steps since the last log line, weighted by tokens
-        stop_reason, result = None, {}
+        result = {}
         data = self.batches()
         progress = ProgressLine(self.console, "train", total, "steps", completed=self.step)
         with progress, stop_requests() as stop:
-            while True:
-                if total is not None and self.step >= total:
-                    stop_reason = "max steps" if c.max_steps and self.step >= c.max_steps else "epochs"
-                    break
-                if c.max_time is not None and time.monotonic() - start >= c.max_time:
-                    stop_reason = "max time"
-                    break
-                if stop.requested:
-                    stop_reason = "interrupted"
-                    break
+            while (stop_reason := self.stop_reason(total, start, stop)) is None:
                 try:
                     stats = self.train_step([next(data) for _ in range(c.update_freq)])
                 except torch.OutOfMemoryError:
@@ -363,7 +407,8 @@ class Trainer:
                         "tokens_per_s": tokens / (now - last_log),
                         "elapsed_s": now - start,
                     }
-                    self.log(record)
+                    if self.main:
+                        self.run_dir.log(record)
                     info = f"loss {record['loss']:.3f}, lr {stats['lr']:.2e}, {record['tokens_per_s']:,.0f} tok/s"
                     progress.update(self.step, info)
                     window, last_log = {}, now
@@ -379,47 +424,53 @@ class Trainer:
             if stop_reason in ("max steps", "epochs") or self.best is None and stop_reason == "max time":
                 result = self.validate_and_save(time.monotonic() - start)
             else:  # a pause: the next validation is the scheduled one, as in an uninterrupted run
-                self.save(LAST, elapsed=time.monotonic() - start)
+                state = self.train_state(time.monotonic() - start)
+                if self.main:
+                    self.save(LAST, state)
+        if stop_reason != "interrupted" and c.average_last > 0 and self.main:
+            averaged = self.run_dir.average(c.average_last)
+            self.console.print(f"averaged {len(averaged)} checkpoints into {self.out_dir / AVERAGE}")
+        distributed.barrier()  # no rank leaves before rank 0 has written its files
         if stop_reason == "interrupted":
             self.console.print(f"interrupted at step {self.step}: --resume continues from {self.out_dir / LAST}")
             raise KeyboardInterrupt
-        if c.average_last > 0:
-            self.average(c.average_last)
         self.console.print(f"stopped at step {self.step} ({stop_reason}); best validation {self.best}")
         return {"step": self.step, "stop": stop_reason, **result}
 
+    def stop_reason(self, total: int | None, start: float, stop: StopRequest) -> str | None:
+        """Why training stops before the next step, if it does: rank 0's answer, given to every rank."""
+        c = self.config
+        reason = None
+        if total is not None and self.step >= total:
+            reason = "max steps" if c.max_steps and self.step >= c.max_steps else "epochs"
+        elif c.max_time is not None and time.monotonic() - start >= c.max_time:
+            reason = "max time"
+        elif stop.requested:
+            reason = "interrupted"
+        return distributed.from_rank0(reason)
+
     def validate_and_save(self, elapsed: float) -> dict[str, float]:
-        """Validate, then write the numbered, last and (if improved) best checkpoints."""
-        result = self.validate()
+        """Validate (rank 0; every rank gets the figures and keeps the best), then write the numbered, last
+        and (if improved) best checkpoints."""
+        result = distributed.from_rank0(self.validate() if self.main else None)
         metric = result.get("valid_bleu", -result["valid_loss"])
         improved = self.best is None or metric > self.best
         if improved:
             self.best, self.bad_validations = metric, 0
         else:
             self.bad_validations += 1
-        self.log({"step": self.step, "epoch": self.epoch, **result, "best": self.best})
+        state = self.train_state(elapsed)
+        if not self.main:
+            return result
+        self.run_dir.log({"step": self.step, "epoch": self.epoch, **result, "best": self.best})
         shown = "  ".join(f"{k} {v:.3f}" for k, v in result.items())
         self.console.print(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
         self.save(f"checkpoint_{self.step}.pt")
-        for old in self.numbered_checkpoints()[: -self.config.keep_last or None]:
-            old.unlink()
+        self.run_dir.keep_last(self.config.keep_last)
         if improved:
             self.save(BEST)
-        self.save(LAST, elapsed=elapsed)
+        self.save(LAST, state)
         return result
-
-    def numbered_checkpoints(self) -> list[Path]:
-        return sorted(self.out_dir.glob("checkpoint_[0-9]*.pt"), key=checkpoint_step)
-
-    def average(self, n: int) -> None:
-        paths = self.numbered_checkpoints()[-n:]
-        average_checkpoints(paths, self.out_dir / AVERAGE)
-        self.console.print(f"averaged {len(paths)} checkpoints into {self.out_dir / AVERAGE}")
-
-
-def checkpoint_step(path: Path) -> int:
-    """checkpoint_1200.pt -> 1200"""
-    return int(path.stem.split("_")[1])
 
 
 def restore_cuda_rng(state: torch.Tensor | list[torch.Tensor] | None, device: torch.device) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from collections.abc import Iterable
+import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import sentencepiece as spm
@@ -59,37 +59,40 @@ class Vocab:
 
 def train_vocab(
     path: Path,
-    lines: Iterable[str],
+    text: Path,
     vocab_size: int,
     model_type: str = "unigram",
     character_coverage: float = 1.0,
-    seed_sentences: int = 2_000_000,
+    input_sentence_size: int = 2_000_000,
 ) -> Vocab:
-    """Train a sentencepiece model on `lines` and write it to `path` (a .model file)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        text = Path(tmp) / "input.txt"
-        with open(text, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-        prefix = Path(tmp) / "spm"
-        try:
-            spm.SentencePieceTrainer.train(
-                input=str(text),
-                model_prefix=str(prefix),
-                vocab_size=vocab_size,
-                model_type=model_type,
-                character_coverage=character_coverage,
-                pad_id=PAD,
-                unk_id=UNK,
-                bos_id=BOS,
-                eos_id=EOS,
-                input_sentence_size=seed_sentences,
-                shuffle_input_sentence=True,
-                minloglevel=2,
-            )
-        except RuntimeError as e:
-            raise KdmtError(f"sentencepiece training failed: {e}") from None
-        proto = (Path(tmp) / "spm.model").read_bytes()
+    """Train a sentencepiece model on the lines of the file `text` (a random `input_sentence_size` of them
+    if there are more) and write it to `path` (a .model file). The lines are handed to sentencepiece as an
+    iterator, and the model taken back in memory: no file name is recorded in it, so equal lines give
+    byte-identical models."""
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_lines(text),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise KdmtError(f"sentencepiece training failed: {e}") from None
     with atomic_path(path) as out:
-        out.write_bytes(proto)
-    return Vocab(proto)
+        out.write_bytes(model.getvalue())
+    return Vocab(model.getvalue())
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line.rstrip("\n")

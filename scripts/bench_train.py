@@ -36,7 +36,7 @@ def main() -> None:
     device = resolve_device(args.device)
     prepared = load_prepared(args.data)
     vocab = Vocab.load(prepared.src_vocab_path(args.data))
-    train = load_corpus(args.data / "train.src", args.data / "train.tgt", vocab, vocab, args.data / "train.ids.pt")
+    train = load_corpus(args.data / "train.src", args.data / "train.tgt", vocab, vocab, args.data / "train")
     valid = ValidSet(train, *read_parallel(args.data / "valid.src", args.data / "valid.tgt"))
     results = []
     for preset in args.presets:

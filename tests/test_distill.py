@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_a_byte_identical_corpus(toy_model, tmp_path):
     translator = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3))
 
     full = tmp_path / "full.tgt"
-    stats = distill_corpus(translator, settings_for(toy_model, src), src_lines, full)
+    stats = distill_corpus(translator, settings_for(toy_model, src), full)
     assert stats.lines == 40 and stats.empty == 1 and stats.too_long == 0 and stats.filtered["repeat"] >= 2
 
     def kill_after_third(index):
@@ -60,14 +60,13 @@ def test_killed_run_resumes_to_a_byte_identical_corpus(toy_model, tmp_path):
 
     resumed = tmp_path / "resumed.tgt"
     with pytest.raises(Killed):
-        distill_corpus(translator, settings_for(toy_model, src), src_lines, resumed, after_shard=kill_after_third)
+        distill_corpus(translator, settings_for(toy_model, src), resumed, after_shard=kill_after_third)
     assert not resumed.exists() and len(list((tmp_path / "resumed.tgt.shards").glob("*.txt"))) == 3
     translated = []
-    resumed_stats = distill_corpus(
-        translator, settings_for(toy_model, src), src_lines, resumed, progress=translated.append
-    )
+    resumed_stats = distill_corpus(translator, settings_for(toy_model, src), resumed, progress=translated.append)
     assert resumed.read_bytes() == full.read_bytes()
     assert resumed_stats == stats  # the counts of the shards done before the kill come from the manifest
+    assert sum(translated) == 40  # progress: the shards done before, and those translated now
     assert (tmp_path / "resumed.tgt.json").read_bytes() == (tmp_path / "full.tgt.json").read_bytes()
     assert (tmp_path / "resumed.tgt.nbest").read_bytes() == (tmp_path / "full.tgt.nbest").read_bytes()
     assert not (tmp_path / "resumed.tgt.shards").exists()
@@ -88,10 +87,10 @@ def test_resuming_with_other_settings_is_refused(toy_model, tmp_path):
         raise Killed
 
     with pytest.raises(Killed):
-        distill_corpus(translator, settings_for(toy_model, src), src_lines, tmp_path / "o", after_shard=kill)
+        distill_corpus(translator, settings_for(toy_model, src), tmp_path / "o", after_shard=kill)
     for other in ({"beam": 4}, {"filter": False}, {"max_repeat": 4}, {"max_len_ratio": 3.0}):
         with pytest.raises(KdmtError, match="other settings"):
-            distill_corpus(translator, settings_for(toy_model, src, **other), src_lines, tmp_path / "o")
+            distill_corpus(translator, settings_for(toy_model, src, **other), tmp_path / "o")
 
 
 def test_select_closest_picks_the_highest_sentence_bleu():
@@ -190,7 +189,7 @@ def test_max_output_length_is_the_search_limit(toy_model, tmp_path):
     translator = Translator([load_checkpoint(toy_model)], SearchOptions(beam=1, max_len_a=1.0, max_len_b=0))
     src_lines = ["a b c", "d e f g", "a c e g i b"]
     src, out = write(tmp_path / "s", src_lines), tmp_path / "o"
-    stats = distill_corpus(translator, settings_for(toy_model, src, beam=1, nbest=1), src_lines, out)
+    stats = distill_corpus(translator, settings_for(toy_model, src, beam=1, nbest=1), out)
     assert read_lines(out) == ["c b a", "g f e d", "b i g e c a"] and stats.filtered["length_limit"] == 0
 
 
@@ -209,7 +208,7 @@ def test_the_seq_inter_choice_is_the_hypothesis_filtered(tmp_path):
     ref = write(tmp_path / "r", ["b b b", "f e d"])
     teacher = write(tmp_path / "t.pt", [])
     settings = settings_for(teacher, src, select="seq-inter", reference=str(ref), nbest=2)
-    stats = distill_corpus(FixedCandidates(), settings, ["a b c", "d e f"], tmp_path / "o")
+    stats = distill_corpus(FixedCandidates(), settings, tmp_path / "o")
     assert read_lines(tmp_path / "o") == ["", "f e d"] and stats.filtered["repeat"] == 1
 
 

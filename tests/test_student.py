@@ -14,8 +14,8 @@ from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, word_kd_loss
-from kdmt.soft_targets import compute_soft_targets
-from kdmt.student import init_from_teacher, mix, student_corpus
+from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
+from kdmt.student import init_from_teacher, mix_indices, student_corpus
 from kdmt.train import TrainConfig, Trainer
 from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import PAD
@@ -86,10 +86,10 @@ def test_student_learns_from_soft_targets_alone(toy_model, toy_data, tmp_path):
     assert exact_match(hyps, ref) >= 0.9
 
 
-def test_offline_soft_targets_give_the_online_top_k_loss(toy_model, toy_data):
+def test_offline_soft_targets_give_the_online_top_k_loss(toy_model, toy_data, tmp_path):
     vocab, train, _ = toy_setup(toy_data)
     teacher = load_checkpoint(toy_model).model
-    store = compute_soft_targets([teacher], [1.0], train, 4, ["toy"])
+    store = compute_soft_targets([teacher], train, SoftTargetSettings(["toy"], [1.0], 4), tmp_path / "soft.json")
     student = Transformer(make_config(len(vocab), len(vocab), "tiny")).eval()
     batch = make_batch(train, torch.arange(10, 40))
     online = Distillation(student, [teacher], alpha=1.0, temperature=2.0, topk=4)(student, batch)[0]
@@ -113,11 +113,12 @@ def test_init_from_teacher_copies_the_chosen_layers(toy_model):
 
 
 def test_mix_sets_the_share_of_references():
-    distilled, reference = [("d", str(i)) for i in range(100)], [("r", str(i)) for i in range(100)]
-    assert mix(distilled, reference, 0.0, 1) == distilled
-    assert sorted(mix(distilled, reference, 0.5, 1)) == sorted(distilled + reference)
-    mixed = mix(distilled, reference, 0.2, 1)
-    assert sum(s == "r" for s, _ in mixed) == 25 and sum(s == "d" for s, _ in mixed) == 100
+    assert mix_indices(100, 100, 0.0, 1) == (range(100), range(0))
+    assert mix_indices(100, 100, 1.0, 1) == (range(0), range(100))
+    distilled, reference = mix_indices(100, 100, 0.5, 1)
+    assert sorted(distilled) == sorted(reference) == list(range(100))
+    distilled, reference = mix_indices(100, 100, 0.2, 1)
+    assert len(set(reference)) == 25 and sorted(distilled) == list(range(100))
 
 
 def test_student_corpus_drops_empty_distilled_lines(toy_data, tmp_path):
@@ -142,7 +143,7 @@ def test_train_student_command_with_every_objective(toy_model, toy_data, tmp_pat
         "--distilled",
         distilled,
         "-o",
-        tmp_path / "soft.pt",
+        tmp_path / "soft.json",
         "--topk",
         "3",
     )
@@ -191,7 +192,7 @@ def test_train_student_command_with_every_objective(toy_model, toy_data, tmp_pat
         "--alpha",
         "1",
         "--soft-targets",
-        tmp_path / "soft.pt",
+        tmp_path / "soft.json",
         "--max-steps",
         "2",
         "--valid-bleu-sents",

@@ -31,8 +31,8 @@ def prepare_toy(root: Path, n_train: int = 3000) -> Path:
         data,
         "src",
         "tgt",
-        toy_pairs(n_train, seed=1),
-        toy_pairs(100, seed=2),
+        zip(*toy_pairs(n_train, seed=1)),
+        zip(*toy_pairs(100, seed=2)),
         CleanOptions(dedup=False),
         VocabOptions(size=len(LETTERS) + 4, model_type="word"),
     )
@@ -56,7 +56,7 @@ def train_toy(data: Path, out: Path, resume: bool = False, dropout: float = 0.0,
     config = TrainConfig(**{**settings, **overrides})
     torch.manual_seed(config.seed)
     model = Transformer(make_config(len(vocab), len(vocab), "tiny", dropout=dropout))
-    train = load_corpus(data / "train.src", data / "train.tgt", vocab, vocab, data / "train.ids.pt")
+    train = load_corpus(data / "train.src", data / "train.tgt", vocab, vocab, data / "train")
     valid = ValidSet(
         load_corpus(data / "valid.src", data / "valid.tgt", vocab, vocab),
         *read_parallel(data / "valid.src", data / "valid.tgt"),

@@ -1,0 +1,100 @@
+"""Training under torchrun (gloo, 2 processes on the CPU): it equals one process with twice the --update-freq,
+for a teacher and for a student with word-KD and hidden-state KD through projections; a resumed 2-process
+run equals an uninterrupted one; a resume with another number of processes says what happens."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdmt.checkpoint import load_checkpoint
+
+STEPS = 8
+TOY = ["--preset", "tiny", "--max-tokens", "1500", "--lr", "1e-3", "--warmup", "5", "--max-steps", str(STEPS)]
+TOY += ["--valid-interval", "3", "--valid-bleu-sents", "0", "--log-interval", "1", "--seed", "3", "--device", "cpu"]
+STUDENT = ["--alpha", "0.5", "--temperature", "2", "--hidden-kd", "both", "--d-model", "32", "--d-ff", "64"]
+
+
+def kdmt(*args, processes: int = 1) -> subprocess.CompletedProcess:
+    """`python -m kdmt ARGS` in a fresh process, or under torchrun with `processes` processes."""
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command = [*launcher, "-m", "kdmt", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result
+
+
+def records(out) -> dict[int, dict]:
+    """The training lines of metrics.jsonl by step; each step must be there once."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in lines if "loss" in r]
+    assert steps == sorted(set(steps)), steps
+    return {r["step"]: r for r in lines if "loss" in r}
+
+
+def assert_same_run(a, b, figures=("loss", "nll")) -> None:
+    """Equal per-step figures, and equal weights and objective parameters at the end (to float tolerance).
+    The attention's key biases have a gradient of zero but for rounding (softmax ignores them), which
+    Adam turns into steps of up to the learning rate: summed in another order, they agree to STEPS of it."""
+    ra, rb = records(a), records(b)
+    assert sorted(ra) == sorted(rb) == list(range(1, STEPS + 1))
+    for step in ra:
+        assert ra[step]["epoch"] == rb[step]["epoch"]
+        for key in figures:
+            assert ra[step][key] == pytest.approx(rb[step][key], rel=1e-6), (step, key)
+    ca, cb = (load_checkpoint(out / "checkpoint_last.pt") for out in (a, b))
+    for k, v in ca.model.state_dict().items():
+        atol = STEPS * 1e-3 if k.endswith(".k.bias") else 1e-6
+        torch.testing.assert_close(v, cb.model.state_dict()[k], rtol=1e-5, atol=atol, msg=k)
+    assert ca.train_state["objective"].keys() == cb.train_state["objective"].keys()
+    for k, v in ca.train_state["objective"].items():
+        torch.testing.assert_close(v, cb.train_state["objective"][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.fixture(scope="module")
+def teacher_2p(toy_data, tmp_path_factory):
+    """A teacher trained by 2 processes without dropout; its run directory and stderr."""
+    out = tmp_path_factory.mktemp("teacher_2p")
+    result = kdmt("train-teacher", "--data", toy_data, "--out", out, "--dropout", "0", *TOY, processes=2)
+    return out, result.stderr
+
+
+def test_two_processes_train_a_teacher_as_one_with_update_freq_2(teacher_2p, toy_data, tmp_path):
+    out, stderr = teacher_2p
+    kdmt("train-teacher", "--data", toy_data, "--out", tmp_path, "--dropout", "0", "--update-freq", "2", *TOY)
+    assert_same_run(out, tmp_path)
+    epochs = [r["epoch"] for r in records(out).values()]
+    assert epochs[0] < epochs[-1]  # the plan's epochs are crossed the same way
+    assert stderr.count("teacher: ") == stderr.count("step 3: valid_loss") == 1  # rank 0 alone speaks
+
+
+def test_two_processes_with_update_freq_2_train_a_student_as_one_with_4(teacher_2p, toy_data, tmp_path):
+    """Word-KD from an online teacher, hidden-state KD through projections, gradient accumulation."""
+    teacher = teacher_2p[0] / "checkpoint_last.pt"
+    args = ["train-student", "--data", toy_data, "-t", teacher, *STUDENT, "--dropout", "0", *TOY]
+    kdmt(*args, "--out", tmp_path / "2p", "--update-freq", "2", processes=2)
+    kdmt(*args, "--out", tmp_path / "1p", "--update-freq", "4")
+    objective = load_checkpoint(tmp_path / "2p" / "checkpoint_last.pt").train_state["objective"]
+    assert any(k.startswith("projections.encoder") for k in objective)  # the widths differ: projections
+    assert_same_run(tmp_path / "2p", tmp_path / "1p", ("loss", "nll", "word_kd", "hidden_mse"))
+
+
+def test_a_resumed_two_process_run_equals_the_uninterrupted_run(toy_data, tmp_path):
+    """With dropout: each rank's random state is saved and restored. Resumed by one process instead, the
+    run goes on and says what changes."""
+    args = ["train-teacher", "--data", toy_data, "--dropout", "0.1", *TOY]
+    kdmt(*args, "--out", tmp_path / "full", processes=2)
+    kdmt(*args, "--out", tmp_path / "split", "--max-steps", "5", processes=2)
+    shutil.copytree(tmp_path / "split", tmp_path / "other")
+    kdmt(*args, "--out", tmp_path / "split", "--resume", processes=2)
+    assert_same_run(tmp_path / "full", tmp_path / "split")
+    stderr = kdmt(*args, "--out", tmp_path / "other", "--resume", "--update-freq", "2").stderr
+    assert "was written by a run on 2 processes, this one has 1: it continues from step 5" in stderr
+    assert "will not repeat exactly" in stderr and sorted(records(tmp_path / "other")) == list(range(1, STEPS + 1))
