@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,21 +22,23 @@ def token_batches(
 
     Sentences are sorted by length (ties broken at random when a generator is given) so that a batch
     holds similar lengths; the order of the batches is shuffled with the same generator. Without a
-    generator, batches come in length order: deterministic, for evaluation.
+    generator, batches come in length order: deterministic, for evaluation. A batch takes sentences in
+    that order while they fit (one at least); the loop runs once a batch, not once a sentence.
     """
     n = len(src_len)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     lengths = torch.maximum(src_len, tgt_len)[order]
     order = order[torch.sort(lengths, stable=True).indices]
-    longest = torch.maximum(src_len, tgt_len)[order].tolist()
-    batches, start, width = [], 0, 0
-    for i, length in enumerate(longest):
-        width = max(width, length)
-        if (i + 1 - start) * width > max_tokens and i > start:
-            batches.append(order[start:i])
-            start, width = i, length
-    if start < n:
-        batches.append(order[start:])
+    longest = torch.maximum(src_len, tgt_len)[order].numpy()
+    batches, start = [], 0
+    while start < n:
+        # sorted: a batch's width is its last sentence's length, so c sentences fit while c·longest[start+c-1]
+        # <= max_tokens, true up to some c and false after; no more than max_tokens // longest[start] can
+        window = longest[start : start + max(1, max_tokens // max(int(longest[start]), 1))]
+        fits = np.arange(1, len(window) + 1) * window <= max_tokens
+        end = start + max(1, int(fits.sum()))
+        batches.append(order[start:end])
+        start = end
     if generator is not None:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
     return batches

@@ -773,4 +773,7 @@ def average_cmd(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        distributed.leave()

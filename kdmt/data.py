@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from itertools import compress
+from itertools import compress, zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +46,15 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
 def stream_parallel(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
     """The pairs of a parallel corpus as they are read; when one side ends first, the rest of the other is
     counted and the line counts are reported."""
-    ended: list[int] = []
-    src, tgt = _marking_end(stream_lines(src_path), ended, 0), _marking_end(stream_lines(tgt_path), ended, 1)
-    n = 0
-    for pair in zip(src, tgt):
-        n += 1
+    for pair in zip_longest(stream_lines(src_path), stream_lines(tgt_path)):
+        if None in pair:
+            break
         yield pair
-    if ended[0] == 0:  # the source ended: zip took nothing more from the target
-        n_src, n_tgt = n, n + sum(1 for _ in tgt)
-    else:  # the target ended, after zip had taken one more source line
-        n_src, n_tgt = n + 1 + sum(1 for _ in src), n
-    if n_src != n_tgt:
-        raise _count_mismatch(src_path, n_src, tgt_path, n_tgt)
-
-
-def _marking_end(lines: Iterator[str], ended: list[int], side: int) -> Iterator[str]:
-    yield from lines
-    ended.append(side)
+    else:
+        return
+    src, tgt = (stream_lines(path) for path in (src_path, tgt_path))
+    n_src, n_tgt = sum(1 for _ in src), sum(1 for _ in tgt)  # counted again, to name both
+    raise _count_mismatch(src_path, n_src, tgt_path, n_tgt)
 
 
 def _count_mismatch(src_path: str | Path, n_src: int, tgt_path: str | Path, n_tgt: int) -> KdmtError:
@@ -88,6 +80,10 @@ def length_in_words(text: str) -> float:
     (Korean is written with spaces: Hangul counts in words.)"""
     if not _NOT_ONLY_WORDS.search(text):  # the common case: the same count, faster
         return len(text.split())
+    return _mixed_length(text)
+
+
+def _mixed_length(text: str) -> float:
     words = len(_SPACED_WORD.findall(text))
     return words + sum(len(chars.findall(text)) / per_word for chars, per_word in _UNSPACED_CHARS)
 
@@ -128,8 +124,11 @@ def _select(
     of the pairs read and of those dropped, by reason."""
     kept, counts = [], {"input": len(batch), "empty": 0, "too_long": 0, "ratio": 0}
     for s, t in batch:
-        s, t = " ".join(s.split()), " ".join(t.split())
-        if reason := _rejection(s, t, max_words, max_ratio):
+        s_words, t_words = s.split(), t.split()
+        s, t = " ".join(s_words), " ".join(t_words)
+        ns = _mixed_length(s) if _NOT_ONLY_WORDS.search(s) else len(s_words)  # as length_in_words, split once
+        nt = _mixed_length(t) if _NOT_ONLY_WORDS.search(t) else len(t_words)
+        if reason := _rejection(ns, nt, max_words, max_ratio):
             counts[reason] += 1
         else:
             kept.append((s, t))
@@ -137,9 +136,8 @@ def _select(
     return kept, hashes, counts
 
 
-def _rejection(s: str, t: str, max_words: int, max_ratio: float) -> str | None:
-    """Why cleaning drops a pair (a field of CleanStats), or None."""
-    ns, nt = length_in_words(s), length_in_words(t)
+def _rejection(ns: float, nt: float, max_words: int, max_ratio: float) -> str | None:
+    """Why cleaning drops a pair of these lengths (a field of CleanStats), or None."""
     if ns == 0 or nt == 0:
         return "empty"
     if ns > max_words or nt > max_words:

@@ -7,6 +7,7 @@ single process (rank 0 of 1), so callers need no special case.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ def launched_by_torchrun() -> bool:
 
 def init(device: str | None = None) -> torch.device:
     """This process's device (see resolve_device); under torchrun also join the process group: NCCL with
-    the device cuda:LOCAL_RANK, gloo on the CPU. The group is left at exit."""
+    the device cuda:LOCAL_RANK, gloo on the CPU. The group is left at exit (see leave)."""
     dev = resolve_device(device)
     if not launched_by_torchrun() or is_distributed():
         return dev
@@ -42,8 +43,17 @@ def init(device: str | None = None) -> torch.device:
         dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT)
-    atexit.register(dist.destroy_process_group)
+    atexit.register(leave)
     return dev
+
+
+def leave() -> None:
+    """Leave the process group, if this process is in one (kdmt's main calls it as the command ends): what
+    still refers to it (a DistributedDataParallel module, its pending work) is freed first, while the
+    interpreter is whole; left to interpreter shutdown, gloo's threads can abort the process."""
+    if is_distributed():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:

@@ -177,6 +177,7 @@ class Trainer:
                 "raise it, or lower --max-len"
             )
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._plan: tuple[int, list[Tensor]] | None = None  # (epoch, its batches): see epoch_batches
         self.best: float | None = None
         self.bad_validations = 0
         self.elapsed = 0.0  # seconds of training before this run started (resumed runs)
@@ -275,11 +276,17 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        """The batches of an epoch: a function of the seed and the epoch alone, so resuming can replay it."""
+        """The batches of an epoch: a function of the seed and the epoch alone, so resuming can replay it.
+        The last epoch's plan is kept; its batches are views of one tensor of sentence indices."""
+        if self._plan is not None and self._plan[0] == epoch:
+            return self._plan[1]
+        self._plan = None  # the old plan is freed before the new one is made
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         idx = self.train_indices
         batches = token_batches(self.train_data.src_len[idx], self.train_data.tgt_len[idx], self.config.max_tokens, g)
-        return [idx[b] for b in batches]
+        plan = list(idx[torch.cat(batches)].split([len(b) for b in batches]))
+        self._plan = epoch, plan
+        return plan
 
     def plan(self) -> Iterator[Tensor]:
         """The batches (sentence indices) of the epochs' plans from the current position on, forever; the

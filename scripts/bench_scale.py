@@ -14,6 +14,9 @@ For each size, each section runs kdmt on that corpus and prints one JSON line wi
   distill   `kdmt distill` of the whole training source by the tiny teacher just trained, stopped after
             --distill-seconds: peak memory while it indexes the source and works through its first shards.
 
+With --reference DIR (a checkout of an earlier kdmt, e.g. `git worktree add DIR COMMIT`), the prepare row
+also holds that kdmt's prepare of the same corpus, measured the same way, right after.
+
 Sections are functions in SECTIONS; they find the corpus in WORK/SIZE/ and prepare's output in WORK/SIZE/data.
 Example:
 
@@ -132,7 +135,25 @@ def bench_prepare(args: argparse.Namespace, root: Path, pairs: int) -> dict:
     row = measure([str(c) for c in command], root / "prepare.log")
     stats = json.loads((out / "prepare.json").read_text())["stats"]["train"]
     row |= {"pairs_per_s": round(pairs / row["seconds"]), "kept": stats["kept"], "workers": args.workers}
-    return row | {"spm_sample": args.spm_sample or "default", "vocab_size": args.vocab_size}
+    row |= {"spm_sample": args.spm_sample or "default", "vocab_size": args.vocab_size}
+    if args.reference:
+        row["reference"] = bench_reference_prepare(args, root, pairs)
+    return row
+
+
+def bench_reference_prepare(args: argparse.Namespace, root: Path, pairs: int) -> dict:
+    """The same prepare by the kdmt of another checkout (`--reference`, e.g. a `git worktree` of an earlier
+    commit), measured the same way: the figures to compare with."""
+    out = root / "data-reference"
+    shutil.rmtree(out, ignore_errors=True)
+    # -P: no working directory first on sys.path, where this kdmt could be found before that one
+    command = [sys.executable, "-P", "-c", "from kdmt.cli import main; main()", "prepare", "--src", "de", "--tgt", "en"]
+    command += ["--train", root / "train", "--valid", root / "val", "-o", out, "--vocab-size", args.vocab_size]
+    env = {**os.environ, "PYTHONPATH": str(args.reference.resolve())}
+    row = measure([str(c) for c in command], root / "prepare-reference.log", env)
+    shutil.rmtree(out, ignore_errors=True)
+    commit = subprocess.run(["git", "-C", args.reference, "rev-parse", "--short", "HEAD"], capture_output=True)
+    return row | {"pairs_per_s": round(pairs / row["seconds"]), "commit": commit.stdout.decode().strip()}
 
 
 def bench_train(args: argparse.Namespace, root: Path, pairs: int) -> dict:
@@ -185,6 +206,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="kdmt prepare --workers")
     ap.add_argument("--spm-sample", type=int, default=None, help="kdmt prepare --spm-sample (default: kdmt's)")
     ap.add_argument("--vocab-size", type=int, default=8000)
+    ap.add_argument("--reference", type=Path, help="a checkout of another kdmt whose prepare to measure beside")
     ap.add_argument("--train-steps", type=int, default=40, help="steps of each training run")
     ap.add_argument("--distill-seconds", type=float, default=60, help="how long distill runs before it is stopped")
     args = ap.parse_args()
