@@ -87,14 +87,15 @@ class SoftTargetStore:
             raise KdmtError(f"{path}: no such file")
         try:
             record = json.loads(path.read_text())
-            assert record["format"] == FORMAT
             ids, logp, offsets = (np.load(p, mmap_mode="r") for p in array_paths(path).values())
-            k = record["settings"]["topk"]
-            assert ids.dtype == np.int32 and logp.dtype == np.float16 and offsets.dtype == np.int64
-            assert ids.shape == logp.shape == (record["tokens"], k) and offsets.shape == (record["sentences"] + 1,)
-            return cls(ids, logp, offsets, record["settings"]["key"], record["settings"]["teachers"])
+            kinds = (ids.dtype, logp.dtype, offsets.dtype) == (np.int32, np.float16, np.int64)
+            shape = (record["tokens"], record["settings"]["topk"])
+            shapes = ids.shape == logp.shape == shape and offsets.shape == (record["sentences"] + 1,)
+            if record["format"] == FORMAT and kinds and shapes:
+                return cls(ids, logp, offsets, record["settings"]["key"], record["settings"]["teachers"])
         except Exception:
-            raise KdmtError(f"{path}: not a kdmt soft-targets file, or its arrays are missing or damaged") from None
+            pass
+        raise KdmtError(f"{path}: not a kdmt soft-targets file, or its arrays are missing or damaged")
 
 
 def finished(out: Path, settings: dict[str, Any]) -> bool:
