@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -90,10 +91,13 @@ def test_metrics_after_a_crash_hold_each_step_once(toy_data, tmp_path, monkeypat
     with pytest.raises(RuntimeError):
         train_toy(toy_data, tmp_path, valid_interval=15, max_steps=30)
     monkeypatch.undo()
+    # a numbered checkpoint written after the last state, as by a crash before checkpoint_last.pt was saved
+    shutil.copy(tmp_path / "checkpoint_15.pt", tmp_path / "checkpoint_20.pt")
     train_toy(toy_data, tmp_path, resume=True, valid_interval=15, max_steps=30)
     steps = [r["step"] for r in records(tmp_path) if "loss" in r]
     assert steps == list(range(1, 31))
     assert [s for s, _ in validations(tmp_path)] == [15, 30]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_[0-9]*.pt")) == ["checkpoint_15.pt", "checkpoint_30.pt"]
 
 
 def test_max_time_counts_across_resumes(toy_data, tmp_path):
