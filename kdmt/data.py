@@ -73,19 +73,15 @@ class CleanStats:
     kept: int = 0
 
 
-def length_in_words(text: str) -> float:
+def length_in_words(text: str, words: list[str] | None = None) -> float:
     """A sentence's length for cleaning: its whitespace-separated words, except that text in a script
     written without spaces between words is measured in characters, about 1.5 a word for CJK ideographs,
     2 for kana, and 4 for the alphabets of Thai, Lao, Khmer and Myanmar; CJK punctuation counts nothing.
-    (Korean is written with spaces: Hangul counts in words.)"""
+    (Korean is written with spaces: Hangul counts in words.) `words` is text.split(), if the caller has it."""
     if not _NOT_ONLY_WORDS.search(text):  # the common case: the same count, faster
-        return len(text.split())
-    return _mixed_length(text)
-
-
-def _mixed_length(text: str) -> float:
-    words = len(_SPACED_WORD.findall(text))
-    return words + sum(len(chars.findall(text)) / per_word for chars, per_word in _UNSPACED_CHARS)
+        return len(text.split() if words is None else words)
+    unspaced = sum(len(chars.findall(text)) / per_word for chars, per_word in _UNSPACED_CHARS)
+    return len(_SPACED_WORD.findall(text)) + unspaced
 
 
 def clean_stream(
@@ -126,9 +122,7 @@ def _select(
     for s, t in batch:
         s_words, t_words = s.split(), t.split()
         s, t = " ".join(s_words), " ".join(t_words)
-        ns = _mixed_length(s) if _NOT_ONLY_WORDS.search(s) else len(s_words)  # as length_in_words, split once
-        nt = _mixed_length(t) if _NOT_ONLY_WORDS.search(t) else len(t_words)
-        if reason := _rejection(ns, nt, max_words, max_ratio):
+        if reason := _rejection(length_in_words(s, s_words), length_in_words(t, t_words), max_words, max_ratio):
             counts[reason] += 1
         else:
             kept.append((s, t))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import random
 import tempfile
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack, suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from math import expm1, floor, log
@@ -86,48 +86,42 @@ def prepare(
         raise KdmtError("source and target languages must differ")
     if workers < 1 or vocab.sample < 2:
         raise KdmtError("--workers must be at least 1, and --spm-sample at least 2")
-    created = not out.exists()
+    report = report or (lambda _: None)
+    with _removed_on_failure(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PREPARED_MARKER).unlink(missing_ok=True)  # the directory counts as prepared only once complete
+        with ExitStack() as stack:
+            text = {name: stack.enter_context(atomic_path(out / name)) for name in _text_files()}
+            sample = Reservoir(vocab.sample // 2 if vocab.joint else vocab.sample, SAMPLE_SEED)
+            train_stats = _clean_into(train, "train", text, clean, sample, workers, report)
+            _check_not_empty("training", train_stats)
+            valid_stats = _clean_into(valid, "valid", text, replace(clean, dedup=False), None, 1, report)
+            _check_not_empty("validation", valid_stats)
+            stats = {"train": asdict(train_stats), "valid": asdict(valid_stats)}
+            prepared = Prepared(src_lang, tgt_lang, vocab.joint, vocab.size, stats)
+            report(f"training sentencepiece on {len(sample.items) * (2 if vocab.joint else 1):,} sentences")
+            src_vocab, tgt_vocab = _train_vocabs(out, prepared, sample.items, vocab)
+            key = vocab_key(src_vocab, tgt_vocab)
+            for split in ("train", "valid"):
+                pairs = stream_parallel(text[f"{split}.src"], text[f"{split}.tgt"])
+                done = partial(_tokenized, split, report)
+                write_tokenized(pairs, src_vocab, tgt_vocab, out / split, key, workers, done)
+        save_prepared(out, prepared)  # last: after the files above are in place
+    return prepared
+
+
+@contextmanager
+def _removed_on_failure(directory: Path) -> Iterator[None]:
+    """Remove `directory` if the block fails and the directory did not exist before it (only if empty:
+    every output is a temporary file until the end)."""
+    created = not directory.exists()
     try:
-        return _prepare(out, src_lang, tgt_lang, train, valid, clean, vocab, workers, report or (lambda _: None))
+        yield
     except BaseException:
         if created:
             with suppress(OSError):
-                out.rmdir()  # only if empty: every output was still a temporary file
+                directory.rmdir()
         raise
-
-
-def _prepare(
-    out: Path,
-    src_lang: str,
-    tgt_lang: str,
-    train: Pairs,
-    valid: Pairs,
-    clean: CleanOptions,
-    vocab: VocabOptions,
-    workers: int,
-    report: Report,
-) -> Prepared:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PREPARED_MARKER).unlink(missing_ok=True)  # the directory counts as prepared only once complete
-    with ExitStack() as stack:
-        text = {name: stack.enter_context(atomic_path(out / name)) for name in _text_files()}
-        sample = Reservoir(vocab.sample // 2 if vocab.joint else vocab.sample, SAMPLE_SEED)
-        train_stats = _clean_into(train, "train", text, clean, sample, workers, report)
-        _check_not_empty("training", train_stats)
-        valid_stats = _clean_into(valid, "valid", text, replace(clean, dedup=False), None, 1, report)
-        _check_not_empty("validation", valid_stats)
-        prepared = Prepared(
-            src_lang, tgt_lang, vocab.joint, vocab.size, {"train": asdict(train_stats), "valid": asdict(valid_stats)}
-        )
-        report(f"training sentencepiece on {len(sample.items) * (2 if vocab.joint else 1):,} sentences")
-        src_vocab, tgt_vocab = _train_vocabs(out, prepared, sample.items, vocab)
-        key = vocab_key(src_vocab, tgt_vocab)
-        for split in ("train", "valid"):
-            pairs = stream_parallel(text[f"{split}.src"], text[f"{split}.tgt"])
-            done = partial(_tokenized, split, report)
-            write_tokenized(pairs, src_vocab, tgt_vocab, out / split, key, workers, done)
-    save_prepared(out, prepared)
-    return prepared
 
 
 def _text_files() -> list[str]:
