@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from kdmt import distributed
-from kdmt.checkpoint import Checkpoint, average_checkpoints, load_checkpoint
+from kdmt.checkpoint import average_checkpoints, load_checkpoint
 from kdmt.data import PreparedData, read_parallel, stream_parallel
-from kdmt.device import resolve_device
 from kdmt.distill import DistillRun, DistillSettings
+from kdmt.engines import ENGINES, converted_teacher, open_translator
 from kdmt.errors import KdmtError
-from kdmt.evaluate import describe, evaluate
+from kdmt.evaluate import describe, evaluate, size_on_disk
+from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, VocabOptions, prepare
@@ -32,7 +33,7 @@ from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
 from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
-from kdmt.translate import SearchOptions, Translator
+from kdmt.translate import SearchOptions
 
 app = typer.Typer(
     help="Knowledge distillation for neural machine translation: prepare → train-teacher → distill → "
@@ -92,6 +93,7 @@ MaxSrcTokens = Annotated[
 ]
 Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
+Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
 
 
 # --- prepare -----------------------------------------------------------------------------------
@@ -520,16 +522,6 @@ def soft_targets_cmd(
 
 
 # --- translate ---------------------------------------------------------------------------------
-def _translator(
-    models: list[Path], device: str | None, options: SearchOptions, bf16: bool = True
-) -> tuple[list[Checkpoint], Translator]:
-    """Load checkpoints onto the device and wrap them in a Translator (bf16 on CUDA unless --fp32)."""
-    dev = resolve_device(device)
-    checkpoints = [load_checkpoint(m, dev) for m in models]
-    dtype = torch.bfloat16 if dev.type == "cuda" and bf16 else None
-    return checkpoints, Translator(checkpoints, options, dtype)
-
-
 def _report_skipped(lines: list[str], results: list, limit: int) -> None:
     long = sum(1 for line, r in zip(lines, results) if line.strip() and not r)
     if long:
@@ -538,7 +530,10 @@ def _report_skipped(lines: list[str], results: list, limit: int) -> None:
 
 @command("translate")
 def translate_cmd(
-    model: Annotated[list[Path], typer.Option("--model", "-m", help="Checkpoint; repeat for an ensemble.")],
+    model: Annotated[
+        list[Path],
+        typer.Option("--model", "-m", help="Checkpoint (repeat for an ensemble), or a CTranslate2 export directory."),
+    ],
     input: Annotated[Path | None, typer.Option("--input", "-i", help="Source file (default: stdin).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
     beam: Beam = 5,
@@ -549,13 +544,14 @@ def translate_cmd(
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
     bf16: Bf16 = True,
+    threads: Threads = 0,
 ) -> None:
     """Translate source sentences, one per line, from stdin (or --input) to stdout (or --output).
 
     Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
     """
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
-    _, translator = _translator(model, device, options, bf16)
+    _, translator = open_translator(model, device, options, bf16, threads)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
     with ProgressLine(err, "translate", len(lines), "sent", transient=True) as progress:
         results = translator.translate_nbest(lines, 1, progress.advance)
@@ -594,6 +590,11 @@ def distill_cmd(
     max_len_ratio: Annotated[
         float, typer.Option(help="Filter: a target/source token ratio above this, or below its inverse.")
     ] = 2.0,
+    engine: Annotated[
+        str,
+        typer.Option(help="kdmt: kdmt's search; ctranslate2: the teacher converted (once, cached) to CTranslate2."),
+    ] = "kdmt",
+    quantization: Annotated[str, typer.Option(help="With --engine ctranslate2: the teacher's weights.")] = "float32",
     beam: Beam = 5,
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
@@ -602,6 +603,7 @@ def distill_cmd(
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
     bf16: Bf16 = True,
+    threads: Threads = 0,
 ) -> None:
     """Translate a corpus with the teacher(s): the sequence-level distilled corpus (Kim & Rush 2016).
 
@@ -609,6 +611,8 @@ def distill_cmd(
     Processes started with the same arguments share the shards: torchrun --nproc-per-node N -m kdmt distill ...,
     or the command started several times, on machines sharing the file system. A killed run resumes where it
     stopped when started again with the same arguments, with any number of processes.
+
+    With --engine ctranslate2 the teacher decodes through CTranslate2 (converted once, kept in ~/.cache/kdmt).
 
     Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
     """
@@ -618,8 +622,17 @@ def distill_cmd(
         raise KdmtError("--nbest must be between 1 and --beam, --shard-size at least 1")
     if select and nbest == 1:
         nbest = beam  # seq-inter chooses among the whole beam
+    if engine not in ENGINES:
+        raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
-    _, translator = _translator(teacher, str(local_device(device)), options, bf16)
+    models = teacher
+    if engine == "ctranslate2":
+        if len(teacher) > 1:
+            raise KdmtError("CTranslate2 has no ensembles: --engine ctranslate2 takes one teacher (--engine kdmt more)")
+        models = [converted_teacher(teacher[0], quantization)]
+    elif quantization != "float32":
+        raise KdmtError("--quantization goes with --engine ctranslate2")
+    _, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
     settings = DistillSettings(
         teachers=[str(t) for t in teacher],
         source=str(src),
@@ -636,6 +649,7 @@ def distill_cmd(
         filter=filter_degenerate,
         max_repeat=max_repeat,
         max_len_ratio=max_len_ratio,
+        engine=engine if engine == "kdmt" else f"{engine} {quantization}",
     )
     run = DistillRun(translator, settings, out)
     shards = -(-run.lines // shard_size)
@@ -665,7 +679,9 @@ def distill_cmd(
 # --- eval --------------------------------------------------------------------------------------
 @command("eval")
 def eval_cmd(
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints to evaluate, side by side.")],
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoints or CTranslate2 export directories to evaluate, side by side.")
+    ],
     src: Annotated[Path, typer.Option(help="Test source file (.gz allowed).")],
     ref: Annotated[Path, typer.Option(help="Test reference file, line-aligned with --src.")],
     beam: Beam = 5,
@@ -676,6 +692,7 @@ def eval_cmd(
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
     bf16: Bf16 = True,
+    threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON on stdout.")] = False,
     report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
     hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
@@ -688,12 +705,13 @@ def eval_cmd(
     reports = []
     for path in checkpoints:
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
-        ckpts, translator = _translator([path], device, options, bf16)
-        with ProgressLine(err, f"eval {path.parent.name}", len(src_lines), "sent", transient=True) as progress:
-            result, hyps = evaluate(translator, path, src, src_lines, ref_lines, ckpts[0].meta, progress.advance)
+        metas, translator = open_translator([path], device, options, bf16, threads)
+        name = path.name if path.is_dir() else f"{path.parent.name}.{path.stem}"
+        with ProgressLine(err, f"eval {name}", len(src_lines), "sent", transient=True) as progress:
+            result, hyps = evaluate(translator, path, src, src_lines, ref_lines, metas[0], progress.advance)
         reports.append(result.to_dict())
         if hyps_dir:
-            write_lines(hyps_dir / f"{path.parent.name}.{path.stem}.hyp", hyps)
+            write_lines(hyps_dir / f"{name}.hyp", hyps)
     table = Table(
         Column("model", overflow="fold"),
         "BLEU",
@@ -756,6 +774,30 @@ def report_cmd(
     write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")
     plot(rows, out_dir / "report.png")
     err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.png'}")
+
+
+# --- export ------------------------------------------------------------------------------------
+@command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The model directory to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="ctranslate2 or huggingface.")] = "ctranslate2",
+    quantization: Annotated[
+        str,
+        typer.Option(
+            help="Weights: float32, int8, int8_float32, int16, float16 or bfloat16 (huggingface: float32, float16, "
+            "bfloat16)."
+        ),
+    ] = "float32",
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists and is not empty.")] = False,
+) -> None:
+    """Write a checkpoint as a CTranslate2 or Hugging Face model directory that translates on its own.
+
+    Example: kdmt export work/student/checkpoint_best.pt -o work/student-int8 --quantization int8
+    """
+    record = export_checkpoint(checkpoint, out, fmt, quantization, force)
+    size = size_on_disk(out) / 1e6
+    err.print(f"exported {checkpoint} to {out} ({fmt}, {record['quantization']}, {size:.1f} MB)", soft_wrap=True)
 
 
 # --- average -----------------------------------------------------------------------------------

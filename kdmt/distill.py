@@ -28,7 +28,7 @@ from kdmt.errors import KdmtError
 from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.shards import Manifest, ShardedRun, file_identity
-from kdmt.translate import Candidate, Progress, Translator
+from kdmt.translate import Candidate, Progress, TextTranslator
 
 
 @dataclass
@@ -58,6 +58,7 @@ class DistillSettings:
     filter: bool = True  # degenerate hypotheses become empty lines
     max_repeat: int = 3
     max_len_ratio: float = 2.0
+    engine: str = "kdmt"  # or "ctranslate2 QUANTIZATION"
     inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
 
 
@@ -69,7 +70,7 @@ def closest(texts: list[str], reference: str, metric: str) -> int:
 
 
 def filter_degenerate(
-    translator: Translator,
+    translator: TextTranslator,
     options: FilterOptions,
     src: list[str],
     chosen: list[Candidate | None],
@@ -95,7 +96,7 @@ class DistillRun:
     settings (kdmt.shards). `plan` is None, and `finished` holds the stats, when the outputs of a finished
     run with these settings exist already."""
 
-    def __init__(self, translator: Translator, settings: DistillSettings, out: Path):
+    def __init__(self, translator: TextTranslator, settings: DistillSettings, out: Path):
         if settings.select == "seq-inter" and not settings.reference:
             raise KdmtError("--select seq-inter needs --ref")
         references = [settings.reference] if settings.reference else []
@@ -212,7 +213,7 @@ class DistillRun:
 
 
 def distill_corpus(
-    translator: Translator,
+    translator: TextTranslator,
     settings: DistillSettings,
     out: Path,
     progress: Progress | None = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
-from kdmt.translate import Translator
+from kdmt.translate import TextTranslator
 
 WARM_UP_LINES = 32  # translated untimed before the timed run, which then pays no start-up costs
 
@@ -46,7 +46,7 @@ class EvalReport:
     sentences_per_s: float
     tokens_per_s: float  # target sentencepiece tokens generated per second
     parameters: int
-    size_bytes: int  # the checkpoint file on disk
+    size_bytes: int  # the checkpoint file, or the exported directory's files, on disk
     device: str
     made_with: dict
 
@@ -55,7 +55,7 @@ class EvalReport:
 
 
 def evaluate(
-    translator: Translator,
+    translator: TextTranslator,
     checkpoint: Path,
     test_src: Path,
     src: list[str],
@@ -85,12 +85,19 @@ def evaluate(
         seconds=round(seconds, 3),
         sentences_per_s=round(len(src) / seconds, 2),
         tokens_per_s=round(out_tokens / seconds, 1),
-        parameters=sum(m.num_parameters() for m in translator.models),
-        size_bytes=checkpoint.stat().st_size,
+        parameters=translator.num_parameters(),
+        size_bytes=size_on_disk(checkpoint),
         device=str(translator.device),
         made_with=made_with,
     )
     return report, hyps
+
+
+def size_on_disk(path: Path) -> int:
+    """The bytes of a file, or of the files in a directory."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def _synchronize(device: torch.device) -> None:
@@ -117,4 +124,6 @@ def describe(meta: dict) -> str:
         parts.append(f"initialised from {init['teacher']}")
     if meta.get("teachers"):
         parts.append("teachers: " + ", ".join(meta["teachers"]))
+    if export := meta.get("export"):
+        parts.append(f"exported to {export['format']} {export['quantization']}")
     return "; ".join(parts)

@@ -1,7 +1,13 @@
-"""Translating lists of sentences with one checkpoint or an ensemble: tokenize, batch, search, detokenize."""
+"""Translating lists of sentences: tokenize, batch, search, detokenize.
+
+`TextTranslator` holds what every engine shares (text in, candidates out, the length limits); an engine
+implements `translate_ids`: `Translator` with kdmt's own search over one checkpoint or an ensemble,
+kdmt.engines.CTranslate2Translator with an exported CTranslate2 model.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +18,7 @@ from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
 from kdmt.errors import KdmtError
 from kdmt.search import Ensemble, Hypothesis, beam_search, greedy_search, max_lengths
-from kdmt.vocab import EOS
+from kdmt.vocab import EOS, Vocab
 
 Progress = Callable[[int], None]
 
@@ -43,8 +49,58 @@ class SearchOptions:
             raise KdmtError("--max-len-a and --max-len-b must not be negative")
 
 
-class Translator:
-    """Translates text with the models of one or more checkpoints that share a vocabulary.
+class TextTranslator(ABC):
+    """Translation of text with sentencepiece vocabularies and an engine's `translate_ids`."""
+
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+    options: SearchOptions
+    device: torch.device
+    max_positions: int  # of the target side: hypotheses are at most max_positions - 1 tokens
+    max_src_tokens: int  # longer sources are not translated
+
+    @abstractmethod
+    def translate_ids(
+        self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None
+    ) -> list[list[Hypothesis]]:
+        """The `nbest` best hypotheses for each source (token ids, EOS included), in input order."""
+
+    @abstractmethod
+    def num_parameters(self) -> int:
+        """The parameters of the model(s) that translate."""
+
+    def max_output_length(self, n_src_tokens: int) -> int:
+        """The longest hypothesis (tokens, without EOS) the search allows for a source of `n_src_tokens`
+        tokens, EOS counted: one this long was cut there, its EOS forced (search.max_lengths)."""
+        src = torch.ones(1, n_src_tokens, dtype=torch.long)  # any id but PAD
+        o = self.options
+        return int(max_lengths(src, o.max_len_a, o.max_len_b, self.max_positions))
+
+    def translate_nbest(
+        self, lines: list[str], nbest: int = 1, progress: Progress | None = None
+    ) -> list[list[Candidate]]:
+        """The `nbest` best candidates, best first, for each line. Empty lines, and lines longer than
+        `max_src_tokens` tokens, are not translated: their list is empty."""
+        encoded = self.src_vocab.encode(lines)
+        todo = [
+            i for i, (line, ids) in enumerate(zip(lines, encoded)) if line.strip() and len(ids) < self.max_src_tokens
+        ]
+        results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress) if todo else []
+        out: list[list[Candidate]] = [[] for _ in lines]
+        for i, hyps in zip(todo, results):
+            texts = self.tgt_vocab.decode([h.tokens for h in hyps])
+            out[i] = [Candidate(text, h.score, len(h.tokens)) for text, h in zip(texts, hyps)]
+        if progress and len(todo) < len(lines):
+            progress(len(lines) - len(todo))
+        return out
+
+    def translate(self, lines: list[str], progress: Progress | None = None) -> list[str]:
+        """The best translation of each line; an empty line for an empty (or over-long) one."""
+        return [c[0].text if c else "" for c in self.translate_nbest(lines, 1, progress)]
+
+
+class Translator(TextTranslator):
+    """Translates text with kdmt's search over the models of one or more checkpoints that share a vocabulary.
 
     With `dtype` (e.g. torch.bfloat16 on CUDA) the models are converted to it for decoding.
     """
@@ -59,7 +115,11 @@ class Translator:
         self.src_vocab, self.tgt_vocab = first.src_vocab, first.tgt_vocab
         self.options = options or SearchOptions()
         self.device = next(self.models[0].parameters()).device
+        self.max_positions = self.ensemble.max_positions
         self.max_src_tokens = min([self.options.max_src_tokens] + [m.config.max_positions for m in self.models])
+
+    def num_parameters(self) -> int:
+        return sum(m.num_parameters() for m in self.models)
 
     def search(self, x: Tensor, nbest: int) -> list[list[Hypothesis]]:
         """Decode one padded batch; on a CUDA out-of-memory error, decode its halves instead.
@@ -93,32 +153,3 @@ class Translator:
             if progress:
                 progress(len(ids))
         return out
-
-    def max_output_length(self, n_src_tokens: int) -> int:
-        """The longest hypothesis (tokens, without EOS) the search allows for a source of `n_src_tokens`
-        tokens, EOS counted: one this long was cut there, its EOS forced (search.max_lengths)."""
-        src = torch.ones(1, n_src_tokens, dtype=torch.long)  # any id but PAD
-        o = self.options
-        return int(max_lengths(src, o.max_len_a, o.max_len_b, self.ensemble.max_positions))
-
-    def translate_nbest(
-        self, lines: list[str], nbest: int = 1, progress: Progress | None = None
-    ) -> list[list[Candidate]]:
-        """The `nbest` best candidates, best first, for each line. Empty lines, and lines longer than
-        `max_src_tokens` tokens, are not translated: their list is empty."""
-        encoded = self.src_vocab.encode(lines)
-        todo = [
-            i for i, (line, ids) in enumerate(zip(lines, encoded)) if line.strip() and len(ids) < self.max_src_tokens
-        ]
-        results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress) if todo else []
-        out: list[list[Candidate]] = [[] for _ in lines]
-        for i, hyps in zip(todo, results):
-            texts = self.tgt_vocab.decode([h.tokens for h in hyps])
-            out[i] = [Candidate(text, h.score, len(h.tokens)) for text, h in zip(texts, hyps)]
-        if progress and len(todo) < len(lines):
-            progress(len(lines) - len(todo))
-        return out
-
-    def translate(self, lines: list[str], progress: Progress | None = None) -> list[str]:
-        """The best translation of each line; an empty line for an empty (or over-long) one."""
-        return [c[0].text if c else "" for c in self.translate_nbest(lines, 1, progress)]
