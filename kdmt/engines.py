@@ -31,8 +31,11 @@ class CTranslate2Translator(TextTranslator):
     """Translates with a CTranslate2 directory written by `kdmt export`, under kdmt's search options: the
     same batches, beam, length penalty and per-sentence length limit as kdmt's search (sentences are decoded
     in groups that share their limit), PAD and BOS never generated. On the CPU, `threads` batches are decoded
-    at once, one thread each (CTranslate2's advice for throughput). Its outputs equal kdmt's except where a
-    hypothesis reaches the limit, which kdmt closes with a forced EOS and CTranslate2 leaves open."""
+    at once, one thread each (CTranslate2's advice for throughput; 0: as many as torch uses).
+
+    Its outputs equal kdmt's but where the two searches end differently: a hypothesis that reaches the length
+    limit is closed by kdmt with a forced EOS and left open by CTranslate2; and kdmt stops a sentence once
+    `beam` hypotheses are finished (fairseq's rule), when CTranslate2 may go on to finish a better one."""
 
     def __init__(self, directory: Path, options: SearchOptions, device: str = "cpu", threads: int = 0):
         ctranslate2 = require("ctranslate2")
@@ -40,6 +43,7 @@ class CTranslate2Translator(TextTranslator):
         if self.record is None or self.record["format"] != "ctranslate2":
             raise KdmtError(f"{directory}: not a CTranslate2 directory written by kdmt export")
         try:
+            threads = threads or torch.get_num_threads()
             self.translator = ctranslate2.Translator(
                 str(directory), device=device, inter_threads=threads if device == "cpu" else 1, intra_threads=1
             )
@@ -115,7 +119,7 @@ def open_translator(
         record = read_record(exported[0])
         if record["format"] != "ctranslate2":
             raise KdmtError(f"{exported[0]}: a {record['format']} export; kdmt translates CTranslate2 exports")
-        translator = CTranslate2Translator(exported[0], options, dev.type, threads or torch.get_num_threads())
+        translator = CTranslate2Translator(exported[0], options, dev.type, threads)
         meta = {**record["meta"], "export": {"format": "ctranslate2", "quantization": record["quantization"]}}
         return [meta], translator
     checkpoints = [load_checkpoint(m, dev) for m in models]
