@@ -22,8 +22,9 @@ from kdmt.distill import DistillRun, DistillSettings
 from kdmt.errors import KdmtError
 from kdmt.evaluate import describe, evaluate
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
+from kdmt.languages import Pair, parse_pairs
 from kdmt.model import ModelConfig, Transformer, make_config
-from kdmt.prepare import SPM_SAMPLE, CleanOptions, VocabOptions, prepare
+from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table
 from kdmt.run_dir import check_out_dir
@@ -102,15 +103,42 @@ def _prefix_file(prefix: str, lang: str) -> Path:
     raise KdmtError(f"no file {prefix}.{lang} (or .gz)")
 
 
+def _per_pair(values: list[str] | None, pairs: list[Pair], option: str) -> list[str]:
+    """A prefix option given once for all pairs, or once per pair in the order of --pair."""
+    if values is None:
+        raise KdmtError(f"{option} is required with --train")
+    if len(values) not in (1, len(pairs)):
+        raise KdmtError(f"give {option} once for all pairs, or once per --pair ({len(pairs)} times)")
+    return values * len(pairs) if len(values) == 1 else values
+
+
 @command("prepare")
 def prepare_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the prepared data to.")],
-    src_lang: Annotated[str, typer.Option("--src", help="Source language code, e.g. de.")],
-    tgt_lang: Annotated[str, typer.Option("--tgt", help="Target language code, e.g. en.")],
-    train: Annotated[
-        str | None, typer.Option(help="Training files prefix: PREFIX.SRC and PREFIX.TGT (.gz allowed).")
+    src_lang: Annotated[str | None, typer.Option("--src", help="Source language code, e.g. de.")] = None,
+    tgt_lang: Annotated[str | None, typer.Option("--tgt", help="Target language code, e.g. en.")] = None,
+    pair: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A language pair SRC-TGT (e.g. de-en), instead of --src/--tgt; repeat for a multilingual "
+            "directory: one sentencepiece model, sources tagged with the target language (<2en>)."
+        ),
     ] = None,
-    valid: Annotated[str | None, typer.Option(help="Validation files prefix.")] = None,
+    train: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Training files prefix: PREFIX.SRC and PREFIX.TGT (.gz allowed); with several --pair, "
+            "once for all or once per pair."
+        ),
+    ] = None,
+    valid: Annotated[list[str] | None, typer.Option(help="Validation files prefix, as --train.")] = None,
+    source_tags: Annotated[
+        bool, typer.Option(help="Several pairs: sources carry their own language's tag too (<from_de>).")
+    ] = False,
+    spm_temperature: Annotated[
+        float,
+        typer.Option(help="Several pairs: each language's share of the sentencepiece sample ∝ its share^(1/T)."),
+    ] = 5.0,
     dataset: Annotated[
         str | None,
         typer.Option(help="A `datasets` source instead of files: a hub name, or json/csv/parquet with --data-files."),
@@ -141,14 +169,32 @@ def prepare_cmd(
     """Clean a parallel corpus, train a sentencepiece model and write the tokenized corpus, streaming.
 
     Example: kdmt prepare --src de --tgt en --train data/multi30k/train --valid data/multi30k/val -o work/data
+
+    Several pairs: kdmt prepare --pair de-en --pair fr-en --train data/multi30k/train --valid data/multi30k/val \
+    -o work/data
     """
+    if pair and not src_lang and not tgt_lang:
+        pairs = parse_pairs(pair)
+    elif src_lang and tgt_lang and not pair:
+        pairs = [Pair(src_lang, tgt_lang)]
+    else:
+        raise KdmtError("give either --src and --tgt, or --pair")
     if (dataset is None) == (train is None):
         raise KdmtError("give either --train and --valid (text files) or --dataset")
+    if dataset is not None and len(pairs) > 1:
+        raise KdmtError("--dataset takes one pair; give several pairs as files (--train, --valid)")
+    clean = CleanOptions(max_words, max_ratio, dedup)
+    vocab = VocabOptions(vocab_size, joint_vocab, spm_type, sample=spm_sample, temperature=spm_temperature)
     if dataset is None:
-        if valid is None:
-            raise KdmtError("--valid is required with --train")
-        train_pairs = stream_parallel(_prefix_file(train, src_lang), _prefix_file(train, tgt_lang))
-        valid_pairs = stream_parallel(_prefix_file(valid, src_lang), _prefix_file(valid, tgt_lang))
+        trains, valids = _per_pair(train, pairs, "--train"), _per_pair(valid, pairs, "--valid")
+        corpora = [
+            PairCorpus(
+                p,
+                stream_parallel(_prefix_file(t, p.src), _prefix_file(t, p.tgt)),
+                stream_parallel(_prefix_file(v, p.src), _prefix_file(v, p.tgt)),
+            )
+            for p, t, v in zip(pairs, trains, valids)
+        ]
     else:
         files = None
         if data_files:
@@ -156,23 +202,22 @@ def prepare_cmd(
                 raise KdmtError("--data-files takes SPLIT=PATH, e.g. --data-files train=train.jsonl")
             files = dict(f.split("=", 1) for f in data_files)
         columns = dict(src_field=src_field, tgt_field=tgt_field)
-        train_pairs = dataset_pairs(dataset, train_split, src_lang, tgt_lang, dataset_config, files, **columns)
-        valid_pairs = dataset_pairs(dataset, valid_split, src_lang, tgt_lang, dataset_config, files, **columns)
+        p = pairs[0]
+        train_pairs = dataset_pairs(dataset, train_split, p.src, p.tgt, dataset_config, files, **columns)
+        valid_pairs = dataset_pairs(dataset, valid_split, p.src, p.tgt, dataset_config, files, **columns)
+        corpora = [PairCorpus(p, train_pairs, valid_pairs)]
     with err.status("prepare") as status:
-        prepared = prepare(
-            out,
-            src_lang,
-            tgt_lang,
-            train_pairs,
-            valid_pairs,
-            CleanOptions(max_words, max_ratio, dedup),
-            VocabOptions(vocab_size, joint_vocab, spm_type, sample=spm_sample),
-            workers,
-            status.update,
-        )
+        if len(corpora) == 1:
+            c = corpora[0]
+            prepared = prepare(out, c.pair.src, c.pair.tgt, c.train, c.valid, clean, vocab, workers, status.update)
+        else:
+            prepared = prepare_multilingual(out, corpora, clean, vocab, source_tags, workers, status.update)
     table = Table("split", *prepared.stats["train"].keys(), title=f"kdmt prepare → {out}")
     for split, stats in prepared.stats.items():
         table.add_row(split, *(f"{v:,}" for v in stats.values()))
+    for record in prepared.pairs or []:
+        for split, stats in record["stats"].items():
+            table.add_row(f"{split} {record['pair']}", *(f"{v:,}" for v in stats.values()))
     err.print(table)
 
 
