@@ -22,7 +22,7 @@ from kdmt.distill import DistillRun, DistillSettings
 from kdmt.errors import KdmtError
 from kdmt.evaluate import describe, evaluate
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
-from kdmt.languages import Pair, parse_pairs
+from kdmt.languages import Pair, model_inputs, parse_pairs
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
@@ -93,6 +93,10 @@ MaxSrcTokens = Annotated[
 ]
 Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
+PairOption = Annotated[
+    str | None,
+    typer.Option("--pair", help="The language pair SRC-TGT to translate (e.g. fr-en): a multilingual model's tags."),
+]
 
 
 # --- prepare -----------------------------------------------------------------------------------
@@ -324,10 +328,16 @@ def train_teacher_cmd(
     bf16: TrainBf16 = True,
     resume: Resume = False,
     device: Device = None,
+    pair: Annotated[
+        str | None,
+        typer.Option(help="Multilingual data: train on this pair's sentences alone (a pair's teacher, e.g. de-en)."),
+    ] = None,
 ) -> None:
     """Train a Transformer teacher with label-smoothed cross-entropy.
 
     Example: kdmt train-teacher --data work/data --out work/teacher --preset small --max-steps 20000
+
+    One pair's teacher on multilingual data: kdmt train-teacher --data work/data --pair de-en --out work/teacher-de-en
     """
     dev = _join_training(device, out, resume)
     config = TrainConfig(
@@ -358,15 +368,23 @@ def train_teacher_cmd(
     torch.manual_seed(seed)
     model = Transformer(model_config)
     with distributed.rank0_first():  # tokenized again, and saved, when not current
-        train, valid = prepared.corpus("train"), ValidSet.of(prepared)
-    meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset)}
+        train, valid = prepared.corpus("train"), ValidSet.of(prepared, pair)
+    if pair is not None:  # ValidSet.of has checked that the data has several pairs, this one among them
+        train = train.subset(prepared.info.pair_rows("train").rows(pair))
+    meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset, pair)}
     trainer = Trainer(model, prepared.src_vocab, prepared.tgt_vocab, train, valid, out, config, dev, None, meta, err)
     err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
     trainer.run(resume)
 
 
-def _data_record(data: PreparedData, preset: str) -> dict[str, str]:
-    return {"data": str(data.root), "preset": preset, "src_lang": data.info.src_lang, "tgt_lang": data.info.tgt_lang}
+def _data_record(data: PreparedData, preset: str, pair: str | None = None) -> dict:
+    """What a checkpoint records of its data; for multilingual data, the pairs it translates (kdmt translate
+    --pair checks them) and whether sources carry their own language's tag."""
+    record = {"data": str(data.root), "preset": preset, "src_lang": data.info.src_lang, "tgt_lang": data.info.tgt_lang}
+    if data.info.pairs is not None:
+        names = [pair] if pair else [p["pair"] for p in data.info.pairs]
+        record |= {"pairs": names, "source_tags": data.info.source_tags}
+    return record
 
 
 Teachers = Annotated[list[Path] | None, typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")]
@@ -408,6 +426,17 @@ def train_student_cmd(
     ] = False,
     init_enc_layers: Annotated[str | None, typer.Option(help="Teacher encoder layers to copy, e.g. 0,2,4.")] = None,
     init_dec_layers: Annotated[str | None, typer.Option(help="Teacher decoder layers to copy, e.g. 5.")] = None,
+    pair_temperature: Annotated[
+        float, typer.Option(help="Multilingual data: each pair drawn ∝ (its share of the data)^(1/T); 1 keeps it.")
+    ] = 1.0,
+    selective_kd: Annotated[
+        bool,
+        typer.Option(
+            help="Selective distillation: per pair, word-KD off while the student's validation BLEU is "
+            "at least its teacher's + --selective-margin, on again when it falls below."
+        ),
+    ] = False,
+    selective_margin: Annotated[float, typer.Option(help="BLEU above the teacher's that switches word-KD off.")] = 1.0,
     preset: Preset = "tiny",
     d_model: Dim = None,
     n_heads: Dim = None,
@@ -444,6 +473,8 @@ def train_student_cmd(
 
     Example: kdmt train-student --data work/data --out work/student --distilled work/distilled/train.tgt \
     --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-steps 10000
+
+    Multilingual data: one teacher per pair, --teacher PAIR=CHECKPOINT; each sentence learns from its pair's.
     """
     dev = _join_training(device, out, resume)
     config = TrainConfig(
@@ -486,7 +517,12 @@ def train_student_cmd(
         init_from_teacher=init_from_teacher,
         init_enc_layers=init_enc_layers,
         init_dec_layers=init_dec_layers,
+        pair_temperature=pair_temperature,
+        selective=selective_kd,
+        selective_margin=selective_margin,
     )
+    if selective_kd and valid_bleu_sents == 0:
+        raise KdmtError("--selective-kd compares validation BLEU: drop --valid-bleu-sents 0")
     prepared = PreparedData.open(data)
     model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
     with distributed.rank0_first():  # the student's corpus is tokenized once, and saved
@@ -495,7 +531,16 @@ def train_student_cmd(
     n = len(student.corpus)
     meta = {**student.meta, **_data_record(prepared, preset)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
-    trainer = Trainer(student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err)
+    trainer = Trainer(
+        student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err, student.sampler
+    )
+    if selective_kd:
+        err.print("measuring the teachers' validation BLEU, for selective distillation")
+        trainer.meta["selective_kd"] = student.measure_teachers(
+            lambda checkpoints, pair: distributed.from_rank0(
+                trainer.bleu(checkpoints, pair) if distributed.is_main() else None
+            )
+        )
     err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
     trainer.run(resume)
 
@@ -594,14 +639,18 @@ def translate_cmd(
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
     bf16: Bf16 = True,
+    pair: PairOption = None,
 ) -> None:
     """Translate source sentences, one per line, from stdin (or --input) to stdout (or --output).
 
     Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
+
+    A multilingual model: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
     """
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
-    _, translator = _translator(model, device, options, bf16)
+    checkpoints, translator = _translator(model, device, options, bf16)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
+    lines = model_inputs(lines, Pair.parse(pair) if pair else None, checkpoints[0].meta)
     with ProgressLine(err, "translate", len(lines), "sent", transient=True) as progress:
         results = translator.translate_nbest(lines, 1, progress.advance)
     _report_skipped(lines, results, translator.max_src_tokens)
@@ -724,21 +773,27 @@ def eval_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON on stdout.")] = False,
     report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
     hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
+    pair: PairOption = None,
 ) -> None:
     """Score checkpoints on a test set: sacreBLEU, chrF, speed and size, side by side.
 
     Example: kdmt eval work/teacher/checkpoint_best.pt --src test.de.gz --ref test.en.gz
+
+    With --pair, a multilingual model translates the test set with that pair's tags (a model of one pair must
+    be of that pair), and the reports name the pair: kdmt report shows a row per model and pair.
     """
     src_lines, ref_lines = read_parallel(src, ref)
+    language_pair = Pair.parse(pair) if pair else None
     reports = []
     for path in checkpoints:
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
         ckpts, translator = _translator([path], device, options, bf16)
+        inputs = model_inputs(src_lines, language_pair, ckpts[0].meta)
         with ProgressLine(err, f"eval {path.parent.name}", len(src_lines), "sent", transient=True) as progress:
-            result, hyps = evaluate(translator, path, src, src_lines, ref_lines, ckpts[0].meta, progress.advance)
+            result, hyps = evaluate(translator, path, src, inputs, ref_lines, ckpts[0].meta, progress.advance, pair)
         reports.append(result.to_dict())
         if hyps_dir:
-            write_lines(hyps_dir / f"{path.parent.name}.{path.stem}.hyp", hyps)
+            write_lines(hyps_dir / f"{path.parent.name}.{path.stem}{f'.{pair}' if pair else ''}.hyp", hyps)
     table = Table(
         Column("model", overflow="fold"),
         "BLEU",
@@ -746,7 +801,7 @@ def eval_cmd(
         "params",
         "sent/s",
         "tok/s",
-        title=f"kdmt eval: {src.name} (beam {beam})",
+        title=f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {beam})",
     )
     names = short_names([r["checkpoint"] for r in reports])
     for r in reports:
@@ -797,7 +852,8 @@ def report_cmd(
         rich_table.add_row(*cells)
     err.print(rich_table)
     if teacher:
-        err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {teacher}")
+        against = "the first teacher of each pair" if any(r["pair"] for r in rows) else teacher
+        err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {against}")
     write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")
     plot(rows, out_dir / "report.png")
     err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.png'}")

@@ -49,6 +49,7 @@ class EvalReport:
     size_bytes: int  # the checkpoint file on disk
     device: str
     made_with: dict
+    pair: str | None = None  # the language pair translated (eval --pair)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +63,7 @@ def evaluate(
     refs: list[str],
     made_with: dict,
     progress: Callable[[int], None] | None = None,
+    pair: str | None = None,
 ) -> tuple[EvalReport, list[str]]:
     """Translate `src`, score it against `refs`, and time the translation (after an untimed warm-up on
     its first lines: CUDA initialisation, kernel selection and memory allocation are not counted)."""
@@ -89,6 +91,7 @@ def evaluate(
         size_bytes=checkpoint.stat().st_size,
         device=str(translator.device),
         made_with=made_with,
+        pair=pair,
     )
     return report, hyps
 

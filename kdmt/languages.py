@@ -76,6 +76,24 @@ def tag_source(line: str, pair: Pair, source_tags: bool) -> str:
     return " ".join(prefix + [line])
 
 
+def model_inputs(lines: list[str], pair: Pair | None, meta: dict) -> list[str]:
+    """Source lines as a model takes them, from its checkpoint's record `meta`: tagged for `pair` when it
+    was trained on a multilingual prepared directory (then `pair` must be one of its pairs); as they are for
+    a model of one pair (then `pair`, if given, must be its pair). Empty lines stay empty."""
+    pairs = meta.get("pairs")
+    if pairs is None:
+        own = meta.get("src_lang"), meta.get("tgt_lang")
+        if pair is not None and None not in own and own != (pair.src, pair.tgt):
+            raise KdmtError(f"--pair {pair.name}: the model translates {own[0]}-{own[1]}")
+        return lines
+    if pair is None:
+        raise KdmtError(f"the model translates {', '.join(pairs)}: name one with --pair")
+    if pair.name not in pairs:
+        raise KdmtError(f"--pair {pair.name}: the model translates {', '.join(pairs)}")
+    source_tags = bool(meta.get("source_tags"))
+    return [tag_source(line, pair, source_tags) if line.strip() else line for line in lines]
+
+
 def tag_ids(vocab: Vocab) -> list[int]:
     """The ids of a vocabulary's language tags (none in a vocabulary made for one pair)."""
     return [i for i in range(len(vocab)) if _TAG_PIECE.fullmatch(vocab.sp.id_to_piece(i))]
@@ -101,7 +119,16 @@ class PairRows:
 
     def pair_of(self, rows: Tensor) -> Tensor:
         """The index of the pair of each row."""
-        return torch.from_numpy(np.searchsorted(self.bounds, rows.numpy(), side="right") - 1)
+        return torch.from_numpy(self.index(rows.numpy()))
+
+    def index(self, rows: np.ndarray) -> np.ndarray:
+        """The index of the pair of each row, of an array."""
+        return np.searchsorted(self.bounds, rows, side="right") - 1
+
+
+def bleu_key(pair: str | None) -> str:
+    """The name of a validation BLEU figure: valid_bleu, or valid_bleu_PAIR for each of several pairs."""
+    return "valid_bleu" if pair is None else f"valid_bleu_{pair}"
 
 
 def pair_weights(counts: Sequence[int], temperature: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from torch import Tensor
 from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
 from kdmt.errors import KdmtError
+from kdmt.languages import tag_ids
 from kdmt.search import Ensemble, Hypothesis, beam_search, greedy_search, max_lengths
 from kdmt.vocab import EOS
 
@@ -44,7 +45,8 @@ class SearchOptions:
 
 
 class Translator:
-    """Translates text with the models of one or more checkpoints that share a vocabulary.
+    """Translates text with the models of one or more checkpoints that share a vocabulary; language tags
+    (kdmt.languages) are dropped from the translations.
 
     With `dtype` (e.g. torch.bfloat16 on CUDA) the models are converted to it for decoding.
     """
@@ -57,6 +59,7 @@ class Translator:
         self.models = [c.model.eval() if dtype is None else c.model.eval().to(dtype) for c in checkpoints]
         self.ensemble = Ensemble(self.models)
         self.src_vocab, self.tgt_vocab = first.src_vocab, first.tgt_vocab
+        self.tags = set(tag_ids(self.tgt_vocab))  # language tags, never part of a translation
         self.options = options or SearchOptions()
         self.device = next(self.models[0].parameters()).device
         self.max_src_tokens = min([self.options.max_src_tokens] + [m.config.max_positions for m in self.models])
@@ -113,7 +116,8 @@ class Translator:
         results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress) if todo else []
         out: list[list[Candidate]] = [[] for _ in lines]
         for i, hyps in zip(todo, results):
-            texts = self.tgt_vocab.decode([h.tokens for h in hyps])
+            tokens = [[t for t in h.tokens if t not in self.tags] if self.tags else h.tokens for h in hyps]
+            texts = self.tgt_vocab.decode(tokens)
             out[i] = [Candidate(text, h.score, len(h.tokens)) for text, h in zip(texts, hyps)]
         if progress and len(todo) < len(lines):
             progress(len(lines) - len(todo))
