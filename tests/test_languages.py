@@ -21,7 +21,7 @@ from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, SelectiveKD, word_kd_loss
 from kdmt.search import Hypothesis
 from kdmt.student import student_corpus
-from kdmt.train import ValidSet
+from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import Translator
 from kdmt.vocab import UNK
 
@@ -257,13 +257,15 @@ def test_tags_are_dropped_from_translations(toy_model, monkeypatch, multilingual
 # --- the commands, end to end, on the toy task -------------------------------------------------------
 @pytest.fixture(scope="module")
 def toy_multilingual(tmp_path_factory):
-    """Two toy pairs: xx-rv reverses letters, xx-cp copies them; a teacher for each; their distilled corpus."""
+    """Two toy pairs: xx-rv reverses letters (400 pairs), xx-cp copies them (100); a teacher for each; their
+    distilled corpus."""
     root = tmp_path_factory.mktemp("toy_multi")
-    for split, n in (("train", 400), ("val", 20)):
+    for split, n in (("train", 400), ("val", 20), ("small", 100)):
         src, rev = toy_pairs(n, seed=len(split))
         write(root / f"{split}.xx", src), write(root / f"{split}.rv", rev)
         write(root / f"{split}.cp", src)
-    args = ["--pair", "xx-rv", "--pair", "xx-cp", "--train", root / "train", "--valid", root / "val"]
+    args = ["--pair", "xx-rv", "--pair", "xx-cp", "--train", root / "train", "--train", root / "small"]
+    args += ["--valid", root / "val"]
     result = kdmt("prepare", *args, "--vocab-size", str(len(LETTERS) + 6), "--spm-type", "word", "-o", root / "data")
     assert result.exit_code == 0, result.stderr
     train = ["--preset", "tiny", "--max-tokens", "1500", "--warmup", "10", "--lr", "1e-3", "--device", "cpu"]
@@ -303,16 +305,23 @@ def toy_multilingual(tmp_path_factory):
     return root, train
 
 
-def test_a_multilingual_student_from_per_pair_teachers(toy_multilingual):
+@pytest.fixture(scope="module")
+def toy_student(toy_multilingual):
+    """A {xx}→{rv,cp} student of the two teachers: seq-KD, word-KD routed per pair, selective, pairs sampled."""
     root, train = toy_multilingual
-    teacher = load_meta(root / "xx-rv" / "checkpoint_best.pt")
-    assert teacher["pairs"] == ["xx-rv"] and teacher["source_tags"] is False
     teachers = ["--teacher", f"xx-rv={root / 'xx-rv' / 'checkpoint_best.pt'}"]
     teachers += ["--teacher", f"xx-cp={root / 'xx-cp' / 'checkpoint_best.pt'}"]
     args = ["train-student", "--data", root / "data", "-o", root / "student", *teachers, *train, "--alpha", "0.5"]
     args += ["--distilled", root / "distilled.tgt", "--fallback-ref", "--selective-kd", "--pair-temperature", "2"]
     result = kdmt(*args, "--max-steps", "6", "--valid-interval", "3")
     assert result.exit_code == 0, result.stderr
+    return root, train, teachers
+
+
+def test_a_multilingual_student_from_per_pair_teachers(toy_student):
+    root, train, teachers = toy_student
+    teacher = load_meta(root / "xx-rv" / "checkpoint_best.pt")
+    assert teacher["pairs"] == ["xx-rv"] and teacher["source_tags"] is False
     records = [json.loads(line) for line in (root / "student" / "metrics.jsonl").read_text().splitlines()]
     validations = [r for r in records if "valid_loss" in r]
     assert len(validations) == 2
@@ -354,11 +363,9 @@ def load_meta(path):
     return load_checkpoint(path).meta
 
 
-def test_translate_eval_and_report_name_the_pair(toy_multilingual, tmp_path):
-    root, _ = toy_multilingual
+def test_translate_eval_and_report_name_the_pair(toy_student, tmp_path):
+    root = toy_student[0]
     student, teacher = root / "student" / "checkpoint_best.pt", root / "xx-rv" / "checkpoint_best.pt"
-    if not student.is_file():
-        pytest.skip("needs the student of test_a_multilingual_student_from_per_pair_teachers")
     result = kdmt("translate", "-m", student, "--pair", "xx-rv", "--beam", "1", "--device", "cpu", input="a b c\n\n")
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2 and "<" not in result.stdout and result.stdout.endswith("\n\n")
@@ -392,3 +399,15 @@ def test_translate_eval_and_report_name_the_pair(toy_multilingual, tmp_path):
     ]
     assert [r["bleu_vs_teacher"] for r in rows][1::2] == [0.0, 0.0]  # each pair against its own teacher
     assert result.stdout.splitlines()[0].startswith("| model | pair | BLEU |")
+
+
+def test_the_trainer_draws_each_epoch_with_the_pair_sampler(toy_multilingual, tmp_path):
+    data = PreparedData.open(toy_multilingual[0] / "data")
+    rows = data.info.pair_rows("train")
+    assert rows.counts[0] > 3 * rows.counts[1]
+    model = Transformer(make_config(len(data.src_vocab), len(data.tgt_vocab), "tiny"))
+    config = TrainConfig(max_steps=1, valid_bleu_sents=0, max_tokens=1500)
+    args = model, data.src_vocab, data.tgt_vocab, data.corpus("train"), ValidSet.of(data), tmp_path, config
+    trainer = Trainer(*args, torch.device("cpu"), sampler=PairSampler(rows, 1e9))
+    drawn = torch.bincount(rows.pair_of(torch.cat(trainer.epoch_batches(0)))).tolist()
+    assert abs(drawn[0] - drawn[1]) <= 1 and sum(drawn) == len(trainer.train_indices)  # evenly, at T → ∞
