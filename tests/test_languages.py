@@ -16,6 +16,7 @@ from toy import LETTERS, make_batch_from, toy_pairs
 
 from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
+from kdmt.evaluate import evaluate as kdmt_evaluate
 from kdmt.languages import Pair, PairRows, PairSampler, model_inputs, pair_weights, tag_ids, tag_source
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, SelectiveKD, word_kd_loss
@@ -363,8 +364,15 @@ def load_meta(path):
     return load_checkpoint(path).meta
 
 
-def test_translate_eval_and_report_name_the_pair(toy_student, tmp_path):
+def test_translate_eval_and_report_name_the_pair(toy_student, tmp_path, monkeypatch):
     root = toy_student[0]
+    inputs = []
+
+    def evaluate(translator, checkpoint, test_src, src, *args):
+        inputs.append(src)
+        return kdmt_evaluate(translator, checkpoint, test_src, src, *args)
+
+    monkeypatch.setattr("kdmt.cli.evaluate", evaluate)
     student, teacher = root / "student" / "checkpoint_best.pt", root / "xx-rv" / "checkpoint_best.pt"
     result = kdmt("translate", "-m", student, "--pair", "xx-rv", "--beam", "1", "--device", "cpu", input="a b c\n\n")
     assert result.exit_code == 0, result.stderr
@@ -388,6 +396,8 @@ def test_translate_eval_and_report_name_the_pair(toy_student, tmp_path):
         )
         assert result.exit_code == 0, result.stderr
         assert [r["pair"] for r in json.loads((tmp_path / f"{pair}.json").read_text())] == [pair, pair]
+        tag = "<2rv>" if pair == "xx-rv" else "<2cp>"
+        assert inputs[-2] == inputs[-1] == [f"{tag} {line}" for line in src]  # the teacher too: trained on tags
     result = kdmt("report", tmp_path / "xx-rv.json", tmp_path / "xx-cp.json", "-o", tmp_path, "--markdown")
     assert result.exit_code == 0, result.stderr
     rows = json.loads((tmp_path / "report.json").read_text())
