@@ -22,7 +22,7 @@ from kdmt.distill import DistillRun, DistillSettings
 from kdmt.errors import KdmtError
 from kdmt.evaluate import describe, evaluate
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
-from kdmt.languages import Pair, model_inputs, parse_pairs
+from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
@@ -31,7 +31,7 @@ from kdmt.run_dir import check_out_dir
 from kdmt.shards import file_identity, launch_rank, local_device, locked
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
-from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
+from kdmt.student import StudentOptions, build_student, check_vocabulary, pair_teachers, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions, Translator
 
@@ -582,18 +582,26 @@ def soft_targets_cmd(
     soft-targets ..., or the command started several times on one machine); a killed run resumes.
 
     Example: kdmt soft-targets -t work/teacher/checkpoint_best.pt --data work/data -o work/soft.json --topk 8
+
+    Multilingual data: one teacher per pair, -t de-en=CKPT -t fr-en=CKPT; each sentence's from its pair's.
     """
     prepared = PreparedData.open(data)
     dev = local_device(device)
-    teachers = [(path, load_checkpoint(path, dev)) for path in teacher]
+    pairs = [p["pair"] for p in prepared.info.pairs] if prepared.info.pairs else None
+    paths = pair_teachers(teacher, pairs) if pairs else teacher
+    if pairs and (teacher_weight or not paths):
+        raise KdmtError("several pairs: give one --teacher PAIR=CHECKPOINT for each pair, and no --teacher-weight")
+    teachers = [(path, load_checkpoint(path, dev)) for path in paths]
     check_vocabulary(teachers, prepared.src_vocab, prepared.tgt_vocab)
     with locked(Path(f"{out}.shards")):  # one process tokenizes the student's corpus; the others map it
-        corpus, _ = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
+        corpus, record = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
     weights = teacher_weight or [1.0] * len(teachers)
     if len(weights) != len(teachers) or topk < 1 or shard_size < 1:
         raise KdmtError("give one --teacher-weight per teacher, --topk and --shard-size of at least 1")
-    names = [str(p) for p in teacher]
-    settings = SoftTargetSettings(names, weights, topk, batch_tokens, shard_size, inputs=file_identity(names))
+    names = [str(p) for p in teacher]  # several pairs: PAIR=CHECKPOINT, which says how sentences were routed
+    identity = file_identity([str(p) for p in paths])
+    settings = SoftTargetSettings(names, weights, topk, batch_tokens, shard_size, inputs=identity)
+    routes = PairRows(pairs, record["pair_rows"]) if pairs else None
     shards = -(-len(corpus) // shard_size)
     with ProgressLine(_progress_console(), "soft targets", len(corpus), "sent", transient=True) as progress:
 
@@ -601,7 +609,7 @@ def soft_targets_cmd(
             progress.update(progress.completed, f"shard {index + 1} of {shards} written")
 
         store = compute_soft_targets(
-            [c.model for _, c in teachers], corpus, settings, out, progress.advance, shard_done
+            [c.model for _, c in teachers], corpus, settings, out, progress.advance, shard_done, routes
         )
     if store is None:
         err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)

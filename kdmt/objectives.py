@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from kdmt.batching import Batch
 from kdmt.errors import KdmtError
-from kdmt.languages import PairRows, bleu_key
+from kdmt.languages import PairRows, bleu_key, routed_logits
 from kdmt.model import Hidden, Transformer
 from kdmt.soft_targets import SoftTargetStore, teacher_distribution
 from kdmt.vocab import PAD
@@ -149,19 +149,6 @@ class Distillation(nn.Module):
         on = self.selective.on.to(batch.tgt_out.device)
         return on[pair_of] if pair_of is not None else on[0].expand(batch.tgt_out.size(0))
 
-    def routed_logits(self, batch: Batch, pair_of: Tensor, rows: Tensor | None) -> Tensor:
-        """Each sentence's logits from its own pair's teacher, for a batch with at least one sentence to
-        distill (zeros where word-KD is off: masked out of the loss)."""
-        out = torch.zeros(0)
-        for p, teacher in enumerate(self.teachers):
-            mine = pair_of == p if rows is None else (pair_of == p) & rows
-            if mine.any():
-                logits = teacher(batch.src[mine], batch.tgt_in[mine])
-                if out.dim() == 1:
-                    out = logits.new_zeros(*batch.tgt_in.shape, logits.size(-1))
-                out[mine] = logits
-        return out
-
     def forward(self, model: Transformer, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         hidden = Hidden() if self.hidden_beta > 0 else None
         logits = model(batch.src, batch.tgt_in, hidden)
@@ -184,7 +171,7 @@ class Distillation(nn.Module):
             teacher_hidden = Hidden() if self.hidden_beta > 0 else None
             with torch.no_grad():
                 if pair_of is not None:
-                    teacher_logits = [self.routed_logits(batch, pair_of, rows)]
+                    teacher_logits = [routed_logits(self.teachers, batch.src, batch.tgt_in, pair_of, rows)]
                 else:
                     teacher_logits = [
                         t(batch.src, batch.tgt_in, teacher_hidden if i == 0 else None)

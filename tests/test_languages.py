@@ -14,6 +14,8 @@ from conftest import MULTI30K
 from test_cli import assert_fails, kdmt, write
 from toy import LETTERS, make_batch_from, toy_pairs
 
+from kdmt.batching import make_batch
+from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
 from kdmt.evaluate import evaluate as kdmt_evaluate
@@ -21,6 +23,7 @@ from kdmt.languages import Pair, PairRows, PairSampler, model_inputs, pair_weigh
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, SelectiveKD, word_kd_loss
 from kdmt.search import Hypothesis
+from kdmt.soft_targets import SoftTargetStore
 from kdmt.student import student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import Translator
@@ -244,8 +247,6 @@ def test_pairs_are_drawn_with_a_temperature():
 
 
 def test_tags_are_dropped_from_translations(toy_model, monkeypatch, multilingual):
-    from kdmt.checkpoint import load_checkpoint
-
     checkpoint = load_checkpoint(toy_model)
     vocab = PreparedData.open(multilingual / "data").tgt_vocab
     checkpoint.src_vocab = checkpoint.tgt_vocab = vocab
@@ -359,8 +360,6 @@ def test_a_multilingual_student_from_per_pair_teachers(toy_student):
 
 
 def load_meta(path):
-    from kdmt.checkpoint import load_checkpoint
-
     return load_checkpoint(path).meta
 
 
@@ -421,3 +420,21 @@ def test_the_trainer_draws_each_epoch_with_the_pair_sampler(toy_multilingual, tm
     trainer = Trainer(*args, torch.device("cpu"), sampler=PairSampler(rows, 1e9))
     drawn = torch.bincount(rows.pair_of(torch.cat(trainer.epoch_batches(0)))).tolist()
     assert abs(drawn[0] - drawn[1]) <= 1 and sum(drawn) == len(trainer.train_indices)  # evenly, at T → ∞
+
+
+def test_stored_soft_targets_come_from_each_sentences_own_teacher(toy_multilingual):
+    root, _ = toy_multilingual
+    teachers = {pair: root / pair / "checkpoint_best.pt" for pair in ("xx-rv", "xx-cp")}
+    args = ["soft-targets", "--data", root / "data", "-o", root / "soft.json", "--topk", "3", "--device", "cpu"]
+    result = kdmt(*args, *[x for pair, path in teachers.items() for x in ("-t", f"{pair}={path}")])
+    assert result.exit_code == 0, result.stderr
+    store = SoftTargetStore.load(root / "soft.json")
+    data = PreparedData.open(root / "data")
+    corpus, rows = data.corpus("train"), data.info.pair_rows("train")
+    for i in (0, rows.counts[0] - 1, rows.counts[0], len(corpus) - 1):
+        model = load_checkpoint(teachers[rows.names[int(rows.pair_of(torch.tensor([i])))]]).model.eval()
+        batch = make_batch(corpus, torch.tensor([i]))
+        with torch.no_grad():
+            top, ids = F.softmax(model(batch.src, batch.tgt_in)[0].float(), dim=-1).topk(3)
+        index, logprobs = store.lookup(torch.tensor([i]), batch.tgt_out.size(1), torch.device("cpu"))
+        assert index[0].equal(ids) and torch.allclose(logprobs[0], top.log(), atol=1e-2), i
