@@ -860,7 +860,7 @@ def report_cmd(
         rich_table.add_row(*cells)
     err.print(rich_table)
     if teacher:
-        against = "the first teacher of each pair" if any(r["pair"] for r in rows) else teacher
+        against = "the first teacher of each pair" if any("pair" in r for r in rows) else teacher
         err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {against}")
     write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")
     plot(rows, out_dir / "report.png")

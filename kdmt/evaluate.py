@@ -52,7 +52,8 @@ class EvalReport:
     pair: str | None = None  # the language pair translated (eval --pair)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The report as JSON takes it; `pair` only when one was named (reports of one pair stay as they were)."""
+        return {key: value for key, value in asdict(self).items() if key != "pair" or value is not None}
 
 
 def evaluate(

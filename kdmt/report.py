@@ -48,7 +48,7 @@ def build_rows(reports: list[dict]) -> list[dict]:
             (r["checkpoint"], pair),
             {
                 "model": names[r["checkpoint"]],
-                "pair": pair,
+                **({"pair": pair} if pair else {}),
                 "checkpoint": r["checkpoint"],
                 "made_with": describe(r["made_with"]),
                 "parameters": r["parameters"],
