@@ -106,6 +106,8 @@ def _synchronize(device: torch.device) -> None:
 def describe(meta: dict) -> str:
     """How a model was made, in one line, from its checkpoint's record."""
     parts = [f"{meta.get('role', 'model')} ({meta.get('preset', '?')} preset)"]
+    if meta.get("pairs"):
+        parts.append("pairs " + ", ".join(meta["pairs"]))
     corpus = meta.get("corpus") or {}
     if corpus.get("distilled"):
         share = corpus.get("ref_share", 0.0)
@@ -114,6 +116,8 @@ def describe(meta: dict) -> str:
         parts.append("references")
     if kd := meta.get("word_kd"):
         parts.append(f"word-KD α={kd['alpha']} T={kd['temperature']}" + (" offline" if kd.get("soft_targets") else ""))
+    if selective := meta.get("selective_kd"):
+        parts.append(f"selective (off at teacher BLEU + {selective['margin']})")
     if hid := meta.get("hidden_kd"):
         pairs = ", ".join(f"{side} {layers}" for side, layers in hid["pairs"].items())
         parts.append(f"hidden-KD β={hid['beta']} (teacher layers: {pairs})")
