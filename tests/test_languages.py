@@ -438,3 +438,27 @@ def test_stored_soft_targets_come_from_each_sentences_own_teacher(toy_multilingu
             top, ids = F.softmax(model(batch.src, batch.tgt_in)[0].float(), dim=-1).topk(3)
         index, logprobs = store.lookup(torch.tensor([i]), batch.tgt_out.size(1), torch.device("cpu"))
         assert index[0].equal(ids) and torch.allclose(logprobs[0], top.log(), atol=1e-2), i
+
+
+def test_a_resumed_multilingual_student_goes_on_with_its_switches_and_its_draw(toy_multilingual, tmp_path):
+    """Word-KD routed per pair, pairs drawn with a temperature, and selective distillation that switches
+    every pair's word-KD off at the first validation (margin -100): stopped after it and resumed, the run
+    takes the steps of the uninterrupted one."""
+    root, train = toy_multilingual
+    teachers = [x for pair in ("xx-rv", "xx-cp") for x in ("-t", f"{pair}={root / pair / 'checkpoint_best.pt'}")]
+    args = ["train-student", "--data", root / "data", *teachers, *train, "--alpha", "0.5", "--dropout", "0.1"]
+    args += ["--selective-kd", "--selective-margin", "-100", "--pair-temperature", "3", "--valid-interval", "4"]
+    args += ["--valid-bleu-sents", "5", "--log-interval", "1"]
+    for out, steps, resume in (("full", 8, []), ("split", 4, []), ("split", 8, ["--resume"])):
+        result = kdmt(*args, "-o", tmp_path / out, "--max-steps", steps, *resume)
+        assert result.exit_code == 0, result.stderr
+    runs = {}
+    for out in ("full", "split"):
+        lines = [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+        runs[out] = {r["step"]: r for r in lines if "loss" in r}
+    assert [runs["split"][s]["loss"] for s in range(5, 9)] == [runs["full"][s]["loss"] for s in range(5, 9)]
+    assert runs["full"][4]["word_kd"] > 0 and runs["full"][5]["word_kd"] == 0  # switched off at step 4
+    full, split = (
+        load_checkpoint(tmp_path / out / "checkpoint_last.pt").model.state_dict() for out in ("full", "split")
+    )
+    assert all(torch.equal(full[k], split[k]) for k in full)
