@@ -437,6 +437,10 @@ def train_student_cmd(
         ),
     ] = False,
     selective_margin: Annotated[float, typer.Option(help="BLEU above the teacher's that switches word-KD off.")] = 1.0,
+    pair: Annotated[
+        str | None,
+        typer.Option(help="Multilingual data: train on this pair's sentences alone (--teacher as for one pair)."),
+    ] = None,
     preset: Preset = "tiny",
     d_model: Dim = None,
     n_heads: Dim = None,
@@ -520,6 +524,7 @@ def train_student_cmd(
         pair_temperature=pair_temperature,
         selective=selective_kd,
         selective_margin=selective_margin,
+        pair=pair,
     )
     if selective_kd and valid_bleu_sents == 0:
         raise KdmtError("--selective-kd compares validation BLEU: drop --valid-bleu-sents 0")
@@ -527,9 +532,9 @@ def train_student_cmd(
     model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
     with distributed.rank0_first():  # the student's corpus is tokenized once, and saved
         student = build_student(prepared, model_config, options, label_smoothing, seed, dev)
-        valid = ValidSet.of(prepared)
+        valid = ValidSet.of(prepared, pair)
     n = len(student.corpus)
-    meta = {**student.meta, **_data_record(prepared, preset)}
+    meta = {**student.meta, **_data_record(prepared, preset, pair)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
     trainer = Trainer(
         student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err, student.sampler

@@ -221,6 +221,7 @@ class StudentOptions:
     pair_temperature: float = 1.0  # several pairs: each drawn ∝ (its share)^(1/T) (1: as the data has them)
     selective: bool = False  # selective distillation (Tan et al. 2019): word-KD switched per pair
     selective_margin: float = 1.0  # BLEU above the teacher's at which a pair's word-KD is switched off
+    pair: str | None = None  # multilingual data: train on this pair's sentences alone, as for one pair
 
 
 @dataclass
@@ -272,14 +273,21 @@ def build_student(
         raise KdmtError(f"--hidden-kd takes {', '.join(HIDDEN_SIDES)}")
     if (o.init_from_teacher or o.hidden_kd != "none" or o.selective) and not o.teachers:
         raise KdmtError("--init-from-teacher, --hidden-kd and --selective-kd need --teacher")
-    names = [p["pair"] for p in data.info.pairs] if data.info.pairs else None
+    all_pairs = [p["pair"] for p in data.info.pairs] if data.info.pairs else None
+    if o.pair is not None and (all_pairs is None or o.soft_targets is not None):
+        raise KdmtError("--pair takes multilingual data (kdmt prepare --pair ...), and online word-KD only")
+    names = all_pairs if o.pair is None else None  # the pairs trained side by side, each with its teacher
     paths = pair_teachers(o.teachers, names) if names else o.teachers
     teachers = [(path, load_checkpoint(path, device)) for path in paths]
     check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
-    for name, (path, teacher) in zip(names or [], teachers):
+    trained_on = names or ([o.pair] * len(teachers) if o.pair else [])  # the pair each teacher must know
+    for name, (path, teacher) in zip(trained_on, teachers):
         if name not in teacher.meta.get("pairs", [name]):
             raise KdmtError(f"{path} was not trained on {name} (its pairs: {', '.join(teacher.meta['pairs'])})")
     corpus, corpus_record = student_corpus(data, o.distilled, o.ref_share, seed, o.fallback_ref)
+    if o.pair is not None:
+        corpus = corpus.subset(PairRows(all_pairs, corpus_record["pair_rows"]).rows(o.pair))
+        corpus_record = {**corpus_record, "pair": o.pair, "pairs": len(corpus)}
     routes = PairRows(names, corpus_record["pair_rows"]) if names else None
     store = None
     if o.soft_targets is not None:

@@ -462,3 +462,21 @@ def test_a_resumed_multilingual_student_goes_on_with_its_switches_and_its_draw(t
         load_checkpoint(tmp_path / out / "checkpoint_last.pt").model.state_dict() for out in ("full", "split")
     )
     assert all(torch.equal(full[k], split[k]) for k in full)
+
+
+def test_a_student_of_one_pair_of_multilingual_data(toy_multilingual, tmp_path):
+    root, train = toy_multilingual
+    teacher = root / "xx-cp" / "checkpoint_best.pt"
+    args = ["train-student", "--data", root / "data", "--pair", "xx-cp", "-t", teacher, "--alpha", "0.5", *train]
+    result = kdmt(
+        *args, "--distilled", root / "distilled.tgt", "--fallback-ref", "-o", tmp_path / "s", "--max-steps", "2"
+    )
+    assert result.exit_code == 0, result.stderr
+    rows = PreparedData.open(root / "data").info.pair_rows("train")
+    assert f"{rows.counts[1]:,} training pairs" in result.stderr  # the xx-cp sentences alone
+    meta = load_meta(tmp_path / "s" / "checkpoint_last.pt")
+    assert meta["pairs"] == ["xx-cp"] and meta["corpus"]["pair"] == "xx-cp"
+    records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert "valid_bleu" in records[-1] and not any(k.startswith("valid_bleu_") for k in records[-1])
+    wrong = ["-t", root / "xx-rv" / "checkpoint_best.pt", "-o", tmp_path / "w", "--max-steps", "1"]
+    assert_fails(kdmt(*args[:5], *wrong), "was not trained on xx-cp")
