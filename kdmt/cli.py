@@ -26,7 +26,7 @@ from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
-from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table
+from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
 from kdmt.run_dir import check_out_dir
 from kdmt.shards import file_identity, launch_rank, local_device, locked
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
@@ -859,7 +859,7 @@ def report_cmd(
     rich_table = Table(
         Column(headers[0], overflow="fold"),
         *headers[1:],
-        title=f"kdmt report: {Path(rows[0]['test']).name} ({rows[0]['device']})",
+        title=f"kdmt report: {tested_on(rows)} ({rows[0]['device']})",
     )
     for cells in body:
         rich_table.add_row(*cells)

@@ -106,6 +106,11 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return headers, body
 
 
+def tested_on(rows: list[dict]) -> str:
+    """The test sets of the rows, by file name (several with several language pairs)."""
+    return ", ".join(dict.fromkeys(Path(row["test"]).name for row in rows))
+
+
 def markdown(headers: list[str], body: list[list[str]]) -> str:
     """A markdown table, numbers aligned right."""
     align = ["---"] + ["---:"] * (len(headers) - 1)
@@ -131,7 +136,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"sentences/s, beam {rows[0]['beam']} ({rows[0]['device']})")
     ax.set_ylabel("sacreBLEU")
-    ax.set_title(f"quality against speed: {Path(rows[0]['test']).name}")
+    ax.set_title(f"quality against speed: {tested_on(rows)}")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.25, y=0.08)  # room for the labels
     fig.tight_layout()
