@@ -138,6 +138,8 @@ def prepare_multilingual(
         raise KdmtError("a multilingual prepare takes several pairs")
     if not vocab.joint:
         raise KdmtError("several pairs share one sentencepiece model: drop --separate-vocab")
+    if not vocab.temperature > 0:
+        raise KdmtError(f"--spm-temperature must be positive, not {vocab.temperature}")
     _check_options(workers, vocab)
     report = report or (lambda _: None)
     pairs = [c.pair for c in corpora]

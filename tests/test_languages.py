@@ -152,6 +152,8 @@ def test_bad_pair_options_fail_in_one_line(tmp_path):
     assert_fails(
         kdmt("prepare", *two, "--train", prefix, "--valid", prefix, "--separate-vocab", *out), "one sentencepiece model"
     )
+    cold = ["--spm-temperature", "0"]
+    assert_fails(kdmt("prepare", *two, "--train", prefix, "--valid", prefix, *cold, *out), "must be positive")
     assert not (tmp_path / "d").exists()
 
 
@@ -480,3 +482,5 @@ def test_a_student_of_one_pair_of_multilingual_data(toy_multilingual, tmp_path):
     assert "valid_bleu" in records[-1] and not any(k.startswith("valid_bleu_") for k in records[-1])
     wrong = ["-t", root / "xx-rv" / "checkpoint_best.pt", "-o", tmp_path / "w", "--max-steps", "1"]
     assert_fails(kdmt(*args[:5], *wrong), "was not trained on xx-cp")
+    draw = ["--pair-temperature", "2", "-o", tmp_path / "d", "--max-steps", "1"]
+    assert_fails(kdmt(*args[:5], *draw), "--pair-temperature draws the pairs of multilingual data")
