@@ -76,7 +76,8 @@ $(DEMO)/report.json: $(DEMO)/eval.json
 clean-demo:
 	rm -rf $(DEMO)
 
-# --- the full recipe (recipes/multi30k-de-en/Makefile): SIZE=gpu (default), cpu or smoke --------------
+# --- a recipe (recipes/RECIPE/Makefile, multi30k-de-en by default): SIZE=gpu (default), cpu or smoke -------
 SIZE ?= gpu
+RECIPE ?= multi30k-de-en
 recipe: | $(KDMT)
-	$(MAKE) -f recipes/multi30k-de-en/Makefile SIZE=$(SIZE) KDMT=$(KDMT) -j$(if $(filter gpu,$(SIZE)),1,2)
+	$(MAKE) -f recipes/$(RECIPE)/Makefile SIZE=$(SIZE) KDMT=$(KDMT) -j$(if $(filter gpu,$(SIZE)),1,2)

@@ -23,15 +23,16 @@ from kdmt.errors import KdmtError
 from kdmt.evaluate import describe, evaluate, size_on_disk
 from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
+from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs
 from kdmt.model import ModelConfig, Transformer, make_config
-from kdmt.prepare import SPM_SAMPLE, CleanOptions, VocabOptions, prepare
+from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
-from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table
+from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
 from kdmt.run_dir import check_out_dir
 from kdmt.shards import file_identity, launch_rank, local_device, locked
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
-from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
+from kdmt.student import StudentOptions, build_student, check_vocabulary, pair_teachers, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions
 
@@ -94,6 +95,10 @@ MaxSrcTokens = Annotated[
 Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
 Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
+PairOption = Annotated[
+    str | None,
+    typer.Option("--pair", help="The language pair SRC-TGT to translate (e.g. fr-en): a multilingual model's tags."),
+]
 
 
 # --- prepare -----------------------------------------------------------------------------------
@@ -104,15 +109,42 @@ def _prefix_file(prefix: str, lang: str) -> Path:
     raise KdmtError(f"no file {prefix}.{lang} (or .gz)")
 
 
+def _per_pair(values: list[str] | None, pairs: list[Pair], option: str) -> list[str]:
+    """A prefix option given once for all pairs, or once per pair in the order of --pair."""
+    if values is None:
+        raise KdmtError(f"{option} is required with --train")
+    if len(values) not in (1, len(pairs)):
+        raise KdmtError(f"give {option} once for all pairs, or once per --pair ({len(pairs)} times)")
+    return values * len(pairs) if len(values) == 1 else values
+
+
 @command("prepare")
 def prepare_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the prepared data to.")],
-    src_lang: Annotated[str, typer.Option("--src", help="Source language code, e.g. de.")],
-    tgt_lang: Annotated[str, typer.Option("--tgt", help="Target language code, e.g. en.")],
-    train: Annotated[
-        str | None, typer.Option(help="Training files prefix: PREFIX.SRC and PREFIX.TGT (.gz allowed).")
+    src_lang: Annotated[str | None, typer.Option("--src", help="Source language code, e.g. de.")] = None,
+    tgt_lang: Annotated[str | None, typer.Option("--tgt", help="Target language code, e.g. en.")] = None,
+    pair: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A language pair SRC-TGT (e.g. de-en), instead of --src/--tgt; repeat for a multilingual "
+            "directory: one sentencepiece model, sources tagged with the target language (<2en>)."
+        ),
     ] = None,
-    valid: Annotated[str | None, typer.Option(help="Validation files prefix.")] = None,
+    train: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Training files prefix: PREFIX.SRC and PREFIX.TGT (.gz allowed); with several --pair, "
+            "once for all or once per pair."
+        ),
+    ] = None,
+    valid: Annotated[list[str] | None, typer.Option(help="Validation files prefix, as --train.")] = None,
+    source_tags: Annotated[
+        bool, typer.Option(help="Several pairs: sources carry their own language's tag too (<from_de>).")
+    ] = False,
+    spm_temperature: Annotated[
+        float,
+        typer.Option(help="Several pairs: each language's share of the sentencepiece sample ∝ its share^(1/T)."),
+    ] = 5.0,
     dataset: Annotated[
         str | None,
         typer.Option(help="A `datasets` source instead of files: a hub name, or json/csv/parquet with --data-files."),
@@ -143,14 +175,32 @@ def prepare_cmd(
     """Clean a parallel corpus, train a sentencepiece model and write the tokenized corpus, streaming.
 
     Example: kdmt prepare --src de --tgt en --train data/multi30k/train --valid data/multi30k/val -o work/data
+
+    Several pairs: kdmt prepare --pair de-en --pair fr-en --train data/multi30k/train --valid data/multi30k/val \
+    -o work/data
     """
+    if pair and not src_lang and not tgt_lang:
+        pairs = parse_pairs(pair)
+    elif src_lang and tgt_lang and not pair:
+        pairs = [Pair(src_lang, tgt_lang)]
+    else:
+        raise KdmtError("give either --src and --tgt, or --pair")
     if (dataset is None) == (train is None):
         raise KdmtError("give either --train and --valid (text files) or --dataset")
+    if dataset is not None and len(pairs) > 1:
+        raise KdmtError("--dataset takes one pair; give several pairs as files (--train, --valid)")
+    clean = CleanOptions(max_words, max_ratio, dedup)
+    vocab = VocabOptions(vocab_size, joint_vocab, spm_type, sample=spm_sample, temperature=spm_temperature)
     if dataset is None:
-        if valid is None:
-            raise KdmtError("--valid is required with --train")
-        train_pairs = stream_parallel(_prefix_file(train, src_lang), _prefix_file(train, tgt_lang))
-        valid_pairs = stream_parallel(_prefix_file(valid, src_lang), _prefix_file(valid, tgt_lang))
+        trains, valids = _per_pair(train, pairs, "--train"), _per_pair(valid, pairs, "--valid")
+        corpora = [
+            PairCorpus(
+                p,
+                stream_parallel(_prefix_file(t, p.src), _prefix_file(t, p.tgt)),
+                stream_parallel(_prefix_file(v, p.src), _prefix_file(v, p.tgt)),
+            )
+            for p, t, v in zip(pairs, trains, valids)
+        ]
     else:
         files = None
         if data_files:
@@ -158,23 +208,22 @@ def prepare_cmd(
                 raise KdmtError("--data-files takes SPLIT=PATH, e.g. --data-files train=train.jsonl")
             files = dict(f.split("=", 1) for f in data_files)
         columns = dict(src_field=src_field, tgt_field=tgt_field)
-        train_pairs = dataset_pairs(dataset, train_split, src_lang, tgt_lang, dataset_config, files, **columns)
-        valid_pairs = dataset_pairs(dataset, valid_split, src_lang, tgt_lang, dataset_config, files, **columns)
+        p = pairs[0]
+        train_pairs = dataset_pairs(dataset, train_split, p.src, p.tgt, dataset_config, files, **columns)
+        valid_pairs = dataset_pairs(dataset, valid_split, p.src, p.tgt, dataset_config, files, **columns)
+        corpora = [PairCorpus(p, train_pairs, valid_pairs)]
     with err.status("prepare") as status:
-        prepared = prepare(
-            out,
-            src_lang,
-            tgt_lang,
-            train_pairs,
-            valid_pairs,
-            CleanOptions(max_words, max_ratio, dedup),
-            VocabOptions(vocab_size, joint_vocab, spm_type, sample=spm_sample),
-            workers,
-            status.update,
-        )
+        if len(corpora) == 1:
+            c = corpora[0]
+            prepared = prepare(out, c.pair.src, c.pair.tgt, c.train, c.valid, clean, vocab, workers, status.update)
+        else:
+            prepared = prepare_multilingual(out, corpora, clean, vocab, source_tags, workers, status.update)
     table = Table("split", *prepared.stats["train"].keys(), title=f"kdmt prepare → {out}")
     for split, stats in prepared.stats.items():
         table.add_row(split, *(f"{v:,}" for v in stats.values()))
+    for record in prepared.pairs or []:
+        for split, stats in record["stats"].items():
+            table.add_row(f"{split} {record['pair']}", *(f"{v:,}" for v in stats.values()))
     err.print(table)
 
 
@@ -281,10 +330,16 @@ def train_teacher_cmd(
     bf16: TrainBf16 = True,
     resume: Resume = False,
     device: Device = None,
+    pair: Annotated[
+        str | None,
+        typer.Option(help="Multilingual data: train on this pair's sentences alone (a pair's teacher, e.g. de-en)."),
+    ] = None,
 ) -> None:
     """Train a Transformer teacher with label-smoothed cross-entropy.
 
     Example: kdmt train-teacher --data work/data --out work/teacher --preset small --max-steps 20000
+
+    One pair's teacher on multilingual data: kdmt train-teacher --data work/data --pair de-en --out work/teacher-de-en
     """
     dev = _join_training(device, out, resume)
     config = TrainConfig(
@@ -315,15 +370,23 @@ def train_teacher_cmd(
     torch.manual_seed(seed)
     model = Transformer(model_config)
     with distributed.rank0_first():  # tokenized again, and saved, when not current
-        train, valid = prepared.corpus("train"), ValidSet.of(prepared)
-    meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset)}
+        train, valid = prepared.corpus("train"), ValidSet.of(prepared, pair)
+    if pair is not None:  # ValidSet.of has checked that the data has several pairs, this one among them
+        train = train.subset(prepared.info.pair_rows("train").rows(pair))
+    meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset, pair)}
     trainer = Trainer(model, prepared.src_vocab, prepared.tgt_vocab, train, valid, out, config, dev, None, meta, err)
     err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
     trainer.run(resume)
 
 
-def _data_record(data: PreparedData, preset: str) -> dict[str, str]:
-    return {"data": str(data.root), "preset": preset, "src_lang": data.info.src_lang, "tgt_lang": data.info.tgt_lang}
+def _data_record(data: PreparedData, preset: str, pair: str | None = None) -> dict:
+    """What a checkpoint records of its data; for multilingual data, the pairs it translates (kdmt translate
+    --pair checks them) and whether sources carry their own language's tag."""
+    record = {"data": str(data.root), "preset": preset, "src_lang": data.info.src_lang, "tgt_lang": data.info.tgt_lang}
+    if data.info.pairs is not None:
+        names = [pair] if pair else [p["pair"] for p in data.info.pairs]
+        record |= {"pairs": names, "source_tags": data.info.source_tags}
+    return record
 
 
 Teachers = Annotated[list[Path] | None, typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")]
@@ -365,6 +428,21 @@ def train_student_cmd(
     ] = False,
     init_enc_layers: Annotated[str | None, typer.Option(help="Teacher encoder layers to copy, e.g. 0,2,4.")] = None,
     init_dec_layers: Annotated[str | None, typer.Option(help="Teacher decoder layers to copy, e.g. 5.")] = None,
+    pair_temperature: Annotated[
+        float, typer.Option(help="Multilingual data: each pair drawn ∝ (its share of the data)^(1/T); 1 keeps it.")
+    ] = 1.0,
+    selective_kd: Annotated[
+        bool,
+        typer.Option(
+            help="Selective distillation: per pair, word-KD off while the student's validation BLEU is "
+            "at least its teacher's + --selective-margin, on again when it falls below."
+        ),
+    ] = False,
+    selective_margin: Annotated[float, typer.Option(help="BLEU above the teacher's that switches word-KD off.")] = 1.0,
+    pair: Annotated[
+        str | None,
+        typer.Option(help="Multilingual data: train on this pair's sentences alone (--teacher as for one pair)."),
+    ] = None,
     preset: Preset = "tiny",
     d_model: Dim = None,
     n_heads: Dim = None,
@@ -401,6 +479,8 @@ def train_student_cmd(
 
     Example: kdmt train-student --data work/data --out work/student --distilled work/distilled/train.tgt \
     --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-steps 10000
+
+    Multilingual data: one teacher per pair, --teacher PAIR=CHECKPOINT; each sentence learns from its pair's.
     """
     dev = _join_training(device, out, resume)
     config = TrainConfig(
@@ -443,16 +523,31 @@ def train_student_cmd(
         init_from_teacher=init_from_teacher,
         init_enc_layers=init_enc_layers,
         init_dec_layers=init_dec_layers,
+        pair_temperature=pair_temperature,
+        selective=selective_kd,
+        selective_margin=selective_margin,
+        pair=pair,
     )
+    if selective_kd and valid_bleu_sents == 0:
+        raise KdmtError("--selective-kd compares validation BLEU: drop --valid-bleu-sents 0")
     prepared = PreparedData.open(data)
     model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
     with distributed.rank0_first():  # the student's corpus is tokenized once, and saved
         student = build_student(prepared, model_config, options, label_smoothing, seed, dev)
-        valid = ValidSet.of(prepared)
+        valid = ValidSet.of(prepared, pair)
     n = len(student.corpus)
-    meta = {**student.meta, **_data_record(prepared, preset)}
+    meta = {**student.meta, **_data_record(prepared, preset, pair)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
-    trainer = Trainer(student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err)
+    trainer = Trainer(
+        student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err, student.sampler
+    )
+    if selective_kd:
+        err.print("measuring the teachers' validation BLEU, for selective distillation")
+        trainer.meta["selective_kd"] = student.measure_teachers(
+            lambda checkpoints, pair: distributed.from_rank0(
+                trainer.bleu(checkpoints, pair) if distributed.is_main() else None
+            )
+        )
     err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
     trainer.run(resume)
 
@@ -494,18 +589,26 @@ def soft_targets_cmd(
     soft-targets ..., or the command started several times on one machine); a killed run resumes.
 
     Example: kdmt soft-targets -t work/teacher/checkpoint_best.pt --data work/data -o work/soft.json --topk 8
+
+    Multilingual data: one teacher per pair, -t de-en=CKPT -t fr-en=CKPT; each sentence's from its pair's.
     """
     prepared = PreparedData.open(data)
     dev = local_device(device)
-    teachers = [(path, load_checkpoint(path, dev)) for path in teacher]
+    pairs = [p["pair"] for p in prepared.info.pairs] if prepared.info.pairs else None
+    paths = pair_teachers(teacher, pairs) if pairs else teacher
+    if pairs and (teacher_weight or not paths):
+        raise KdmtError("several pairs: give one --teacher PAIR=CHECKPOINT for each pair, and no --teacher-weight")
+    teachers = [(path, load_checkpoint(path, dev)) for path in paths]
     check_vocabulary(teachers, prepared.src_vocab, prepared.tgt_vocab)
     with locked(Path(f"{out}.shards")):  # one process tokenizes the student's corpus; the others map it
-        corpus, _ = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
+        corpus, record = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
     weights = teacher_weight or [1.0] * len(teachers)
     if len(weights) != len(teachers) or topk < 1 or shard_size < 1:
         raise KdmtError("give one --teacher-weight per teacher, --topk and --shard-size of at least 1")
-    names = [str(p) for p in teacher]
-    settings = SoftTargetSettings(names, weights, topk, batch_tokens, shard_size, inputs=file_identity(names))
+    names = [str(p) for p in teacher]  # several pairs: PAIR=CHECKPOINT, which says how sentences were routed
+    identity = file_identity([str(p) for p in paths])
+    settings = SoftTargetSettings(names, weights, topk, batch_tokens, shard_size, inputs=identity)
+    routes = PairRows(pairs, record["pair_rows"]) if pairs else None
     shards = -(-len(corpus) // shard_size)
     with ProgressLine(_progress_console(), "soft targets", len(corpus), "sent", transient=True) as progress:
 
@@ -513,7 +616,7 @@ def soft_targets_cmd(
             progress.update(progress.completed, f"shard {index + 1} of {shards} written")
 
         store = compute_soft_targets(
-            [c.model for _, c in teachers], corpus, settings, out, progress.advance, shard_done
+            [c.model for _, c in teachers], corpus, settings, out, progress.advance, shard_done, routes
         )
     if store is None:
         err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
@@ -545,14 +648,18 @@ def translate_cmd(
     device: Device = None,
     bf16: Bf16 = True,
     threads: Threads = 0,
+    pair: PairOption = None,
 ) -> None:
     """Translate source sentences, one per line, from stdin (or --input) to stdout (or --output).
 
     Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
+
+    A multilingual model: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
     """
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
-    _, translator = open_translator(model, device, options, bf16, threads)
+    metas, translator = open_translator(model, device, options, bf16, threads)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
+    lines = model_inputs(lines, Pair.parse(pair) if pair else None, metas[0])
     with ProgressLine(err, "translate", len(lines), "sent", transient=True) as progress:
         results = translator.translate_nbest(lines, 1, progress.advance)
     _report_skipped(lines, results, translator.max_src_tokens)
@@ -696,22 +803,28 @@ def eval_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON on stdout.")] = False,
     report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
     hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
+    pair: PairOption = None,
 ) -> None:
     """Score checkpoints on a test set: sacreBLEU, chrF, speed and size, side by side.
 
     Example: kdmt eval work/teacher/checkpoint_best.pt --src test.de.gz --ref test.en.gz
+
+    With --pair, a multilingual model translates the test set with that pair's tags (a model of one pair must
+    be of that pair), and the reports name the pair: kdmt report shows a row per model and pair.
     """
     src_lines, ref_lines = read_parallel(src, ref)
+    language_pair = Pair.parse(pair) if pair else None
     reports = []
     for path in checkpoints:
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
         metas, translator = open_translator([path], device, options, bf16, threads)
+        inputs = model_inputs(src_lines, language_pair, metas[0])
         name = path.name if path.is_dir() else f"{path.parent.name}.{path.stem}"
         with ProgressLine(err, f"eval {name}", len(src_lines), "sent", transient=True) as progress:
-            result, hyps = evaluate(translator, path, src, src_lines, ref_lines, metas[0], progress.advance)
+            result, hyps = evaluate(translator, path, src, inputs, ref_lines, metas[0], progress.advance, pair)
         reports.append(result.to_dict())
         if hyps_dir:
-            write_lines(hyps_dir / f"{name}.hyp", hyps)
+            write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
     table = Table(
         Column("model", overflow="fold"),
         "BLEU",
@@ -719,7 +832,7 @@ def eval_cmd(
         "params",
         "sent/s",
         "tok/s",
-        title=f"kdmt eval: {src.name} (beam {beam})",
+        title=f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {beam})",
     )
     names = short_names([r["checkpoint"] for r in reports])
     for r in reports:
@@ -764,13 +877,14 @@ def report_cmd(
     rich_table = Table(
         Column(headers[0], overflow="fold"),
         *headers[1:],
-        title=f"kdmt report: {Path(rows[0]['test']).name} ({rows[0]['device']})",
+        title=f"kdmt report: {tested_on(rows)} ({rows[0]['device']})",
     )
     for cells in body:
         rich_table.add_row(*cells)
     err.print(rich_table)
     if teacher:
-        err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {teacher}")
+        against = "the first teacher of each pair" if any("pair" in r for r in rows) else teacher
+        err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {against}")
     write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")
     plot(rows, out_dir / "report.png")
     err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.png'}")

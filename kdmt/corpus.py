@@ -92,6 +92,12 @@ class TokenizedCorpus:
         targets, a run) fits only that corpus."""
         return self._fingerprint
 
+    def subset(self, rows: range) -> TokenizedCorpus:
+        """The consecutive pairs `rows` (e.g. one language pair's), over the same arrays."""
+        fingerprint = hashlib.sha256(f"{self._fingerprint}:{rows.start}:{rows.stop}".encode()).hexdigest()[:16]
+        offsets = {side: self.offsets[side][rows.start : rows.stop + 1] for side in SIDES}
+        return TokenizedCorpus(self.ids, offsets, fingerprint)
+
     def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The source and target ids of pair `i` (int32 tensors, EOS included)."""
         return self._sentence("src", i), self._sentence("tgt", i)

@@ -18,6 +18,7 @@ from kdmt.arrays import HashSet
 from kdmt.corpus import TokenizedCorpus, open_corpus, record_path, vocab_key, write_tokenized
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path, read_lines, stream_lines
+from kdmt.languages import PairRows
 from kdmt.parallel import chunks, ordered_map
 from kdmt.vocab import Vocab
 
@@ -164,6 +165,14 @@ class Prepared:
     joint_vocab: bool
     vocab_size: int
     stats: dict[str, dict] = field(default_factory=dict)
+    pairs: list[dict] | None = None  # several pairs: each one's name and counts, in the order of their rows
+    source_tags: bool | None = None  # several pairs: whether sources carry the source language's tag too
+
+    def pair_rows(self, split: str) -> PairRows | None:
+        """The rows each pair holds in a split (train, valid); None for the data of one pair."""
+        if self.pairs is None:
+            return None
+        return PairRows([p["pair"] for p in self.pairs], [p["stats"][split]["kept"] for p in self.pairs])
 
     def src_vocab_path(self, root: Path) -> Path:
         return root / ("spm.model" if self.joint_vocab else f"spm.{self.src_lang}.model")
@@ -211,8 +220,9 @@ class PreparedData:
 
 
 def save_prepared(root: Path, prepared: Prepared) -> None:
+    record = {key: value for key, value in asdict(prepared).items() if value is not None}  # one pair: as before
     with atomic_path(root / PREPARED_MARKER) as tmp:
-        tmp.write_text(json.dumps(asdict(prepared), indent=2) + "\n")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def load_corpus(

@@ -49,9 +49,11 @@ class EvalReport:
     size_bytes: int  # the checkpoint file, or the exported directory's files, on disk
     device: str
     made_with: dict
+    pair: str | None = None  # the language pair translated (eval --pair)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The report as JSON takes it; `pair` only when one was named (reports of one pair stay as they were)."""
+        return {key: value for key, value in asdict(self).items() if key != "pair" or value is not None}
 
 
 def evaluate(
@@ -62,6 +64,7 @@ def evaluate(
     refs: list[str],
     made_with: dict,
     progress: Callable[[int], None] | None = None,
+    pair: str | None = None,
 ) -> tuple[EvalReport, list[str]]:
     """Translate `src`, score it against `refs`, and time the translation (after an untimed warm-up on
     its first lines: CUDA initialisation, kernel selection and memory allocation are not counted)."""
@@ -89,6 +92,7 @@ def evaluate(
         size_bytes=size_on_disk(checkpoint),
         device=str(translator.device),
         made_with=made_with,
+        pair=pair,
     )
     return report, hyps
 
@@ -109,6 +113,8 @@ def _synchronize(device: torch.device) -> None:
 def describe(meta: dict) -> str:
     """How a model was made, in one line, from its checkpoint's record."""
     parts = [f"{meta.get('role', 'model')} ({meta.get('preset', '?')} preset)"]
+    if meta.get("pairs"):
+        parts.append("pairs " + ", ".join(meta["pairs"]))
     corpus = meta.get("corpus") or {}
     if corpus.get("distilled"):
         share = corpus.get("ref_share", 0.0)
@@ -117,6 +123,8 @@ def describe(meta: dict) -> str:
         parts.append("references")
     if kd := meta.get("word_kd"):
         parts.append(f"word-KD α={kd['alpha']} T={kd['temperature']}" + (" offline" if kd.get("soft_targets") else ""))
+    if selective := meta.get("selective_kd"):
+        parts.append(f"selective (off at teacher BLEU + {selective['margin']})")
     if hid := meta.get("hidden_kd"):
         pairs = ", ".join(f"{side} {layers}" for side, layers in hid["pairs"].items())
         parts.append(f"hidden-KD β={hid['beta']} (teacher layers: {pairs})")

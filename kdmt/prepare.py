@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from math import expm1, floor, log
 from pathlib import Path
+from typing import TextIO
 
 from kdmt.corpus import vocab_key, write_tokenized
 from kdmt.data import PREPARED_MARKER, CleanStats, Prepared, clean_stream, save_prepared, stream_parallel
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path
+from kdmt.languages import Pair, pair_weights, symbols, tag_source
 from kdmt.vocab import Vocab, train_vocab
 
 SPM_SAMPLE = 500_000  # sentences sentencepiece is trained on, at most: about 0.8 GB for a unigram model
@@ -41,6 +43,7 @@ class VocabOptions:
     model_type: str = "unigram"
     character_coverage: float = 1.0
     sample: int = SPM_SAMPLE  # sentences each model is trained on, drawn at random from the cleaned corpus
+    temperature: float = 5.0  # several pairs: each language's share of the sample ∝ (its share of the text)^(1/T)
 
 
 class Reservoir:
@@ -84,8 +87,7 @@ def prepare(
     models and, last, prepare.json. A failure leaves no half-written file, and no directory it created."""
     if src_lang == tgt_lang:
         raise KdmtError("source and target languages must differ")
-    if workers < 1 or vocab.sample < 2:
-        raise KdmtError("--workers must be at least 1, and --spm-sample at least 2")
+    _check_options(workers, vocab)
     report = report or (lambda _: None)
     with _removed_on_failure(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -93,21 +95,143 @@ def prepare(
         with ExitStack() as stack:
             text = {name: stack.enter_context(atomic_path(out / name)) for name in _text_files()}
             sample = Reservoir(vocab.sample // 2 if vocab.joint else vocab.sample, SAMPLE_SEED)
-            train_stats = _clean_into(train, "train", text, clean, sample, workers, report)
+            with _open_split(text, "train") as files:
+                train_stats = _clean_into(train, "train", files, "", clean, sample, workers, report)
             _check_not_empty("training", train_stats)
-            valid_stats = _clean_into(valid, "valid", text, replace(clean, dedup=False), None, 1, report)
+            with _open_split(text, "valid") as files:
+                valid_stats = _clean_into(valid, "valid", files, "", replace(clean, dedup=False), None, 1, report)
             _check_not_empty("validation", valid_stats)
             stats = {"train": asdict(train_stats), "valid": asdict(valid_stats)}
             prepared = Prepared(src_lang, tgt_lang, vocab.joint, vocab.size, stats)
             report(f"training sentencepiece on {len(sample.items) * (2 if vocab.joint else 1):,} sentences")
             src_vocab, tgt_vocab = _train_vocabs(out, prepared, sample.items, vocab)
-            key = vocab_key(src_vocab, tgt_vocab)
-            for split in ("train", "valid"):
-                pairs = stream_parallel(text[f"{split}.src"], text[f"{split}.tgt"])
-                done = partial(_tokenized, split, report)
-                write_tokenized(pairs, src_vocab, tgt_vocab, out / split, key, workers, done)
+            _tokenize(out, text, src_vocab, tgt_vocab, workers, report)
         save_prepared(out, prepared)  # last: after the files above are in place
     return prepared
+
+
+@dataclass
+class PairCorpus:
+    """One language pair's training and validation text, for a multilingual prepare."""
+
+    pair: Pair
+    train: Pairs
+    valid: Pairs
+
+
+def prepare_multilingual(
+    out: Path,
+    corpora: list[PairCorpus],
+    clean: CleanOptions,
+    vocab: VocabOptions,
+    source_tags: bool = False,
+    workers: int = 1,
+    report: Report | None = None,
+) -> Prepared:
+    """`prepare` for several language pairs in one directory: each pair is cleaned on its own, and written
+    after the one before into the same files, its sources tagged with the target language (and, with
+    `source_tags`, the source language; kdmt.languages); OUT/train.PAIR.src holds a pair's tagged training
+    sources alone, for `kdmt distill` with that pair's teacher. One sentencepiece model covers every
+    language, trained on a sample in which each language's share is balanced with `vocab.temperature`.
+    prepare.json records the pairs and their counts, in order: the rows each pair holds (kdmt.languages)."""
+    if len(corpora) < 2:
+        raise KdmtError("a multilingual prepare takes several pairs")
+    if not vocab.joint:
+        raise KdmtError("several pairs share one sentencepiece model: drop --separate-vocab")
+    if not vocab.temperature > 0:
+        raise KdmtError(f"--spm-temperature must be positive, not {vocab.temperature}")
+    _check_options(workers, vocab)
+    report = report or (lambda _: None)
+    pairs = [c.pair for c in corpora]
+    with _removed_on_failure(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PREPARED_MARKER).unlink(missing_ok=True)
+        with ExitStack() as stack:
+            names = _text_files() + [f"train.{p.name}.src" for p in pairs]
+            text = {name: stack.enter_context(atomic_path(out / name)) for name in names}
+            records: list[dict] = [{"pair": p.name, "stats": {}} for p in pairs]
+            samples = []
+            with _open_split(text, "train") as files:
+                for i, (c, record) in enumerate(zip(corpora, records)):
+                    sample = Reservoir(vocab.sample // 2, SAMPLE_SEED + i)
+                    with open(text[f"train.{c.pair.name}.src"], "w", encoding="utf-8") as alone:
+                        tagged = (*files, alone), tag_source("", c.pair, source_tags)
+                        stats = _clean_into(c.train, f"train {c.pair.name}", *tagged, clean, sample, workers, report)
+                    _check_not_empty(f"{c.pair.name} training", stats)
+                    record["stats"]["train"] = asdict(stats)
+                    samples.append(sample.items)
+            with _open_split(text, "valid") as files:
+                for c, record in zip(corpora, records):
+                    prefix = tag_source("", c.pair, source_tags)
+                    options = replace(clean, dedup=False)
+                    stats = _clean_into(c.valid, f"valid {c.pair.name}", files, prefix, options, None, 1, report)
+                    _check_not_empty(f"{c.pair.name} validation", stats)
+                    record["stats"]["valid"] = asdict(stats)
+            totals = {split: _total([r["stats"][split] for r in records]) for split in ("train", "valid")}
+            langs = list(dict.fromkeys(lang for p in pairs for lang in (p.src, p.tgt)))
+            prepared = Prepared(
+                ",".join(dict.fromkeys(p.src for p in pairs)),
+                ",".join(dict.fromkeys(p.tgt for p in pairs)),
+                True,
+                vocab.size,
+                totals,
+                records,
+                source_tags,
+            )
+            pools = _language_pools(pairs, samples, langs)
+            counts = [
+                sum(r["stats"]["train"]["kept"] for r, p in zip(records, pairs) if lang in (p.src, p.tgt))
+                for lang in langs
+            ]
+            balanced = _balanced_sample(pools, counts, vocab.sample, vocab.temperature)
+            report(f"training sentencepiece on {len(balanced):,} sentences of {len(langs)} languages")
+            spm = _train_vocab_on(out, prepared.src_vocab_path(out), balanced, vocab, symbols(pairs, source_tags))
+            _tokenize(out, text, spm, spm, workers, report)
+        save_prepared(out, prepared)
+    return prepared
+
+
+def _check_options(workers: int, vocab: VocabOptions) -> None:
+    if workers < 1 or vocab.sample < 2:
+        raise KdmtError("--workers must be at least 1, and --spm-sample at least 2")
+
+
+def _total(stats: list[dict[str, int]]) -> dict[str, int]:
+    """The counts of several pairs' cleaning, added up."""
+    return {key: sum(s[key] for s in stats) for key in stats[0]}
+
+
+def _language_pools(pairs: list[Pair], samples: list[list[tuple[str, str]]], langs: list[str]) -> list[list[str]]:
+    """The sampled sentences of each language, from every pair that has it on either side, each once (a
+    multi-way parallel corpus gives the same English with German and with French)."""
+    pools: dict[str, dict[str, None]] = {lang: {} for lang in langs}
+    for pair, sample in zip(pairs, samples):
+        for s, t in sample:
+            pools[pair.src][s] = None
+            pools[pair.tgt][t] = None
+    return [list(pools[lang]) for lang in langs]
+
+
+def _balanced_sample(pools: list[list[str]], counts: list[int], size: int, temperature: float) -> list[str]:
+    """At most `size` sentences, language by language, each language's number ∝ (its share of `counts`)^(1/T)
+    (pair_weights): a small language's sentences are repeated up to its number, a large one's drawn."""
+    total = min(size, sum(map(len, pools)))
+    rng = random.Random(SAMPLE_SEED)
+    out = []
+    for pool, n in zip(pools, pair_weights(counts, temperature) * total):
+        whole, rest = divmod(round(n), len(pool))
+        out += pool * whole + rng.sample(pool, rest)
+    return out
+
+
+def _tokenize(
+    out: Path, text: dict[str, Path], src_vocab: Vocab, tgt_vocab: Vocab, workers: int, report: Report
+) -> None:
+    key = vocab_key(src_vocab, tgt_vocab)
+    for split in ("train", "valid"):
+        pairs = stream_parallel(text[f"{split}.src"], text[f"{split}.tgt"])
+        done = partial(_tokenized, split, report)
+        write_tokenized(pairs, src_vocab, tgt_vocab, out / split, key, workers, done)
 
 
 @contextmanager
@@ -128,31 +252,42 @@ def _text_files() -> list[str]:
     return [f"{split}.{side}" for split in ("train", "valid") for side in ("src", "tgt")]
 
 
+@contextmanager
+def _open_split(text: dict[str, Path], split: str) -> Iterator[tuple[TextIO, TextIO]]:
+    """The source and target text files of `split`, open for writing."""
+    with (
+        open(text[f"{split}.src"], "w", encoding="utf-8") as src,
+        open(text[f"{split}.tgt"], "w", encoding="utf-8") as tgt,
+    ):
+        yield src, tgt
+
+
 def _clean_into(
     pairs: Pairs,
     split: str,
-    text: dict[str, Path],
+    files: tuple[TextIO, ...],
+    prefix: str,
     options: CleanOptions,
     sample: Reservoir | None,
     workers: int,
     report: Report,
 ) -> CleanStats:
-    """Clean `pairs` in `workers` processes into the text files of `split`, offering each kept pair to `sample`;
-    the counts."""
+    """Clean `pairs` in `workers` processes into `files` (source, target, and another source file if given),
+    each source after `prefix` (its language tags), offering each kept pair to `sample`; the counts."""
     stats = CleanStats()
     kept = clean_stream(pairs, stats, options.max_words, options.max_ratio, options.dedup, CLEAN_CHUNK, workers)
-    with (
-        open(text[f"{split}.src"], "w", encoding="utf-8") as src,
-        open(text[f"{split}.tgt"], "w", encoding="utf-8") as tgt,
-    ):
-        for chunk in kept:
-            if chunk:
-                sources, targets = zip(*chunk)
-                src.write("\n".join(sources) + "\n")
-                tgt.write("\n".join(targets) + "\n")
-            if sample is not None:
-                sample.extend(chunk)
-            report(f"cleaning {split}: {stats.input:,} pairs")
+    src, tgt, *more = files
+    for chunk in kept:
+        if chunk:
+            sources, targets = zip(*chunk)
+            if prefix:
+                sources = [prefix + s for s in sources]
+            for f in (src, *more):
+                f.write("\n".join(sources) + "\n")
+            tgt.write("\n".join(targets) + "\n")
+        if sample is not None:
+            sample.extend(chunk)
+        report(f"cleaning {split}: {stats.input:,} pairs")
     return stats
 
 
@@ -166,12 +301,7 @@ def _train_vocabs(
 ) -> tuple[Vocab, Vocab]:
     """Train the sentencepiece model(s) on the sampled pairs: they are written to a temporary file (for a
     joint model the sources, then the targets) and dropped, before sentencepiece takes its memory."""
-    settings = dict(
-        vocab_size=options.size,
-        model_type=options.model_type,
-        character_coverage=options.character_coverage,
-        input_sentence_size=options.sample,
-    )
+    settings = _spm_settings(options)
     src_path, tgt_path = prepared.src_vocab_path(out), prepared.tgt_vocab_path(out)
     models = [(src_path, (0, 1))] if options.joint else [(src_path, (0,)), (tgt_path, (1,))]
     with tempfile.TemporaryDirectory(prefix=".spm-sample.", dir=out) as tmp:
@@ -183,6 +313,26 @@ def _train_vocabs(
         sample.clear()
         vocabs = [train_vocab(path, text, **settings) for (path, _), text in zip(models, texts)]
     return vocabs[0], vocabs[-1]
+
+
+def _spm_settings(options: VocabOptions) -> dict:
+    return dict(
+        vocab_size=options.size,
+        model_type=options.model_type,
+        character_coverage=options.character_coverage,
+        input_sentence_size=options.sample,
+    )
+
+
+def _train_vocab_on(out: Path, path: Path, lines: list[str], options: VocabOptions, symbols: list[str]) -> Vocab:
+    """Train one sentencepiece model on `lines` (through a temporary file, `lines` emptied before
+    sentencepiece takes its memory), with the user-defined `symbols`."""
+    with tempfile.TemporaryDirectory(prefix=".spm-sample.", dir=out) as tmp:
+        text = Path(tmp) / f"{path.name}.txt"
+        with open(text, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        lines.clear()
+        return train_vocab(path, text, **_spm_settings(options), user_defined_symbols=symbols)
 
 
 def _tokenized(split: str, report: Report, pairs: int) -> None:

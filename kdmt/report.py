@@ -38,14 +38,17 @@ def short_names(checkpoints: list[str]) -> dict[str, str]:
 
 
 def build_rows(reports: list[dict]) -> list[dict]:
-    """One row per checkpoint: quality from its widest beam, speed greedy and with that beam."""
+    """One row per checkpoint and language pair (eval --pair): quality from its widest beam, speed greedy and
+    with that beam."""
     names = short_names([r["checkpoint"] for r in reports])
-    rows: dict[str, dict] = {}
+    rows: dict[tuple[str, str | None], dict] = {}
     for r in reports:
+        pair = r.get("pair")
         row = rows.setdefault(
-            r["checkpoint"],
+            (r["checkpoint"], pair),
             {
                 "model": names[r["checkpoint"]],
+                **({"pair": pair} if pair else {}),
                 "checkpoint": r["checkpoint"],
                 "made_with": describe(r["made_with"]),
                 "parameters": r["parameters"],
@@ -62,20 +65,24 @@ def build_rows(reports: list[dict]) -> list[dict]:
 
 
 def compare_with_teacher(rows: list[dict]) -> str | None:
-    """Add each row's BLEU difference and beam-search speed-up against the first teacher among the rows;
-    that teacher's name, or None when there is no teacher."""
-    teacher = next((row for row in rows if row["made_with"].startswith("teacher")), None)
-    if teacher is None:
-        return None
+    """Add each row's BLEU difference and beam-search speed-up against the first teacher among the rows of
+    its language pair; the first such teacher's name, or None when there is no teacher."""
+    teachers: dict[str | None, dict] = {}
     for row in rows:
-        row["bleu_vs_teacher"] = round(row["bleu"] - teacher["bleu"], 2)
-        row["speedup_vs_teacher"] = round(row["sentences_per_s_beam"] / teacher["sentences_per_s_beam"], 2)
-    return teacher["model"]
+        if row["made_with"].startswith("teacher"):
+            teachers.setdefault(row.get("pair"), row)
+    for row in rows:
+        if (teacher := teachers.get(row.get("pair"))) is not None:
+            row["bleu_vs_teacher"] = round(row["bleu"] - teacher["bleu"], 2)
+            row["speedup_vs_teacher"] = round(row["sentences_per_s_beam"] / teacher["sentences_per_s_beam"], 2)
+    return next(iter(teachers.values()))["model"] if teachers else None
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """The report's table as text: its headers and one list of cells per row."""
-    headers = ["model", "BLEU", "chrF", "BLEU greedy", "params", "MB", "sent/s greedy"]
+    """The report's table as text: its headers and one list of cells per row; a column of the language pair
+    when the reports name pairs (eval --pair)."""
+    pairs = any(r.get("pair") for r in rows)
+    headers = ["model", *(["pair"] if pairs else []), "BLEU", "chrF", "BLEU greedy", "params", "MB", "sent/s greedy"]
     headers += [f"sent/s beam {rows[0]['beam']}", "ΔBLEU", "× speed"]
     body = []
     for r in rows:
@@ -84,6 +91,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         body.append(
             [
                 r["model"],
+                *([r.get("pair") or ""] if pairs else []),
                 f"{r['bleu']:.2f}",
                 f"{r['chrf']:.2f}",
                 f"{r['bleu_greedy']:.2f}" if greedy else "",
@@ -96,6 +104,11 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return headers, body
+
+
+def tested_on(rows: list[dict]) -> str:
+    """The test sets of the rows, by file name (several with several language pairs)."""
+    return ", ".join(dict.fromkeys(Path(row["test"]).name for row in rows))
 
 
 def markdown(headers: list[str], body: list[list[str]]) -> str:
@@ -119,10 +132,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for row in rows:
         x, y = row["sentences_per_s_beam"], row["bleu"]
         ax.scatter([x], [y], s=40)
-        ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        label = f"{row['model']} {row['pair']}" if row.get("pair") else row["model"]
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(f"sentences/s, beam {rows[0]['beam']} ({rows[0]['device']})")
     ax.set_ylabel("sacreBLEU")
-    ax.set_title(f"quality against speed: {Path(rows[0]['test']).name}")
+    ax.set_title(f"quality against speed: {tested_on(rows)}")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.25, y=0.08)  # room for the labels
     fig.tight_layout()

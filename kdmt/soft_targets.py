@@ -28,6 +28,7 @@ from kdmt.batching import make_batch, token_batches
 from kdmt.data import TokenizedCorpus
 from kdmt.errors import KdmtError
 from kdmt.files import write_text
+from kdmt.languages import PairRows, routed_logits
 from kdmt.model import Transformer
 from kdmt.shards import Manifest, ShardedRun
 
@@ -119,9 +120,11 @@ def compute_soft_targets(
     out: Path,
     progress: Callable[[int], None] | None = None,
     after_shard: Callable[[int], None] | None = None,
+    routes: PairRows | None = None,
 ) -> SoftTargetStore | None:
     """Teacher-force the teachers over the corpus and keep the top-k of their averaged distribution, in OUT
-    and its arrays. The store when they are complete; None while other processes compute the last shards."""
+    and its arrays; with `routes` (several language pairs), each sentence's of its own pair's teacher alone.
+    The store when they are complete; None while other processes compute the last shards."""
     settings.key = corpus.fingerprint()
     record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
     work = ShardedRun(Path(f"{out}.shards"), record, lambda: finished(out, record))
@@ -151,7 +154,7 @@ def compute_soft_targets(
 
         def do(shard: int) -> dict[str, Any]:
             sentences = shard_sentences(shard, settings, len(corpus))
-            fill_shard(teachers, settings, corpus, sentences, (ids, logp, offsets), progress)
+            fill_shard(teachers, settings, corpus, sentences, (ids, logp, offsets), progress, routes)
             return {}
 
         def done(shard: int, mine: bool) -> None:
@@ -174,6 +177,7 @@ def fill_shard(
     sentences: range,
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
     progress: Callable[[int], None] | None,
+    routes: PairRows | None = None,
 ) -> None:
     """Compute the soft targets of a run of sentences into their rows of the arrays (ids, logp, offsets),
     flushed to disk."""
@@ -183,7 +187,10 @@ def fill_shard(
     for batch in token_batches(lengths, lengths, settings.batch_tokens):
         batch = batch + sentences.start
         b = make_batch(corpus, batch).to(device)
-        probs = teacher_distribution([t(b.src, b.tgt_in) for t in teachers], settings.weights, 1.0)
+        if routes is None:
+            probs = teacher_distribution([t(b.src, b.tgt_in) for t in teachers], settings.weights, 1.0)
+        else:
+            probs = teacher_distribution([routed_logits(teachers, b.src, b.tgt_in, routes.pair_of(batch))], [1.0], 1.0)
         top, top_ids = (x.cpu() for x in probs.topk(settings.topk, dim=-1))
         mask = torch.arange(top.size(1)) < corpus.tgt_len[batch][:, None]
         rows = (torch.from_numpy(offsets[batch.numpy()])[:, None] + torch.arange(top.size(1)))[mask].numpy()

@@ -7,7 +7,7 @@ import hashlib
 import json
 import random
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ from kdmt.checkpoint import Checkpoint, load_checkpoint
 from kdmt.corpus import CHUNK_PAIRS, CorpusSink, encode_flat, ids_dtype, open_corpus, vocab_key, write_corpus
 from kdmt.data import PreparedData, TokenizedCorpus, stream_parallel
 from kdmt.errors import KdmtError
+from kdmt.languages import PairRows, PairSampler
 from kdmt.model import ModelConfig, Transformer
-from kdmt.objectives import Distillation
+from kdmt.objectives import Distillation, SelectiveKD
 from kdmt.parallel import chunks
 from kdmt.soft_targets import SoftTargetStore
 from kdmt.vocab import Vocab
@@ -59,11 +60,14 @@ def student_corpus(
     takes the reference target instead. On the references alone, this is DATA's own corpus; with a distilled
     file, a corpus tokenized once into DISTILLED.student-HASH.* (kdmt.corpus), and mapped from there while
     the distilled file, the data and these settings are the same."""
-    train = data.corpus("train")
+    train, pairs = data.corpus("train"), data.info.pair_rows("train")
     if distilled is None:
-        return train, _corpus_record(None, 1.0, len(train), {"dropped_empty": 0, "fallback_ref": 0})
+        counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": pairs.counts} if pairs else {})
+        return train, _corpus_record(None, 1.0, len(train), counts)
     if not distilled.is_file():
         raise KdmtError(f"{distilled}: no such file")
+    if pairs is not None and ref_share > 0:
+        raise KdmtError("several pairs: --ref-share is not supported; --fallback-ref keeps references where needed")
     settings = {"ref_share": ref_share, "seed": seed if 0 < ref_share < 1 else None, "fallback": fallback_to_reference}
     name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     prefix = distilled.with_name(f"{distilled.name}.student-{name}")
@@ -88,13 +92,14 @@ def _write_student_corpus(
 ) -> None:
     """Tokenize the kept distilled lines with their sources, in line order: the student's corpus itself,
     or, to be mixed with references, a temporary one that the mix draws from."""
-    counts = {"dropped_empty": 0, "fallback_ref": 0}
+    pairs = data.info.pair_rows("train")
+    counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": [0] * len(pairs.names)} if pairs else {})
     dtype = ids_dtype(max(len(data.src_vocab), len(data.tgt_vocab)))
     empty = f"every line of {distilled} is empty (filtered by kdmt distill?): --fallback-ref trains on the references"
     lines = _distilled_lines(distilled, data.root / "train.tgt", settings["fallback"], counts)
     if settings["ref_share"] <= 0:
         with write_corpus(prefix, dtype, key, counts) as sink:
-            _tokenize_distilled(sink, lines, train, data.tgt_vocab)
+            _tokenize_distilled(sink, lines, train, data.tgt_vocab, pairs, counts)
             if sink.pairs == 0:
                 raise KdmtError(empty)
         return
@@ -126,11 +131,21 @@ def _distilled_lines(distilled: Path, references: Path, fallback: bool, counts: 
 
 
 def _tokenize_distilled(
-    sink: CorpusSink, lines: Iterator[tuple[int, str]], train: TokenizedCorpus, vocab: Vocab
+    sink: CorpusSink,
+    lines: Iterator[tuple[int, str]],
+    train: TokenizedCorpus,
+    vocab: Vocab,
+    pairs: PairRows | None = None,
+    counts: dict | None = None,
 ) -> None:
+    """Write the kept lines with their sources; with several language `pairs`, count each pair's rows kept
+    in counts["pair_rows"] (the lines come in order: each pair's rows stay together)."""
     for chunk in chunks(lines, CHUNK_PAIRS):
         rows = np.fromiter((row for row, _ in chunk), dtype=np.int64, count=len(chunk))
         sink.add(train.rows("src", rows), encode_flat(vocab, [target for _, target in chunk]))
+        if pairs is not None and counts is not None:
+            kept = np.bincount(pairs.index(rows), minlength=len(pairs.names))
+            counts["pair_rows"] = [a + int(b) for a, b in zip(counts["pair_rows"], kept)]
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -203,6 +218,10 @@ class StudentOptions:
     init_from_teacher: bool = False
     init_enc_layers: str | None = None
     init_dec_layers: str | None = None
+    pair_temperature: float = 1.0  # several pairs: each drawn ∝ (its share)^(1/T) (1: as the data has them)
+    selective: bool = False  # selective distillation (Tan et al. 2019): word-KD switched per pair
+    selective_margin: float = 1.0  # BLEU above the teacher's at which a pair's word-KD is switched off
+    pair: str | None = None  # multilingual data: train on this pair's sentences alone, as for one pair
 
 
 @dataclass
@@ -213,6 +232,31 @@ class Student:
     objective: Distillation
     corpus: TokenizedCorpus
     meta: dict[str, Any]
+    teachers: dict[str | None, list[Checkpoint]] = field(default_factory=dict)  # by pair (None: one pair)
+    sampler: PairSampler | None = None
+
+    def measure_teachers(self, bleu: Callable[[list[Checkpoint], str | None], dict[str, float]]) -> dict:
+        """Selective distillation's reference: each pair's teacher's BLEU on that pair's validation sentences,
+        from `bleu` (Trainer.bleu); the record of it."""
+        selective = self.objective.selective
+        if selective is None:
+            raise KdmtError("no selective distillation to measure the teachers for")
+        for pair, checkpoints in self.teachers.items():
+            selective.teacher_bleu |= bleu(checkpoints, pair)
+        return {"margin": selective.margin, "teacher_bleu": selective.teacher_bleu}
+
+
+def pair_teachers(teachers: list[Path], pairs: list[str]) -> list[Path]:
+    """The teachers of several pairs, given as PAIR=CHECKPOINT, in the order of the pairs: one for each."""
+    found: dict[str, Path] = {}
+    for text in map(str, teachers):
+        pair, _, path = text.partition("=")
+        if not path or pair not in pairs or pair in found:
+            raise KdmtError(f"several pairs ({', '.join(pairs)}): give one --teacher PAIR=CHECKPOINT for each")
+        found[pair] = Path(path)
+    if found and len(found) != len(pairs):
+        raise KdmtError(f"several pairs: give a teacher for each of {', '.join(pairs)}")
+    return [found[pair] for pair in pairs] if found else []
 
 
 def build_student(
@@ -227,11 +271,26 @@ def build_student(
     o = options
     if o.hidden_kd not in HIDDEN_SIDES:
         raise KdmtError(f"--hidden-kd takes {', '.join(HIDDEN_SIDES)}")
-    if (o.init_from_teacher or o.hidden_kd != "none") and not o.teachers:
-        raise KdmtError("--init-from-teacher and --hidden-kd need --teacher")
-    teachers = [(path, load_checkpoint(path, device)) for path in o.teachers]
+    if (o.init_from_teacher or o.hidden_kd != "none" or o.selective) and not o.teachers:
+        raise KdmtError("--init-from-teacher, --hidden-kd and --selective-kd need --teacher")
+    all_pairs = [p["pair"] for p in data.info.pairs] if data.info.pairs else None
+    if o.pair is not None and (all_pairs is None or o.soft_targets is not None):
+        raise KdmtError("--pair takes multilingual data (kdmt prepare --pair ...), and online word-KD only")
+    names = all_pairs if o.pair is None else None  # the pairs trained side by side, each with its teacher
+    if o.pair_temperature != 1 and (not names or not o.pair_temperature > 0):
+        raise KdmtError("--pair-temperature draws the pairs of multilingual data, and must be positive")
+    paths = pair_teachers(o.teachers, names) if names else o.teachers
+    teachers = [(path, load_checkpoint(path, device)) for path in paths]
     check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
+    trained_on = names or ([o.pair] * len(teachers) if o.pair else [])  # the pair each teacher must know
+    for name, (path, teacher) in zip(trained_on, teachers):
+        if name not in teacher.meta.get("pairs", [name]):
+            raise KdmtError(f"{path} was not trained on {name} (its pairs: {', '.join(teacher.meta['pairs'])})")
     corpus, corpus_record = student_corpus(data, o.distilled, o.ref_share, seed, o.fallback_ref)
+    if o.pair is not None:
+        corpus = corpus.subset(PairRows(all_pairs, corpus_record["pair_rows"]).rows(o.pair))
+        corpus_record = {**corpus_record, "pair": o.pair, "pairs": len(corpus)}
+    routes = PairRows(names, corpus_record["pair_rows"]) if names else None
     store = None
     if o.soft_targets is not None:
         store = SoftTargetStore.load(o.soft_targets)
@@ -264,6 +323,8 @@ def build_student(
         store,
         o.hidden_beta if pairs else 0.0,
         pairs,
+        routes if teachers else None,
+        SelectiveKD(names or [None], o.selective_margin) if o.selective else None,
     )
     word_kd = {
         "alpha": o.alpha,
@@ -280,4 +341,8 @@ def build_student(
         "hidden_kd": {"pairs": pairs, "beta": o.hidden_beta} if pairs else None,
         "init_from_teacher": init,
     }
-    return Student(model, objective, corpus, meta)
+    by_pair = {name: [c] for name, (_, c) in zip(names, teachers)} if names else {None: [c for _, c in teachers]}
+    sampler = PairSampler(routes, o.pair_temperature) if routes and o.pair_temperature != 1 else None
+    if names:
+        meta |= {"teachers": [f"{n}={p}" for n, (p, _) in zip(names, teachers)], "pair_temperature": o.pair_temperature}
+    return Student(model, objective, corpus, meta, by_pair if teachers else {}, sampler)

@@ -39,6 +39,7 @@ from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
 from kdmt.evaluate import score
+from kdmt.languages import PairRows, PairSampler, bleu_key
 from kdmt.model import Transformer
 from kdmt.objectives import CrossEntropy, label_smoothed_nll
 from kdmt.progress import ProgressLine, format_duration
@@ -110,11 +111,24 @@ class ValidSet:
     corpus: TokenizedCorpus
     src_lines: list[str]
     ref_lines: list[str]
+    pairs: PairRows | None = None  # several language pairs: BLEU is measured on each one's rows
 
     @classmethod
-    def of(cls, data: PreparedData) -> ValidSet:
-        """The validation split of a prepared data directory."""
-        return cls(data.corpus("valid"), *data.text("valid"))
+    def of(cls, data: PreparedData, pair: str | None = None) -> ValidSet:
+        """The validation split of a prepared data directory, or of one of its language pairs."""
+        corpus, (src, ref), pairs = data.corpus("valid"), data.text("valid"), data.info.pair_rows("valid")
+        if pair is None:
+            return cls(corpus, src, ref, pairs)
+        if pairs is None:
+            raise KdmtError(f"{data.root} holds one language pair: drop --pair")
+        rows = pairs.rows(pair)
+        return cls(corpus.subset(rows), src[rows.start : rows.stop], ref[rows.start : rows.stop])
+
+    def parts(self) -> list[tuple[str | None, range]]:
+        """The rows of each language pair, by name; all rows, unnamed, for one pair."""
+        if self.pairs is None:
+            return [(None, range(len(self.src_lines)))]
+        return [(name, self.pairs.rows(name)) for name in self.pairs.names]
 
 
 class Learner(nn.Module):
@@ -152,10 +166,12 @@ class Trainer:
         objective: torch.nn.Module | None = None,
         meta: dict[str, Any] | None = None,
         console: Console | None = None,
+        sampler: PairSampler | None = None,
     ):
         self.model, self.src_vocab, self.tgt_vocab = model.to(device), src_vocab, tgt_vocab
         self.train_data, self.valid, self.out_dir, self.config, self.device = train, valid, out_dir, config, device
         self.objective = objective or CrossEntropy(config.label_smoothing)
+        self.sampler = sampler  # several language pairs drawn with a temperature: each epoch's sentences
         self.meta = {**(meta or {}), "train_config": asdict(config)}
         self.run_dir = RunDir(out_dir)  # written by rank 0 alone
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
@@ -282,7 +298,7 @@ class Trainer:
             return self._plan[1]
         self._plan = None  # the old plan is freed before the new one is made
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        idx = self.train_indices
+        idx = self.train_indices if self.sampler is None else self.sampler(self.train_indices, g)
         batches = token_batches(self.train_data.src_len[idx], self.train_data.tgt_len[idx], self.config.max_tokens, g)
         plan = list(idx[torch.cat(batches)].split([len(b) for b in batches]))
         self._plan = epoch, plan
@@ -361,14 +377,31 @@ class Trainer:
             "valid_nll": nll_sum / ntokens,
             "valid_ppl": math.exp(nll_sum / ntokens),
         }
+        if self.config.valid_bleu_sents != 0:
+            result |= self.bleu([Checkpoint(self.model, self.src_vocab, self.tgt_vocab)])
+        return result
+
+    @torch.no_grad()
+    def bleu(self, checkpoints: list[Checkpoint], pair: str | None = None) -> dict[str, float]:
+        """The validation BLEU of a model (or an ensemble) on the first valid_bleu_sents sentences: valid_bleu;
+        for several language pairs, valid_bleu_PAIR on each pair's sentences, and valid_bleu their mean; with
+        `pair`, on that pair's alone."""
         n = self.config.valid_bleu_sents
-        if n != 0:
-            src, refs = self.valid.src_lines[:n], self.valid.ref_lines[:n]
-            opts = SearchOptions(beam=self.config.valid_beam, batch_tokens=self.config.max_tokens)
-            translator = Translator([Checkpoint(self.model, self.src_vocab, self.tgt_vocab)], opts)
+        opts = SearchOptions(beam=self.config.valid_beam, batch_tokens=self.config.max_tokens)
+        translator = Translator(checkpoints, opts)
+        result = {}
+        for name, rows in self.valid.parts():
+            if pair is not None and name != pair:
+                continue
+            src, refs = (
+                self.valid.src_lines[rows.start : rows.stop][:n],
+                self.valid.ref_lines[rows.start : rows.stop][:n],
+            )
             with autocast(self.device, self.config.bf16):
                 hyps = translator.translate(src)
-            result["valid_bleu"] = score(hyps, refs).bleu
+            result[bleu_key(name)] = score(hyps, refs).bleu
+        if len(result) > 1:
+            result["valid_bleu"] = sum(result.values()) / len(result)
         return result
 
     def total_steps(self) -> int | None:
@@ -460,6 +493,8 @@ class Trainer:
         """Validate (rank 0; every rank gets the figures and keeps the best), then write the numbered, last
         and (if improved) best checkpoints."""
         result = distributed.from_rank0(self.validate() if self.main else None)
+        if (validated := getattr(self.objective, "validated", None)) is not None:
+            result |= validated(result)  # e.g. selective distillation switching word-KD per pair
         metric = result.get("valid_bleu", -result["valid_loss"])
         improved = self.best is None or metric > self.best
         if improved:

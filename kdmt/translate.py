@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -17,6 +18,7 @@ from torch import Tensor
 from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
 from kdmt.errors import KdmtError
+from kdmt.languages import tag_ids
 from kdmt.search import Ensemble, Hypothesis, beam_search, greedy_search, max_lengths
 from kdmt.vocab import EOS, Vocab
 
@@ -50,7 +52,8 @@ class SearchOptions:
 
 
 class TextTranslator(ABC):
-    """Translation of text with sentencepiece vocabularies and an engine's `translate_ids`."""
+    """Translation of text with sentencepiece vocabularies and an engine's `translate_ids`; language tags
+    (kdmt.languages) are dropped from the translations."""
 
     src_vocab: Vocab
     tgt_vocab: Vocab
@@ -68,6 +71,11 @@ class TextTranslator(ABC):
     @abstractmethod
     def num_parameters(self) -> int:
         """The parameters of the model(s) that translate."""
+
+    @cached_property
+    def tags(self) -> set[int]:
+        """The target vocabulary's language tags, never part of a translation."""
+        return set(tag_ids(self.tgt_vocab))
 
     def max_output_length(self, n_src_tokens: int) -> int:
         """The longest hypothesis (tokens, without EOS) the search allows for a source of `n_src_tokens`
@@ -88,7 +96,8 @@ class TextTranslator(ABC):
         results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress) if todo else []
         out: list[list[Candidate]] = [[] for _ in lines]
         for i, hyps in zip(todo, results):
-            texts = self.tgt_vocab.decode([h.tokens for h in hyps])
+            tokens = [[t for t in h.tokens if t not in self.tags] if self.tags else h.tokens for h in hyps]
+            texts = self.tgt_vocab.decode(tokens)
             out[i] = [Candidate(text, h.score, len(h.tokens)) for text, h in zip(texts, hyps)]
         if progress and len(todo) < len(lines):
             progress(len(lines) - len(todo))

@@ -64,11 +64,12 @@ def train_vocab(
     model_type: str = "unigram",
     character_coverage: float = 1.0,
     input_sentence_size: int = 2_000_000,
+    user_defined_symbols: list[str] | None = None,
 ) -> Vocab:
     """Train a sentencepiece model on the lines of the file `text` (a random `input_sentence_size` of them
     if there are more) and write it to `path` (a .model file). The lines are handed to sentencepiece as an
     iterator, and the model taken back in memory: no file name is recorded in it, so equal lines give
-    byte-identical models."""
+    byte-identical models. `user_defined_symbols` are pieces always kept whole (kdmt's language tags)."""
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -84,6 +85,7 @@ def train_vocab(
             input_sentence_size=input_sentence_size,
             shuffle_input_sentence=True,
             minloglevel=2,
+            user_defined_symbols=user_defined_symbols or [],
         )
     except RuntimeError as e:
         raise KdmtError(f"sentencepiece training failed: {e}") from None

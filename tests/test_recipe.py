@@ -48,3 +48,31 @@ def test_make_demo_resumes_a_teacher_stopped_midway(tmp_path):
     runs = [line for line in planned.splitlines() if f"{KDMT} " in line]
     assert runs[0].split(f"{KDMT} ")[1].startswith("train-teacher") and runs[0].endswith("--resume")
     assert any(f"{KDMT} distill" in line for line in runs[1:])
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_pivot_recipe_uses_no_english_of_the_students_half(tmp_path):
+    """recipes/multi30k-pivot: the teacher's half and the student's are disjoint, and the English of the
+    student's half (half-b/train.en) goes into the supervised upper bound alone."""
+    command = ["make", "-n", "-f", "recipes/multi30k-pivot/Makefile", "SIZE=cpu", f"W={tmp_path}", "KDMT=kdmt"]
+    planned = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    halves = {
+        line.split("> ")[-1].split(".tmp")[0][len(str(tmp_path)) + 1 :]: line for line in planned if "zcat" in line
+    }
+    assert (
+        "head -n 14500 >" in halves["half-a/train.de"]
+        and "tail -n +$((14500 + 1)) | head -n 14500" in halves["half-b/train.fr"]
+    )
+    uses_b = [line for line in planned if "half-b/train" in line and "zcat" not in line]
+    assert len(uses_b) == 3  # its German distilled, its French copied beside that, the upper bound's prepare
+    assert sum(f"-o {tmp_path}/supervised-data" in line for line in uses_b) == 1
+    assert sum(line.startswith("cp ") and line.split()[1].endswith("half-b/train.fr") for line in uses_b) == 1
+    teacher = next(line for line in planned if "kdmt prepare --src de" in line)
+    assert "half-a/train" in teacher and "half-b" not in teacher
+    pivot = next(line for line in planned if f"-o {tmp_path}/pivot-data" in line)
+    assert f"--train {tmp_path}/pivot/train --valid {tmp_path}/pivot/val" in pivot
+    distilled = [line for line in planned if "kdmt distill" in line]
+    assert sorted(line.split(" -o ")[1].split()[0] for line in distilled) == [
+        f"{tmp_path}/pivot/{n}" for n in ("train.en", "val.en")
+    ]
+    assert all("half-b/train.de" in line or "val.de.gz" in line for line in distilled)

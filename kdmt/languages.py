@@ -1,0 +1,178 @@
+"""Languages: pair names, the tags added to sources and stripped from outputs, the rows of each pair in a
+multilingual corpus, the sampling of pairs with a temperature, and the per-pair routing of teachers.
+
+A multilingual prepared directory (kdmt prepare --pair de-en --pair fr-en) holds one corpus of all pairs,
+one pair after the other; each source starts with the target language's tag, <2en> (Johnson et al. 2017),
+and optionally the source language's, <from_de>. Tags are sentencepiece user-defined symbols written with
+the word boundary, ▁<2en>: one token each, which never leaks into the pieces of the sentence itself."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdmt.errors import KdmtError
+from kdmt.vocab import Vocab
+
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_TAG_PIECE = re.compile(r"▁<(?:2|from_)[A-Za-z][A-Za-z0-9_]*>")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A language pair, named SRC-TGT (e.g. de-en)."""
+
+    src: str
+    tgt: str
+
+    @classmethod
+    def parse(cls, name: str) -> Pair:
+        parts = name.split("-")
+        if len(parts) != 2 or not all(_CODE.fullmatch(p) for p in parts):
+            raise KdmtError(f"cannot read the language pair {name!r} (example: de-en)")
+        if parts[0] == parts[1]:
+            raise KdmtError(f"the language pair {name!r} must name two languages")
+        return cls(*parts)
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}-{self.tgt}"
+
+
+def parse_pairs(names: Sequence[str]) -> list[Pair]:
+    pairs = [Pair.parse(name) for name in names]
+    if len(set(pairs)) != len(pairs):
+        raise KdmtError("each --pair may be given once")
+    return pairs
+
+
+def target_tag(lang: str) -> str:
+    return f"<2{lang}>"
+
+
+def source_tag(lang: str) -> str:
+    return f"<from_{lang}>"
+
+
+def tags(pairs: Sequence[Pair], source_tags: bool) -> list[str]:
+    """The tags the pairs' sources carry, each once: the sentencepiece symbols to reserve (with ▁)."""
+    found = [target_tag(p.tgt) for p in pairs] + ([source_tag(p.src) for p in pairs] if source_tags else [])
+    return list(dict.fromkeys(found))
+
+
+def symbols(pairs: Sequence[Pair], source_tags: bool) -> list[str]:
+    """The user-defined sentencepiece symbols of the tags: each with the word boundary, one token."""
+    return [f"▁{tag}" for tag in tags(pairs, source_tags)]
+
+
+def tag_source(line: str, pair: Pair, source_tags: bool) -> str:
+    """A source line with its pair's tags in front: '<2en> text', or '<2en> <from_de> text'."""
+    prefix = [target_tag(pair.tgt)] + ([source_tag(pair.src)] if source_tags else [])
+    return " ".join(prefix + [line])
+
+
+def model_inputs(lines: list[str], pair: Pair | None, meta: dict) -> list[str]:
+    """Source lines as a model takes them, from its checkpoint's record `meta`: tagged for `pair` when it
+    was trained on a multilingual prepared directory (then `pair` must be one of its pairs); as they are for
+    a model of one pair (then `pair`, if given, must be its pair). Empty lines stay empty."""
+    pairs = meta.get("pairs")
+    if pairs is None:
+        own = meta.get("src_lang"), meta.get("tgt_lang")
+        if pair is not None and None not in own and own != (pair.src, pair.tgt):
+            raise KdmtError(f"--pair {pair.name}: the model translates {own[0]}-{own[1]}")
+        return lines
+    if pair is None:
+        raise KdmtError(f"the model translates {', '.join(pairs)}: name one with --pair")
+    if pair.name not in pairs:
+        raise KdmtError(f"--pair {pair.name}: the model translates {', '.join(pairs)}")
+    source_tags = bool(meta.get("source_tags"))
+    return [tag_source(line, pair, source_tags) if line.strip() else line for line in lines]
+
+
+def tag_ids(vocab: Vocab) -> list[int]:
+    """The ids of a vocabulary's language tags (none in a vocabulary made for one pair)."""
+    return [i for i in range(len(vocab)) if _TAG_PIECE.fullmatch(vocab.sp.id_to_piece(i))]
+
+
+@dataclass
+class PairRows:
+    """The pairs of a corpus and the rows each one holds, one pair after the other."""
+
+    names: list[str]
+    counts: list[int]
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """Each pair's first row, then the number of rows."""
+        return np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
+
+    def rows(self, name: str) -> range:
+        if name not in self.names:
+            raise KdmtError(f"no pair {name} here (pairs: {', '.join(self.names)})")
+        i = self.names.index(name)
+        return range(int(self.bounds[i]), int(self.bounds[i + 1]))
+
+    def pair_of(self, rows: Tensor) -> Tensor:
+        """The index of the pair of each row."""
+        return torch.from_numpy(self.index(rows.numpy()))
+
+    def index(self, rows: np.ndarray) -> np.ndarray:
+        """The index of the pair of each row, of an array."""
+        return np.searchsorted(self.bounds, rows, side="right") - 1
+
+
+def bleu_key(pair: str | None) -> str:
+    """The name of a validation BLEU figure: valid_bleu, or valid_bleu_PAIR for each of several pairs."""
+    return "valid_bleu" if pair is None else f"valid_bleu_{pair}"
+
+
+def pair_weights(counts: Sequence[int], temperature: float) -> np.ndarray:
+    """How often each pair is drawn: proportional to (its share of the data)^(1/T) (Arivazhagan et al. 2019):
+    T = 1 keeps the data's proportions, a larger T draws small pairs more often, T → ∞ evenly."""
+    if not temperature > 0:
+        raise KdmtError(f"a sampling temperature must be positive, not {temperature}")
+    share = np.asarray(counts, dtype=np.float64) / sum(counts)
+    weights = share ** (1.0 / temperature)
+    return weights / weights.sum()
+
+
+class PairSampler:
+    """The sentences an epoch takes: as many as the data has, each pair's number set by pair_weights; a pair
+    with fewer sentences than its number repeats all of them and draws the rest, one with more draws them."""
+
+    def __init__(self, pairs: PairRows, temperature: float):
+        self.pairs, self.temperature = pairs, temperature
+
+    def __call__(self, indices: Tensor, generator: torch.Generator) -> Tensor:
+        of_pair = self.pairs.pair_of(indices)
+        groups = [indices[of_pair == p] for p in range(len(self.pairs.names))]
+        wanted = np.round(pair_weights([max(len(g), 1) for g in groups], self.temperature) * len(indices))
+        drawn = []
+        for group, n in zip(groups, wanted.astype(int).tolist()):
+            if len(group) == 0:
+                continue
+            whole, rest = divmod(n, len(group))
+            drawn += [group] * whole + [group[torch.randperm(len(group), generator=generator)[:rest]]]
+        return torch.cat(drawn)
+
+
+def routed_logits(
+    teachers: Sequence[torch.nn.Module], src: Tensor, tgt_in: Tensor, pair_of: Tensor, rows: Tensor | None = None
+) -> Tensor:
+    """Each sentence's logits from its own pair's teacher (teacher i is pair i's), each teacher run on its
+    pair's sentences alone; with `rows`, on those sentences alone, zeros elsewhere. At least one sentence
+    must be taken."""
+    out = torch.zeros(0)
+    for p, teacher in enumerate(teachers):
+        mine = pair_of == p if rows is None else (pair_of == p) & rows
+        if mine.any():
+            logits = teacher(src[mine], tgt_in[mine])
+            if out.dim() == 1:
+                out = logits.new_zeros(*tgt_in.shape, logits.size(-1))
+            out[mine] = logits
+    return out
