@@ -64,9 +64,13 @@ $(DEMO)/student-seqkd/DONE: $(DEMO)/distilled/train.tgt
 	touch $@
 
 DEMO_MODELS := $(DEMO)/teacher/checkpoint_best.pt $(DEMO)/student-ref/checkpoint_best.pt \
-	$(DEMO)/student-seqkd/checkpoint_best.pt
+	$(DEMO)/student-seqkd/checkpoint_best.pt $(DEMO)/student-seqkd-int8
 
-$(DEMO)/eval.json: $(DEMO)/teacher/DONE $(DEMO)/student-ref/DONE $(DEMO)/student-seqkd/DONE
+# the seq-KD student as it would ship: CTranslate2, int8 weights
+$(DEMO)/student-seqkd-int8/kdmt_export.json: $(DEMO)/student-seqkd/DONE
+	$(KDMT) export $(DEMO)/student-seqkd/checkpoint_best.pt -o $(@D) --quantization int8 --force
+
+$(DEMO)/eval.json: $(DEMO)/teacher/DONE $(DEMO)/student-ref/DONE $(DEMO)/student-seqkd-int8/kdmt_export.json
 	$(KDMT) eval $(DEMO_MODELS) --src $(TEST_SRC) --ref $(TEST_REF) --beam 1 --report $(DEMO)/eval-greedy.json
 	$(KDMT) eval $(DEMO_MODELS) --src $(TEST_SRC) --ref $(TEST_REF) --beam 5 --report $@
 

@@ -24,16 +24,18 @@ def load_reports(paths: list[Path]) -> list[dict]:
 
 
 def short_names(checkpoints: list[str]) -> dict[str, str]:
-    """Each checkpoint's path below the folder all of them share, without the file name when they all
-    have the same one: teacher1, student-seqkd; or checkpoint_best.pt, checkpoint_avg.pt. One alone keeps
-    its path as given."""
+    """Each checkpoint's path below the folder all of them share, without the file name when all checkpoint
+    files have the same one: teacher1, student-seqkd, student-int8 (an exported directory); or
+    checkpoint_best.pt, checkpoint_avg.pt. One alone keeps its path as given."""
     if len(set(checkpoints)) == 1:
         return {c: c for c in checkpoints}
     paths = [os.path.abspath(c) for c in checkpoints]
     common = os.path.commonpath([os.path.dirname(p) for p in paths])
     names = [os.path.relpath(p, common) for p in paths]
-    if len({os.path.basename(p) for p in paths}) == 1 and all(os.sep in n for n in names):
-        names = [os.path.dirname(n) for n in names]
+    files = [i for i, p in enumerate(paths) if p.endswith(".pt")]  # the others: exported directories
+    if len({os.path.basename(paths[i]) for i in files}) == 1 and all(os.sep in names[i] for i in files):
+        for i in files:
+            names[i] = os.path.dirname(names[i])
     return dict(zip(checkpoints, names))
 
 

@@ -25,7 +25,8 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path):
     rows = json.loads((tmp_path / "report.json").read_text())
     names = [row["model"] for row in rows]
     students = ("baseline", "seqkd", "wordkd", "seq-wordkd", "deep-shallow", "teacher-init", "ensemble")
-    assert sorted(names) == sorted(["teacher1", "teacher2"] + [f"student-{s}" for s in students])
+    expected = ["teacher1", "teacher2", "student-seq-wordkd-int8"] + [f"student-{s}" for s in students]
+    assert sorted(names) == sorted(expected)
     assert all(row["beam"] == 5 and row["sentences_per_s_greedy"] > 0 for row in rows)
     assert (tmp_path / "report.png").exists()
     # A finished stage is not run again; a removed output is made again from what is there.

@@ -6,6 +6,8 @@ def test_models_are_named_below_their_common_folder():
     assert list(names.values()) == ["teacher1", "student-a"]
     names = short_names(["w/run/t/checkpoint_best.pt", "w/run/t/checkpoint_avg.pt", "w/run/s/checkpoint_avg.pt"])
     assert list(names.values()) == ["t/checkpoint_best.pt", "t/checkpoint_avg.pt", "s/checkpoint_avg.pt"]
+    names = short_names(["w/run/t/checkpoint_best.pt", "w/run/s/checkpoint_best.pt", "w/run/s-int8"])
+    assert names == {"w/run/t/checkpoint_best.pt": "t", "w/run/s/checkpoint_best.pt": "s", "w/run/s-int8": "s-int8"}
     assert short_names(["w/run/t/checkpoint_avg.pt"] * 2) == {"w/run/t/checkpoint_avg.pt": "w/run/t/checkpoint_avg.pt"}
 
 
