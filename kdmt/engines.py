@@ -37,7 +37,9 @@ class CTranslate2Translator(TextTranslator):
     limit is closed by kdmt with a forced EOS and left open by CTranslate2; and kdmt stops a sentence once
     `beam` hypotheses are finished (fairseq's rule), when CTranslate2 may go on to finish a better one."""
 
-    def __init__(self, directory: Path, options: SearchOptions, device: str = "cpu", threads: int = 0):
+    def __init__(
+        self, directory: Path, options: SearchOptions, device: str = "cpu", threads: int = 0, device_index: int = 0
+    ):
         ctranslate2 = require("ctranslate2")
         self.record = read_record(directory)
         if self.record is None or self.record["format"] != "ctranslate2":
@@ -45,7 +47,11 @@ class CTranslate2Translator(TextTranslator):
         try:
             threads = threads or torch.get_num_threads()
             self.translator = ctranslate2.Translator(
-                str(directory), device=device, inter_threads=threads if device == "cpu" else 1, intra_threads=1
+                str(directory),
+                device=device,
+                device_index=device_index,
+                inter_threads=threads if device == "cpu" else 1,
+                intra_threads=1,
             )
         except (RuntimeError, ValueError) as e:
             raise KdmtError(f"{directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
@@ -54,7 +60,7 @@ class CTranslate2Translator(TextTranslator):
         self.tgt_ids = {self.tgt_vocab.sp.id_to_piece(i): i for i in range(len(self.tgt_vocab))}
         self.suppress = [[self.tgt_vocab.sp.id_to_piece(PAD)], [self.tgt_vocab.sp.id_to_piece(BOS)]]
         self.options = options
-        self.device = torch.device(device)
+        self.device = torch.device(device, device_index) if device == "cuda" else torch.device(device)
         self.max_positions = self.record["config"]["max_positions"]
         self.max_src_tokens = min(options.max_src_tokens, self.max_positions)
 
@@ -119,7 +125,7 @@ def open_translator(
         record = read_record(exported[0])
         if record["format"] != "ctranslate2":
             raise KdmtError(f"{exported[0]}: a {record['format']} export; kdmt translates CTranslate2 exports")
-        translator = CTranslate2Translator(exported[0], options, dev.type, threads)
+        translator = CTranslate2Translator(exported[0], options, dev.type, threads, dev.index or 0)
         meta = {**record["meta"], "export": {"format": "ctranslate2", "quantization": record["quantization"]}}
         return [meta], translator
     checkpoints = [load_checkpoint(m, dev) for m in models]
