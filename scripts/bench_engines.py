@@ -5,7 +5,9 @@ engines, --repeats times in turn after an untimed warm-up; the table gives BLEU,
 sentences/s, the ratio to kdmt, and how often each engine's output equals kdmt's. With --distill-src, the
 first checkpoint (the teacher) also distils the first --distill-lines lines of that corpus through
 `kdmt distill`'s code with --engine kdmt and --engine ctranslate2 (repeated the same way; a fresh output
-each time), and the share of identical lines is reported. Example (2 CPU threads, beam 5):
+each time), and the share of identical lines is reported. With --huggingface, each checkpoint's
+transformers export translates the test set with generate() (beam 5; one run), beside kdmt's output.
+Example (2 CPU threads, beam 5):
 
     python scripts/bench_engines.py work/demo/teacher/checkpoint_best.pt work/demo/student-seqkd/checkpoint_best.pt \\
         --src data/multi30k/test_2016_flickr.de.gz --ref data/multi30k/test_2016_flickr.en.gz --threads 2 \\
@@ -88,6 +90,45 @@ def translation_rows(args, checkpoint: Path, work: Path) -> list[dict]:
     return rows
 
 
+def huggingface_rows(args, checkpoint: Path, work: Path) -> list[dict]:
+    """The checkpoint exported to transformers, translating the test set with generate() and the exported
+    generation config (beam 5), in batches of sentences of one length so that each has kdmt's length limit."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    src, refs = read_parallel(args.src, args.ref)
+    directory = work / f"{checkpoint.parent.name}-hf"
+    export_checkpoint(checkpoint, directory, "huggingface", force=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSeq2SeqLM.from_pretrained(directory).eval()
+    kdmt = Translator([load_checkpoint(checkpoint)], SearchOptions(beam=5))
+    ids = tokenizer(src).input_ids
+    by_length: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_length.setdefault(len(x), []).append(i)
+    hyps = [""] * len(src)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for length, rows in by_length.items():
+            for k in range(0, len(rows), 64):
+                batch = tokenizer([src[i] for i in rows[k : k + 64]], return_tensors="pt", padding=True)
+                out = model.generate(**batch, max_new_tokens=kdmt.max_output_length(length) + 1)  # + EOS
+                for i, text in zip(rows[k : k + 64], tokenizer.batch_decode(out, skip_special_tokens=True)):
+                    hyps[i] = text
+    seconds = time.perf_counter() - start
+    ours = kdmt.translate(src)
+    s = score(hyps, refs)
+    return [
+        {
+            "model": str(checkpoint),
+            "engine": "transformers generate() float32",
+            "bleu": round(s.bleu, 2),
+            "chrf": round(s.chrf, 2),
+            "sentences_per_s": round(len(src) / seconds, 1),  # one run, not a median
+            "same_output_as_kdmt": round(sum(a == b for a, b in zip(hyps, ours)) / len(src), 4),
+        }
+    ]
+
+
 def distill_rows(args, teacher: Path, work: Path) -> list[dict]:
     source = work / "distill.src"
     write_lines(source, read_lines(args.distill_src)[: args.distill_lines])
@@ -144,6 +185,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--distill-src", type=Path, help="A corpus the first checkpoint distils with both engines.")
     ap.add_argument("--distill-lines", type=int, default=2000)
+    ap.add_argument("--huggingface", action="store_true", help="Also the transformers export (beam 5).")
     ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,6 +200,8 @@ def main() -> None:
             "repeats": args.repeats,
             "translation": [row for c in args.checkpoints for row in translation_rows(args, c, work)],
         }
+        if args.huggingface:
+            result["huggingface"] = [row for c in args.checkpoints for row in huggingface_rows(args, c, work)]
         if args.distill_src:
             result["distill"] = distill_rows(args, args.checkpoints[0], work)
     text = json.dumps(result, indent=2)
