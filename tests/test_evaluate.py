@@ -23,7 +23,7 @@ def test_a_warm_up_translation_runs_before_the_timer_starts(tmp_path, monkeypatc
         translate=translate,
         tgt_vocab=SimpleNamespace(encode=lambda lines: [line.split() for line in lines]),
         options=SearchOptions(beam=1),
-        models=[],
+        num_parameters=lambda: 0,
         device=torch.device("cpu"),
     )
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
