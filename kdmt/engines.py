@@ -56,9 +56,9 @@ class CTranslate2Translator(TextTranslator):
         except (RuntimeError, ValueError) as e:
             raise KdmtError(f"{directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
         self.src_vocab, self.tgt_vocab = Vocab.load(directory / SOURCE_SPM), Vocab.load(directory / TARGET_SPM)
-        self.src_pieces = [self.src_vocab.sp.id_to_piece(i) for i in range(len(self.src_vocab))]
-        self.tgt_ids = {self.tgt_vocab.sp.id_to_piece(i): i for i in range(len(self.tgt_vocab))}
-        self.suppress = [[self.tgt_vocab.sp.id_to_piece(PAD)], [self.tgt_vocab.sp.id_to_piece(BOS)]]
+        self.src_pieces, tgt_pieces = self.src_vocab.pieces(), self.tgt_vocab.pieces()
+        self.tgt_ids = {piece: i for i, piece in enumerate(tgt_pieces)}
+        self.suppress = [[tgt_pieces[PAD]], [tgt_pieces[BOS]]]
         self.options = options
         self.device = torch.device(device, device_index) if device == "cuda" else torch.device(device)
         self.max_positions = self.record["config"]["max_positions"]
@@ -72,10 +72,11 @@ class CTranslate2Translator(TextTranslator):
     ) -> list[list[Hypothesis]]:
         o = self.options
         lengths = torch.tensor([len(s) for s in src])
+        limits = {n: self.max_output_length(n) for n in set(lengths.tolist())}
         pending = []  # all batches are queued at once: CTranslate2 decodes `threads` of them in parallel
         for batch in token_batches(lengths, lengths, o.batch_tokens):
             ids = batch.tolist()  # sorted by length: the sentences that share a limit are neighbours
-            for limit, group in groupby(ids, key=lambda i: self.max_output_length(len(src[i]))):
+            for limit, group in groupby(ids, key=lambda i: limits[len(src[i])]):
                 group = list(group)
                 results = self.translator.translate_batch(
                     [[self.src_pieces[t] for t in src[i][:-1]] for i in group],  # the model appends EOS
@@ -118,14 +119,15 @@ def open_translator(
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    exported = [m for m in models if is_export(m)]
+    records = [read_record(m) if m.is_dir() else None for m in models]
+    exported = [(m, r) for m, r in zip(models, records) if r is not None]
     if exported:
         if len(models) > 1:
             raise KdmtError("CTranslate2 has no ensembles: give one exported directory, or checkpoints")
-        record = read_record(exported[0])
+        path, record = exported[0]
         if record["format"] != "ctranslate2":
-            raise KdmtError(f"{exported[0]}: a {record['format']} export; kdmt translates CTranslate2 exports")
-        translator = CTranslate2Translator(exported[0], options, dev.type, threads, dev.index or 0)
+            raise KdmtError(f"{path}: a {record['format']} export; kdmt translates CTranslate2 exports")
+        translator = CTranslate2Translator(path, options, dev.type, threads, dev.index or 0)
         meta = {**record["meta"], "export": {"format": "ctranslate2", "quantization": record["quantization"]}}
         return [meta], translator
     checkpoints = [load_checkpoint(m, dev) for m in models]

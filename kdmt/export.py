@@ -33,7 +33,7 @@ import torch
 from kdmt import __version__
 from kdmt.checkpoint import Checkpoint, load_checkpoint
 from kdmt.errors import KdmtError
-from kdmt.vocab import BOS, EOS, PAD, UNK, Vocab
+from kdmt.vocab import BOS, EOS, PAD, UNK
 
 QUANTIZATIONS = {
     "ctranslate2": ("float32", "int8", "int8_float32", "int16", "float16", "bfloat16"),
@@ -187,16 +187,12 @@ def write_ctranslate2(ckpt: Checkpoint, directory: Path, quantization: str = "fl
     norm(spec.encoder.layer_norm, "enc_norm")
     norm(spec.decoder.layer_norm, "dec_norm")
     spec.decoder.projection.weight = sd["tgt_embed.weight"]
-    spec.register_source_vocabulary(_pieces(ckpt.src_vocab))
-    spec.register_target_vocabulary(_pieces(ckpt.tgt_vocab))
+    spec.register_source_vocabulary(ckpt.src_vocab.pieces())
+    spec.register_target_vocabulary(ckpt.tgt_vocab.pieces())
     spec.config.add_source_eos = True  # kdmt's sources end in EOS
     spec.validate()
     spec.optimize(quantization=None if quantization == "float32" else quantization)
     spec.save(str(directory))
-
-
-def _pieces(vocab: Vocab) -> list[str]:
-    return [vocab.sp.id_to_piece(i) for i in range(len(vocab))]
 
 
 def write_huggingface(ckpt: Checkpoint, directory: Path, dtype: str = "float32") -> None:
@@ -253,7 +249,7 @@ def write_huggingface(ckpt: Checkpoint, directory: Path, dtype: str = "float32")
     )
     model.to(getattr(torch, dtype)).save_pretrained(str(directory))
     vocab = directory / "vocab.json"
-    vocab.write_text(json.dumps({p: i for i, p in enumerate(_pieces(ckpt.tgt_vocab))}, ensure_ascii=False))
+    vocab.write_text(json.dumps({p: i for i, p in enumerate(ckpt.tgt_vocab.pieces())}, ensure_ascii=False))
     tokenizer = transformers.MarianTokenizer(
         str(directory / SOURCE_SPM),
         str(directory / TARGET_SPM),

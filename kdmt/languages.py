@@ -96,7 +96,7 @@ def model_inputs(lines: list[str], pair: Pair | None, meta: dict) -> list[str]:
 
 def tag_ids(vocab: Vocab) -> list[int]:
     """The ids of a vocabulary's language tags (none in a vocabulary made for one pair)."""
-    return [i for i in range(len(vocab)) if _TAG_PIECE.fullmatch(vocab.sp.id_to_piece(i))]
+    return [i for i, piece in enumerate(vocab.pieces()) if _TAG_PIECE.fullmatch(piece)]
 
 
 @dataclass

@@ -49,6 +49,10 @@ class Vocab:
     def __len__(self) -> int:
         return self.sp.get_piece_size()
 
+    def pieces(self) -> list[str]:
+        """Every piece, in id order."""
+        return [self.sp.id_to_piece(i) for i in range(len(self))]
+
     def encode(self, lines: list[str]) -> list[list[int]]:
         """Token ids of each line, without EOS."""
         return self.sp.encode(lines, out_type=int)

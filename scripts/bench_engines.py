@@ -17,6 +17,7 @@ Example (2 CPU threads, beam 5):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -138,7 +139,7 @@ def distill_rows(args, teacher: Path, work: Path) -> list[dict]:
         "kdmt": Translator([load_checkpoint(teacher)], options),
         "ctranslate2 float32": CTranslate2Translator(exported, options, "cpu", args.threads),
     }
-    runs = iter(range(10**6))
+    runs = itertools.count()
 
     def run(name: str) -> list[str]:
         out = work / f"distill-{next(runs)}.tgt"
