@@ -23,7 +23,7 @@ from kdmt.errors import KdmtError
 from kdmt.evaluate import describe, evaluate, size_on_disk
 from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
-from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs
+from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
@@ -32,7 +32,7 @@ from kdmt.run_dir import check_out_dir
 from kdmt.shards import file_identity, launch_rank, local_device, locked
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
-from kdmt.student import StudentOptions, build_student, check_vocabulary, pair_teachers, student_corpus
+from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions
 
@@ -393,6 +393,13 @@ Teachers = Annotated[list[Path] | None, typer.Option("--teacher", "-t", help="Te
 TeacherWeights = Annotated[
     list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
 ]
+Distilled = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Distilled targets (seq-KD), line-aligned with DATA/train.src; several pairs: or PAIR=FILE for each "
+        "pair, line-aligned with DATA/train.PAIR.src."
+    ),
+]
 FallbackRef = Annotated[
     bool, typer.Option(help="Where the distilled line is empty (filtered), train on the reference instead of dropping.")
 ]
@@ -404,9 +411,7 @@ def train_student_cmd(
     out: Out,
     teacher: Teachers = None,
     teacher_weight: TeacherWeights = None,
-    distilled: Annotated[
-        Path | None, typer.Option(help="Distilled targets, line-aligned with DATA/train.src (seq-KD).")
-    ] = None,
+    distilled: Distilled = None,
     ref_share: Annotated[float, typer.Option(help="Share of reference pairs mixed with the distilled ones.")] = 0.0,
     fallback_ref: FallbackRef = False,
     alpha: Annotated[float, typer.Option(help="Word-level KD weight α (0: off).")] = 0.0,
@@ -480,7 +485,8 @@ def train_student_cmd(
     Example: kdmt train-student --data work/data --out work/student --distilled work/distilled/train.tgt \
     --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-steps 10000
 
-    Multilingual data: one teacher per pair, --teacher PAIR=CHECKPOINT; each sentence learns from its pair's.
+    Multilingual data: one teacher per pair, --teacher PAIR=CHECKPOINT; each sentence learns from its pair's;
+    the distilled targets in one file or --distilled PAIR=FILE for each pair (kdmt distill of DATA/train.PAIR.src).
     """
     dev = _join_training(device, out, resume)
     config = TrainConfig(
@@ -509,7 +515,7 @@ def train_student_cmd(
     options = StudentOptions(
         teachers=teacher or [],
         teacher_weights=teacher_weight,
-        distilled=distilled,
+        distilled=distilled or [],
         ref_share=ref_share,
         fallback_ref=fallback_ref,
         alpha=alpha,
@@ -568,9 +574,7 @@ def soft_targets_cmd(
         ),
     ],
     teacher_weight: TeacherWeights = None,
-    distilled: Annotated[
-        Path | None, typer.Option(help="The student's distilled targets, as for train-student.")
-    ] = None,
+    distilled: Distilled = None,
     ref_share: Annotated[float, typer.Option(help="As for train-student: the same corpus is needed.")] = 0.0,
     fallback_ref: FallbackRef = False,
     topk: Annotated[int, typer.Option(help="Probabilities kept per target token.")] = 8,
@@ -595,7 +599,7 @@ def soft_targets_cmd(
     prepared = PreparedData.open(data)
     dev = local_device(device)
     pairs = [p["pair"] for p in prepared.info.pairs] if prepared.info.pairs else None
-    paths = pair_teachers(teacher, pairs) if pairs else teacher
+    paths = per_pair(teacher, pairs, "--teacher PAIR=CHECKPOINT") if pairs else teacher
     if pairs and (teacher_weight or not paths):
         raise KdmtError("several pairs: give one --teacher PAIR=CHECKPOINT for each pair, and no --teacher-weight")
     teachers = [(path, load_checkpoint(path, dev)) for path in paths]

@@ -118,7 +118,8 @@ def describe(meta: dict) -> str:
     corpus = meta.get("corpus") or {}
     if corpus.get("distilled"):
         share = corpus.get("ref_share", 0.0)
-        parts.append(f"seq-KD on {corpus['distilled']}" + (f" + {share:.0%} references" if share else ""))
+        files = corpus["distilled"] if isinstance(corpus["distilled"], list) else [corpus["distilled"]]
+        parts.append(f"seq-KD on {', '.join(files)}" + (f" + {share:.0%} references" if share else ""))
     elif meta.get("role") == "student":
         parts.append("references")
     if kd := meta.get("word_kd"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,6 +125,20 @@ class PairRows:
     def index(self, rows: np.ndarray) -> np.ndarray:
         """The index of the pair of each row, of an array."""
         return np.searchsorted(self.bounds, rows, side="right") - 1
+
+
+def per_pair(values: Sequence[str | Path], pairs: Sequence[str], usage: str) -> list[Path]:
+    """The files of a repeated option given as PAIR=FILE (`usage`, e.g. "--teacher PAIR=CHECKPOINT"), one for
+    each of several pairs, in the pairs' order (none given: none)."""
+    found: dict[str, Path] = {}
+    for text in map(str, values):
+        pair, _, path = text.partition("=")
+        if not path or pair not in pairs or pair in found:
+            raise KdmtError(f"several pairs ({', '.join(pairs)}): give one {usage} for each")
+        found[pair] = Path(path)
+    if found and len(found) != len(pairs):
+        raise KdmtError(f"several pairs: give one {usage} for each of {', '.join(pairs)}")
+    return [found[pair] for pair in pairs] if found else []
 
 
 def bleu_key(pair: str | None) -> str:

@@ -19,7 +19,8 @@ from kdmt.checkpoint import Checkpoint, load_checkpoint
 from kdmt.corpus import CHUNK_PAIRS, CorpusSink, encode_flat, ids_dtype, open_corpus, vocab_key, write_corpus
 from kdmt.data import PreparedData, TokenizedCorpus, stream_parallel
 from kdmt.errors import KdmtError
-from kdmt.languages import PairRows, PairSampler
+from kdmt.files import stream_lines
+from kdmt.languages import PairRows, PairSampler, per_pair
 from kdmt.model import ModelConfig, Transformer
 from kdmt.objectives import Distillation, SelectiveKD
 from kdmt.parallel import chunks
@@ -49,54 +50,78 @@ def mix_indices(n_distilled: int, n_reference: int, ref_share: float, seed: int)
 
 def student_corpus(
     data: PreparedData,
-    distilled: Path | None,
+    distilled: Sequence[str | Path] | None,
     ref_share: float,
     seed: int,
     fallback_to_reference: bool = False,
 ) -> tuple[TokenizedCorpus, dict]:
-    """The student's training pairs: the distilled targets (line-aligned with DATA/train.src), the
-    references, or both mixed with `ref_share` references. A pair whose distilled line is empty (an
+    """The student's training pairs: the distilled targets, the references, or both mixed with `ref_share`
+    references. `distilled` is one file line-aligned with DATA/train.src or, for several pairs, one
+    PAIR=FILE for each, line-aligned with DATA/train.PAIR.src. A pair whose distilled line is empty (an
     empty, over-long or filtered line of `kdmt distill`) is dropped, or with `fallback_to_reference`
-    takes the reference target instead. On the references alone, this is DATA's own corpus; with a distilled
-    file, a corpus tokenized once into DISTILLED.student-HASH.* (kdmt.corpus), and mapped from there while
-    the distilled file, the data and these settings are the same."""
+    takes the reference target instead. On the references alone, this is DATA's own corpus; with distilled
+    files, a corpus tokenized once into FIRST-FILE.student-HASH.* (kdmt.corpus), and mapped from there while
+    the distilled files, the data and these settings are the same."""
     train, pairs = data.corpus("train"), data.info.pair_rows("train")
-    if distilled is None:
+    if not distilled:
         counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": pairs.counts} if pairs else {})
         return train, _corpus_record(None, 1.0, len(train), counts)
-    if not distilled.is_file():
-        raise KdmtError(f"{distilled}: no such file")
+    files, per_pair_rows = _distilled_files(distilled, pairs)
+    for file in files:
+        if not file.is_file():
+            raise KdmtError(f"{file}: no such file")
     if pairs is not None and ref_share > 0:
         raise KdmtError("several pairs: --ref-share is not supported; --fallback-ref keeps references where needed")
     settings = {"ref_share": ref_share, "seed": seed if 0 < ref_share < 1 else None, "fallback": fallback_to_reference}
-    name = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    prefix = distilled.with_name(f"{distilled.name}.student-{name}")
-    stat = distilled.stat()
+    named = settings | ({"files": [str(f) for f in files]} if per_pair_rows else {})
+    name = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:8]
+    prefix = files[0].with_name(f"{files[0].name}.student-{name}")
     key = {**settings, **vocab_key(data.src_vocab, data.tgt_vocab), "data": train.fingerprint()}
-    key["distilled"] = [stat.st_size, stat.st_mtime_ns]
+    stats = [file.stat() for file in files]
+    key["distilled"] = (
+        [[st.st_size, st.st_mtime_ns] for st in stats] if per_pair_rows else [stats[0].st_size, stats[0].st_mtime_ns]
+    )
     if (found := open_corpus(prefix, key)) is None:
-        _write_student_corpus(prefix, key, data, train, distilled, settings)
+        counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": [0] * len(pairs.names)} if pairs else {})
+        lines = _distilled_lines(files, per_pair_rows, data.root / "train.tgt", fallback_to_reference, counts)
+        names = ", ".join(map(str, files))
+        _write_student_corpus(prefix, key, data, train, lines, counts, settings, names)
         found = open_corpus(prefix, key)
     if found is None:
         raise KdmtError(f"{prefix}: the student's corpus just written cannot be read back")
     corpus, counts = found
-    return corpus, _corpus_record(distilled, ref_share, len(corpus), counts)
+    record = [f"{n}={f}" for n, f in zip(pairs.names, files)] if per_pair_rows else str(files[0])
+    return corpus, _corpus_record(record, ref_share, len(corpus), counts)
 
 
-def _corpus_record(distilled: Path | None, ref_share: float, pairs: int, counts: dict) -> dict:
-    return {"distilled": str(distilled) if distilled else None, "ref_share": ref_share, "pairs": pairs, **counts}
+def _distilled_files(values: Sequence[str | Path], pairs: PairRows | None) -> tuple[list[Path], PairRows | None]:
+    """The distilled files, and the rows of each pair where there is one file per pair (PAIR=FILE)."""
+    if len(values) == 1 and (pairs is None or str(values[0]).partition("=")[0] not in pairs.names):
+        return [Path(values[0])], None
+    if pairs is None:
+        raise KdmtError("give one --distilled file, line-aligned with DATA/train.src")
+    return per_pair(values, pairs.names, "--distilled PAIR=FILE"), pairs
+
+
+def _corpus_record(distilled: str | list[str] | None, ref_share: float, pairs: int, counts: dict) -> dict:
+    return {"distilled": distilled, "ref_share": ref_share, "pairs": pairs, **counts}
 
 
 def _write_student_corpus(
-    prefix: Path, key: dict, data: PreparedData, train: TokenizedCorpus, distilled: Path, settings: dict
+    prefix: Path,
+    key: dict,
+    data: PreparedData,
+    train: TokenizedCorpus,
+    lines: Iterator[tuple[int, str]],
+    counts: dict,
+    settings: dict,
+    names: str,
 ) -> None:
-    """Tokenize the kept distilled lines with their sources, in line order: the student's corpus itself,
-    or, to be mixed with references, a temporary one that the mix draws from."""
+    """Tokenize the kept distilled `lines` with their sources, in line order (`counts` counts them): the
+    student's corpus itself, or, to be mixed with references, a temporary one that the mix draws from."""
     pairs = data.info.pair_rows("train")
-    counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": [0] * len(pairs.names)} if pairs else {})
     dtype = ids_dtype(max(len(data.src_vocab), len(data.tgt_vocab)))
-    empty = f"every line of {distilled} is empty (filtered by kdmt distill?): --fallback-ref trains on the references"
-    lines = _distilled_lines(distilled, data.root / "train.tgt", settings["fallback"], counts)
+    empty = f"every line of {names} is empty (filtered by kdmt distill?): --fallback-ref trains on the references"
     if settings["ref_share"] <= 0:
         with write_corpus(prefix, dtype, key, counts) as sink:
             _tokenize_distilled(sink, lines, train, data.tgt_vocab, pairs, counts)
@@ -117,10 +142,16 @@ def _write_student_corpus(
                     out.add(source.rows("src", index), source.rows("tgt", index))
 
 
-def _distilled_lines(distilled: Path, references: Path, fallback: bool, counts: dict) -> Iterator[tuple[int, str]]:
+def _distilled_lines(
+    files: list[Path], per_pair_rows: PairRows | None, references: Path, fallback: bool, counts: dict
+) -> Iterator[tuple[int, str]]:
     """(line number, target) of each kept line: the distilled line, or the reference where it is empty and
     `fallback`; the others are counted in `counts`."""
-    for row, (hyp, ref) in enumerate(stream_parallel(distilled, references)):
+    if per_pair_rows is None:
+        pairs = stream_parallel(files[0], references)
+    else:
+        pairs = zip(_per_pair_lines(files, per_pair_rows), stream_lines(references))
+    for row, (hyp, ref) in enumerate(pairs):
         if hyp.strip():
             yield row, hyp
         elif fallback:
@@ -128,6 +159,19 @@ def _distilled_lines(distilled: Path, references: Path, fallback: bool, counts: 
             yield row, ref
         else:
             counts["dropped_empty"] += 1
+
+
+def _per_pair_lines(files: list[Path], rows: PairRows) -> Iterator[str]:
+    """The lines of one file per pair, one after the other; each must hold exactly its pair's rows."""
+    for file, name, count in zip(files, rows.names, rows.counts):
+        n = 0
+        for n, line in enumerate(stream_lines(file), 1):
+            if n > count:
+                break
+            yield line
+        if n != count:
+            n = sum(1 for _ in stream_lines(file))
+            raise KdmtError(f"line counts differ: {file} has {n} lines, the data's {name} sentences {count}")
 
 
 def _tokenize_distilled(
@@ -204,7 +248,7 @@ class StudentOptions:
 
     teachers: list[Path] = field(default_factory=list)
     teacher_weights: list[float] | None = None
-    distilled: Path | None = None  # seq-KD targets, line-aligned with DATA/train.src
+    distilled: list[str] = field(default_factory=list)  # seq-KD targets: a file, or PAIR=FILE for each pair
     ref_share: float = 0.0
     fallback_ref: bool = False  # a pair whose distilled line is empty keeps its reference
     alpha: float = 0.0  # word-level KD weight
@@ -246,19 +290,6 @@ class Student:
         return {"margin": selective.margin, "teacher_bleu": selective.teacher_bleu}
 
 
-def pair_teachers(teachers: list[Path], pairs: list[str]) -> list[Path]:
-    """The teachers of several pairs, given as PAIR=CHECKPOINT, in the order of the pairs: one for each."""
-    found: dict[str, Path] = {}
-    for text in map(str, teachers):
-        pair, _, path = text.partition("=")
-        if not path or pair not in pairs or pair in found:
-            raise KdmtError(f"several pairs ({', '.join(pairs)}): give one --teacher PAIR=CHECKPOINT for each")
-        found[pair] = Path(path)
-    if found and len(found) != len(pairs):
-        raise KdmtError(f"several pairs: give a teacher for each of {', '.join(pairs)}")
-    return [found[pair] for pair in pairs] if found else []
-
-
 def build_student(
     data: PreparedData,
     config: ModelConfig,
@@ -279,7 +310,7 @@ def build_student(
     names = all_pairs if o.pair is None else None  # the pairs trained side by side, each with its teacher
     if o.pair_temperature != 1 and (not names or not o.pair_temperature > 0):
         raise KdmtError("--pair-temperature draws the pairs of multilingual data, and must be positive")
-    paths = pair_teachers(o.teachers, names) if names else o.teachers
+    paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
     teachers = [(path, load_checkpoint(path, device)) for path in paths]
     check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
     trained_on = names or ([o.pair] * len(teachers) if o.pair else [])  # the pair each teacher must know

@@ -241,11 +241,11 @@ def test_student_corpus_falls_back_to_the_reference_for_empty_distilled_lines(to
     lines[0] = lines[2] = ""  # filtered by kdmt distill
     distilled = write(tmp_path / "d", lines)
 
-    corpus, record = student_corpus(PreparedData.open(toy_data), distilled, 0.0, 1, fallback_to_reference=True)
+    corpus, record = student_corpus(PreparedData.open(toy_data), [distilled], 0.0, 1, fallback_to_reference=True)
     assert len(corpus) == len(refs) and record["fallback_ref"] == 2 and record["dropped_empty"] == 0
     assert corpus.pair(0)[1].tolist() == vocab.encode([refs[0]])[0] + [EOS]
     assert corpus.pair(1)[1].tolist() == vocab.encode(["j"])[0] + [EOS]
 
-    corpus, record = student_corpus(PreparedData.open(toy_data), distilled, 0.0, 1)
+    corpus, record = student_corpus(PreparedData.open(toy_data), [distilled], 0.0, 1)
     assert len(corpus) == len(refs) - 2 and record["fallback_ref"] == 0 and record["dropped_empty"] == 2
     assert corpus.pair(0)[1].tolist() == vocab.encode(["j"])[0] + [EOS]

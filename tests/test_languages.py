@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import sentencepiece
 import torch
@@ -340,7 +341,7 @@ def test_a_multilingual_student_from_per_pair_teachers(toy_student):
     lines = (root / "distilled.tgt").read_text().splitlines()
     n_rv = data.info.pair_rows("train").counts[0]
     holes = write(root / "holes.tgt", ["" if i % 3 == 0 or i >= n_rv + 50 else line for i, line in enumerate(lines)])
-    corpus, record = student_corpus(data, holes, 0.0, 1)  # the rows of each pair that the dropped lines leave
+    corpus, record = student_corpus(data, [holes], 0.0, 1)  # the rows of each pair that the dropped lines leave
     assert record["pair_rows"] == [
         sum(1 for i in range(n_rv) if i % 3),
         sum(1 for i in range(n_rv, n_rv + 50) if i % 3),
@@ -359,6 +360,24 @@ def test_a_multilingual_student_from_per_pair_teachers(toy_student):
         teachers[1].replace("xx-rv=", "xx-cp="),
     ]
     assert_fails(kdmt(*bad, *swapped, *train, "--max-steps", "1"), "was not trained on xx-rv")
+
+
+def test_one_distilled_file_per_pair_makes_the_corpus_of_their_concatenation(toy_multilingual, tmp_path):
+    root, _ = toy_multilingual
+    data = PreparedData.open(root / "data")
+    whole, record = student_corpus(data, [root / "distilled.tgt"], 0.0, 1)
+    per_pair = [f"xx-cp={root / 'distilled.xx-cp'}", f"xx-rv={root / 'distilled.xx-rv'}"]  # any order
+    corpus, pair_record = student_corpus(data, per_pair, 0.0, 1)
+    assert pair_record["distilled"] == [f"xx-rv={root / 'distilled.xx-rv'}", f"xx-cp={root / 'distilled.xx-cp'}"]
+    assert pair_record["pair_rows"] == record["pair_rows"] and len(corpus) == len(whole)
+    rows = np.arange(len(corpus))
+    for side in ("src", "tgt"):
+        assert all(np.array_equal(a, b) for a, b in zip(corpus.rows(side, rows), whole.rows(side, rows)))
+    short = write(tmp_path / "short", (root / "distilled.xx-cp").read_text().splitlines()[:-1])
+    with pytest.raises(KdmtError, match="short has 99 lines, the data's xx-cp sentences 100"):
+        student_corpus(data, [f"xx-rv={root / 'distilled.xx-rv'}", f"xx-cp={short}"], 0.0, 1)
+    with pytest.raises(KdmtError, match="give one --distilled PAIR=FILE for each of xx-rv, xx-cp"):
+        student_corpus(data, [f"xx-rv={root / 'distilled.xx-rv'}"], 0.0, 1)
 
 
 def load_meta(path):

@@ -264,7 +264,7 @@ def test_the_students_corpus_is_tokenized_once(toy_data, tmp_path, monkeypatch, 
     src, ref = data.text("train")
     hyps = distilled_lines(ref, 7)
     distilled = write(tmp_path / "distilled.tgt", hyps)
-    corpus, record = student_corpus(data, distilled, ref_share, 5, fallback)
+    corpus, record = student_corpus(data, [distilled], ref_share, 5, fallback)
 
     pairs = old_student_pairs(src, ref, hyps, ref_share, 5, fallback)
     expected = TokenizedCorpus.encode([s for s, _ in pairs], [t for _, t in pairs], data.src_vocab, data.tgt_vocab)
@@ -278,7 +278,7 @@ def test_the_students_corpus_is_tokenized_once(toy_data, tmp_path, monkeypatch, 
         raise AssertionError("tokenized again")
 
     monkeypatch.setattr("kdmt.student.encode_flat", tokenizing)
-    again, record_again = student_corpus(data, distilled, ref_share, 5, fallback)
+    again, record_again = student_corpus(data, [distilled], ref_share, 5, fallback)
     assert again.fingerprint() == corpus.fingerprint() and record_again == record and len(again) == len(corpus)
 
 
@@ -286,14 +286,14 @@ def test_the_students_corpus_follows_its_distilled_file(toy_data, tmp_path):
     data = PreparedData.open(toy_data)
     src, ref = data.text("train")
     distilled = write(tmp_path / "distilled.tgt", distilled_lines(ref, 7))
-    first, _ = student_corpus(data, distilled, 0.0, 1)
+    first, _ = student_corpus(data, [distilled], 0.0, 1)
     write(distilled, distilled_lines(ref, 5))  # distilled again: other lines
-    corpus, record = student_corpus(data, distilled, 0.0, 1)
+    corpus, record = student_corpus(data, [distilled], 0.0, 1)
     pairs = old_student_pairs(src, ref, distilled_lines(ref, 5), 0.0, 1, False)
     expected = TokenizedCorpus.encode([s for s, _ in pairs], [t for _, t in pairs], data.src_vocab, data.tgt_vocab)
     assert corpus.fingerprint() == expected.fingerprint() != first.fingerprint()
     assert record["dropped_empty"] == len(ref) - len(pairs)
     with pytest.raises(Exception, match="every line of .* is empty"):
-        student_corpus(data, write(tmp_path / "empty.tgt", [""] * len(ref)), 0.3, 1)
+        student_corpus(data, [write(tmp_path / "empty.tgt", [""] * len(ref))], 0.3, 1)
     references, record = student_corpus(data, None, 0.0, 1)
     assert references.fingerprint() == data.corpus("train").fingerprint() and record["pairs"] == len(ref)

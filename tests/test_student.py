@@ -125,7 +125,7 @@ def test_student_corpus_drops_empty_distilled_lines(toy_data, tmp_path):
     src = (toy_data / "train.src").read_text().splitlines()
     lines = ["x"] * len(src)
     lines[0] = ""
-    corpus, record = student_corpus(PreparedData.open(toy_data), write(tmp_path / "d", lines), 0.0, 1)
+    corpus, record = student_corpus(PreparedData.open(toy_data), [write(tmp_path / "d", lines)], 0.0, 1)
     assert len(corpus) == len(src) - 1 and record["dropped_empty"] == 1
 
 
