@@ -65,8 +65,10 @@ def test_the_pivot_recipe_uses_no_english_of_the_students_half(tmp_path):
         and "tail -n +$((14500 + 1)) | head -n 14500" in halves["half-b/train.fr"]
     )
     uses_b = [line for line in planned if "half-b/train" in line and "zcat" not in line]
-    assert len(uses_b) == 3  # its German distilled, its French copied beside that, the upper bound's prepare
+    # its German distilled, its French copied beside that, the upper bound's prepare, pivot translation's fr→de
+    assert len(uses_b) == 4
     assert sum(f"-o {tmp_path}/supervised-data" in line for line in uses_b) == 1
+    assert "--src fr --tgt de" in next(line for line in uses_b if f"-o {tmp_path}/cascade-data" in line)
     assert sum(line.startswith("cp ") and line.split()[1].endswith("half-b/train.fr") for line in uses_b) == 1
     teacher = next(line for line in planned if "kdmt prepare --src de" in line)
     assert "half-a/train" in teacher and "half-b" not in teacher
