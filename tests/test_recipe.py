@@ -79,3 +79,23 @@ def test_the_pivot_recipe_uses_no_english_of_the_students_half(tmp_path):
         f"{tmp_path}/pivot/{n}" for n in ("train.en", "val.en")
     ]
     assert all("half-b/train.de" in line or "val.de.gz" in line for line in distilled)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("steps", [420, 1260])
+def test_the_multilingual_recipe_gives_each_student_its_pairs_budget(tmp_path, steps):
+    """recipes/multi30k-multilingual at CPU size: a per-pair student trains STUDENT_STEPS, a multilingual one
+    twice as many (as many tokens of each pair), and so does low-alone, which is compared with low-multi."""
+    command = ["make", "-n", "-B", "-f", "recipes/multi30k-multilingual/Makefile", "SIZE=cpu", f"W={tmp_path}"]
+    command += [f"STUDENT_STEPS={steps}"]
+    planned = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    budgets = {}
+    for line in planned:
+        if "train-student" in line:
+            words = line.split()
+            name = Path(words[words.index("--out") + 1]).name
+            budgets[name] = [int(words[i + 1]) for i, w in enumerate(words) if w == "--max-steps"]
+    per_pair = [f"student-{p}-{s}" for p in ("de-en", "fr-en") for s in ("ref", "seqkd", "kd")]
+    assert {name: budgets[name] for name in per_pair} == {name: [steps] for name in per_pair}
+    multi = ["student-multi-seqkd", "student-multi-kd", "student-low-multi", "student-low-alone"]
+    assert {name: budgets[name] for name in multi} == {name: [2 * steps] for name in multi}
