@@ -77,10 +77,7 @@ def student_corpus(
     name = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:8]
     prefix = files[0].with_name(f"{files[0].name}.student-{name}")
     key = {**settings, **vocab_key(data.src_vocab, data.tgt_vocab), "data": train.fingerprint()}
-    stats = [file.stat() for file in files]
-    key["distilled"] = (
-        [[st.st_size, st.st_mtime_ns] for st in stats] if per_pair_rows else [stats[0].st_size, stats[0].st_mtime_ns]
-    )
+    key["distilled"] = [[st.st_size, st.st_mtime_ns] for st in map(Path.stat, files)]
     if (found := open_corpus(prefix, key)) is None:
         counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": [0] * len(pairs.names)} if pairs else {})
         lines = _distilled_lines(files, per_pair_rows, data.root / "train.tgt", fallback_to_reference, counts)
@@ -90,7 +87,7 @@ def student_corpus(
     if found is None:
         raise KdmtError(f"{prefix}: the student's corpus just written cannot be read back")
     corpus, counts = found
-    record = [f"{n}={f}" for n, f in zip(pairs.names, files)] if per_pair_rows else str(files[0])
+    record = [f"{n}={f}" for n, f in zip(per_pair_rows.names, files)] if per_pair_rows else str(files[0])
     return corpus, _corpus_record(record, ref_share, len(corpus), counts)
 
 

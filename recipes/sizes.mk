@@ -17,16 +17,16 @@ TEACHER := --preset small --max-steps $(TEACHER_STEPS) --max-tokens 3000 --warmu
 TEACHER_CKPT := checkpoint_best.pt
 STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 2 --dec-layers 2 --max-tokens 3000 --warmup 300 \
 	--lr 2e-3 --valid-interval 210 --valid-bleu-sents 300
-budget = --max-steps $(shell echo $$(($(1) * $(STUDENT_STEPS))))
-THREADS := OMP_NUM_THREADS=1
 else ifeq ($(SIZE),smoke)
 TEACHER_STEPS ?= 30
 STUDENT_STEPS ?= 20
 TEACHER := --preset tiny --max-steps $(TEACHER_STEPS) --valid-interval 15 --valid-bleu-sents 50
 TEACHER_CKPT := checkpoint_best.pt
 STUDENT := --preset tiny --valid-interval 10 --valid-bleu-sents 50
-budget = --max-steps $(shell echo $$(($(1) * $(STUDENT_STEPS))))
-THREADS := OMP_NUM_THREADS=1
 else
 $(error SIZE must be gpu, cpu or smoke, not "$(SIZE)")
+endif
+ifneq ($(SIZE),gpu)
+budget = --max-steps $(shell echo $$(($(1) * $(STUDENT_STEPS))))
+THREADS := OMP_NUM_THREADS=1
 endif
