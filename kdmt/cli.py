@@ -25,6 +25,7 @@ from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair
 from kdmt.model import ModelConfig, Transformer, make_config
+from kdmt.options import check_ranges
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
@@ -49,12 +50,14 @@ if not err.is_terminal:
 
 
 def command(name: str):
-    """Register a command whose KdmtError becomes one line on stderr and exit code 2."""
+    """Register a command whose numeric options are checked against kdmt.options.RANGES before it starts,
+    and whose KdmtError becomes one line on stderr and exit code 2."""
 
     def register(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
+                check_ranges(kwargs)
                 return fn(*args, **kwargs)
             except KdmtError as e:
                 print(f"kdmt {name}: error: {e}", file=sys.stderr)

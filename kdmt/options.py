@@ -1,0 +1,123 @@
+"""The range of every numeric command-line option, by name, and the one check of them.
+
+`kdmt.cli.command` checks each command's values against RANGES before the command starts: a value out of
+range is one line naming the option, its value and the range (exit 2), and nothing is done. An option
+given several values (a list or a tuple) has each checked. Checks that relate two options (--nbest at
+most --beam, --d-model divisible by --n-heads, ...) stay with the code that reads them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kdmt.errors import KdmtError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values of a numeric option: from `lo` up to `hi` (None: no upper end), each end included unless
+    open; a float must also be finite."""
+
+    kind: type  # int or float
+    lo: int | float
+    hi: int | float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: int | float) -> bool:
+        if self.kind is float and not math.isfinite(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'above' if self.lo_open else 'at least'} {self.lo}"
+        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+
+COUNT = Range(int, 1)  # sizes, steps, layers, beams: at least one
+NONNEGATIVE_INT = Range(int, 0)
+NONNEGATIVE = Range(float, 0)
+POSITIVE = Range(float, 0, lo_open=True)
+FRACTION = Range(float, 0, 1, hi_open=True)  # dropout, label smoothing, Adam's betas
+SHARE = Range(float, 0, 1)
+
+RANGES: dict[str, Range] = {
+    # prepare
+    "vocab_size": Range(int, 5),  # the four special pieces (pad, unk, bos, eos) and one more
+    "max_words": COUNT,
+    "max_ratio": Range(float, 1),
+    "spm_sample": Range(int, 2),
+    "spm_temperature": POSITIVE,
+    "workers": COUNT,
+    # the model
+    "d_model": COUNT,
+    "n_heads": COUNT,
+    "enc_layers": COUNT,
+    "dec_layers": COUNT,
+    "d_ff": COUNT,
+    "dropout": FRACTION,
+    # training
+    "max_tokens": COUNT,
+    "update_freq": COUNT,
+    "lr": POSITIVE,
+    "warmup": NONNEGATIVE_INT,
+    "adam_betas": FRACTION,
+    "label_smoothing": FRACTION,
+    "clip_norm": NONNEGATIVE,  # 0: no clipping
+    "weight_decay": NONNEGATIVE,
+    "max_steps": COUNT,
+    "epochs": COUNT,
+    "valid_interval": COUNT,
+    "valid_bleu_sents": NONNEGATIVE_INT,  # 0: no validation BLEU
+    "valid_beam": COUNT,
+    "patience": COUNT,
+    "keep_last": COUNT,
+    "average_last": NONNEGATIVE_INT,  # 0: no average
+    "max_len": COUNT,
+    "log_interval": COUNT,
+    "seed": Range(int, 0, 2**31 - 1),
+    # distillation
+    "teacher_weight": NONNEGATIVE,
+    "ref_share": SHARE,
+    "alpha": SHARE,
+    "temperature": POSITIVE,
+    "topk": COUNT,
+    "hidden_beta": NONNEGATIVE,
+    "pair_temperature": POSITIVE,
+    "selective_margin": Range(float, -100, 100),  # a difference of BLEU scores
+    "shard_size": COUNT,
+    "nbest": COUNT,
+    "max_repeat": Range(int, 2),
+    "max_len_ratio": Range(float, 1, lo_open=True),
+    # search
+    "beam": COUNT,
+    "lenpen": NONNEGATIVE,
+    "max_len_a": NONNEGATIVE,
+    "max_len_b": NONNEGATIVE_INT,
+    "batch_tokens": COUNT,
+    "max_src_tokens": COUNT,
+    "threads": NONNEGATIVE_INT,  # 0: torch's default
+}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option: max_len_a -> --max-len-a."""
+    return "--" + name.replace("_", "-")
+
+
+def check_ranges(values: Mapping[str, Any]) -> None:
+    """Raise KdmtError for the first value outside its option's range; None (not given) and names without
+    a range pass."""
+    for name, value in values.items():
+        allowed = RANGES.get(name)
+        if allowed is None or value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if v not in allowed:
+                raise KdmtError(f"{flag(name)} must be {allowed}, not {v}")
