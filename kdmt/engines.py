@@ -114,8 +114,6 @@ def open_translator(
     """A translator for checkpoints (an ensemble when several; bf16 on CUDA unless not `bf16`) or for one
     CTranslate2 directory, with each model's record of how it was made. `threads` (0: as many as torch
     uses) sets the CPU threads of either engine."""
-    if threads < 0:
-        raise KdmtError(f"--threads must not be negative, not {threads}")
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)

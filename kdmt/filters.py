@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdmt.errors import KdmtError
-
 REASONS = ("repeat", "length_limit", "ratio")
 MAX_NGRAM = 4
 
@@ -28,10 +26,6 @@ MAX_NGRAM = 4
 class FilterOptions:
     max_repeat: int = 3  # an n-gram this many times in a row is a loop
     max_len_ratio: float = 2.0  # target/source token ratio above this, or below its inverse
-
-    def __post_init__(self) -> None:
-        if self.max_repeat < 2 or not self.max_len_ratio > 1:
-            raise KdmtError("--max-repeat must be at least 2 and --max-len-ratio above 1")
 
 
 def repeated_ngram(words: list[str], max_repeat: int, max_n: int = MAX_NGRAM) -> bool:

@@ -149,8 +149,6 @@ def bleu_key(pair: str | None) -> str:
 def pair_weights(counts: Sequence[int], temperature: float) -> np.ndarray:
     """How often each pair is drawn: proportional to (its share of the data)^(1/T) (Arivazhagan et al. 2019):
     T = 1 keeps the data's proportions, a larger T draws small pairs more often, T → ∞ evenly."""
-    if not temperature > 0:
-        raise KdmtError(f"a sampling temperature must be positive, not {temperature}")
     share = np.asarray(counts, dtype=np.float64) / sum(counts)
     weights = share ** (1.0 / temperature)
     return weights / weights.sum()

@@ -114,13 +114,11 @@ class Distillation(nn.Module):
         selective: SelectiveKD | None = None,
     ):
         super().__init__()
-        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
-            raise KdmtError("α must lie in [0, 1] and the temperature be positive")
         if (alpha > 0 and soft_targets is None or hidden_beta > 0) and not teachers:
             raise KdmtError("word-level or hidden-state KD needs a teacher")
         weights = teacher_weights or [1.0] * len(teachers)
-        if len(weights) != len(teachers) or any(w < 0 for w in weights) or teachers and sum(weights) <= 0:
-            raise KdmtError("give one non-negative weight per teacher")
+        if len(weights) != len(teachers) or teachers and sum(weights) <= 0:
+            raise KdmtError("give one weight per teacher, not all 0")
         self.teachers = teachers  # a plain list: not submodules, so neither trained nor saved with the student
         for t in teachers:
             t.eval().requires_grad_(False)

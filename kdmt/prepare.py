@@ -87,7 +87,6 @@ def prepare(
     models and, last, prepare.json. A failure leaves no half-written file, and no directory it created."""
     if src_lang == tgt_lang:
         raise KdmtError("source and target languages must differ")
-    _check_options(workers, vocab)
     report = report or (lambda _: None)
     with _removed_on_failure(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -138,9 +137,6 @@ def prepare_multilingual(
         raise KdmtError("a multilingual prepare takes several pairs")
     if not vocab.joint:
         raise KdmtError("several pairs share one sentencepiece model: drop --separate-vocab")
-    if not vocab.temperature > 0:
-        raise KdmtError(f"--spm-temperature must be positive, not {vocab.temperature}")
-    _check_options(workers, vocab)
     report = report or (lambda _: None)
     pairs = [c.pair for c in corpora]
     with _removed_on_failure(out):
@@ -189,11 +185,6 @@ def prepare_multilingual(
             _tokenize(out, text, spm, spm, workers, report)
         save_prepared(out, prepared)
     return prepared
-
-
-def _check_options(workers: int, vocab: VocabOptions) -> None:
-    if workers < 1 or vocab.sample < 2:
-        raise KdmtError("--workers must be at least 1, and --spm-sample at least 2")
 
 
 def _total(stats: list[dict[str, int]]) -> dict[str, int]:

@@ -305,8 +305,8 @@ def build_student(
     if o.pair is not None and (all_pairs is None or o.soft_targets is not None):
         raise KdmtError("--pair takes multilingual data (kdmt prepare --pair ...), and online word-KD only")
     names = all_pairs if o.pair is None else None  # the pairs trained side by side, each with its teacher
-    if o.pair_temperature != 1 and (not names or not o.pair_temperature > 0):
-        raise KdmtError("--pair-temperature draws the pairs of multilingual data, and must be positive")
+    if o.pair_temperature != 1 and not names:
+        raise KdmtError("--pair-temperature draws the pairs of multilingual data")
     paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
     teachers = [(path, load_checkpoint(path, device)) for path in paths]
     check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)

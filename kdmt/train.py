@@ -73,25 +73,11 @@ class TrainConfig:
     bf16: bool = True  # autocast in bf16 on CUDA
 
     def __post_init__(self) -> None:
+        """The checks that relate settings; each one's range is kdmt.options', checked by the command line."""
         if self.max_steps is None and self.epochs is None and self.max_time is None:
             raise KdmtError("give a bound: --max-steps, --epochs or --max-time")
-        at_least_one = ("max_tokens", "update_freq", "valid_interval", "log_interval", "max_len", "keep_last")
-        at_least_one += ("max_steps", "epochs", "patience", "valid_beam")
-        for name in at_least_one:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise KdmtError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        for name in ("warmup", "weight_decay", "clip_norm", "average_last"):
-            if getattr(self, name) < 0:
-                raise KdmtError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}")
-        if not self.lr > 0:
-            raise KdmtError(f"--lr must be positive, not {self.lr}")
         if self.max_time is not None and not self.max_time > 0:
             raise KdmtError("--max-time must be positive")
-        if not 0 <= self.label_smoothing < 1:
-            raise KdmtError(f"--label-smoothing must lie in [0, 1), not {self.label_smoothing}")
-        if not all(0 <= b < 1 for b in self.adam_betas):
-            raise KdmtError(f"--adam-betas must lie in [0, 1), not {self.adam_betas}")
         if self.average_last > self.keep_last:
             raise KdmtError("--keep-last must be at least --average-last")
 

@@ -43,13 +43,6 @@ class SearchOptions:
     batch_tokens: int = 4000  # source tokens per batch (times the beam during search)
     max_src_tokens: int = 1024  # longer sources are not translated (an empty result)
 
-    def __post_init__(self) -> None:
-        for name in ("beam", "batch_tokens", "max_src_tokens"):
-            if getattr(self, name) < 1:
-                raise KdmtError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.max_len_a < 0 or self.max_len_b < 0:
-            raise KdmtError("--max-len-a and --max-len-b must not be negative")
-
 
 class TextTranslator(ABC):
     """Translation of text with sentencepiece vocabularies and an engine's `translate_ids`; language tags

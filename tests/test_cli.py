@@ -334,11 +334,8 @@ def test_prepare_from_a_local_json_dataset(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lr", "-5"], "--lr must be positive"),
-        (["--max-tokens", "0"], "--max-tokens must be at least 1"),
         (["--max-tokens", "5"], "smaller than the longest training pair"),
-        (["--label-smoothing", "1.5"], "--label-smoothing must lie in [0, 1)"),
-        (["--update-freq", "0"], "--update-freq must be at least 1"),
+        (["--average-last", "6"], "--keep-last must be at least --average-last"),
     ],
 )
 def test_bad_training_options_fail_in_one_line(toy_data, tmp_path, args, message):

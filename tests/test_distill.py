@@ -173,8 +173,6 @@ def test_hypotheses_at_the_length_limit_or_with_an_outlying_ratio_are_degenerate
     assert degenerate("", 0, 5, 20) == "ratio"  # an empty translation of a sentence
     assert degenerate("a b", 2, 5, 20, FilterOptions(max_len_ratio=3.0)) is None
     assert degenerate("x x x x x x", 6, 5, 6) == "repeat"  # the first reason that applies
-    with pytest.raises(KdmtError, match="max-repeat"):
-        FilterOptions(max_repeat=1)
 
 
 def test_max_output_length_is_the_search_limit(toy_model, tmp_path):

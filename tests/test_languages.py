@@ -154,7 +154,9 @@ def test_bad_pair_options_fail_in_one_line(tmp_path):
         kdmt("prepare", *two, "--train", prefix, "--valid", prefix, "--separate-vocab", *out), "one sentencepiece model"
     )
     cold = ["--spm-temperature", "0"]
-    assert_fails(kdmt("prepare", *two, "--train", prefix, "--valid", prefix, *cold, *out), "must be positive")
+    assert_fails(
+        kdmt("prepare", *two, "--train", prefix, "--valid", prefix, *cold, *out), "--spm-temperature must be above 0"
+    )
     assert not (tmp_path / "d").exists()
 
 
