@@ -100,6 +100,10 @@ class TrainConfig:
 FREE_ON_RESUME = ("max_steps", "epochs", "max_time", "patience", "keep_last", "average_last", "log_interval")
 
 
+# Why a run stops (None: it goes on), as stop_reason shares them between processes.
+STOP_REASONS = (None, "max steps", "epochs", "early stopping", "max time", "interrupted")
+
+
 def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     """Linear warmup to `peak` over `warmup` steps, then decay with 1/sqrt(step) (Vaswani et al.)."""
     step = max(step, 1)
@@ -237,8 +241,31 @@ class Trainer:
         return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
     def resume_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """The weights and training state of checkpoint_last.pt (read on rank 0, sent to all); refuse another
-        model, corpus or vocabulary; warn of other settings or another number of processes."""
+        """The weights and training state of checkpoint_last.pt, which every process reads itself: what
+        passes between processes is decisions alone. Refuse another model, corpus or vocabulary, or
+        processes that read different states; warn of other settings or another number of processes."""
+        path = self.out_dir / LAST
+        weights, s, saved = distributed.on_every_rank(self.read_last)
+        if len(read := set(distributed.all_gather((s["step"], s.get("elapsed_s"))))) > 1:
+            steps = ", ".join(str(step) for step, _ in sorted(read))
+            raise KdmtError(f"the processes read different {path} (steps {steps}): resume from one file they all read")
+        changed = [k for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME and saved.get(k, v) != v]
+        if changed:
+            self.console.print(f"warning: resuming with other {', '.join(changed)}: the run will not repeat exactly")
+        if (n := s.get("world_size", 1)) != self.world_size:
+            f, n_now, f_now = saved.get("update_freq", 1), self.world_size, self.config.update_freq
+            self.console.print(
+                f"warning: {path} was written by a run on {n} processes, this one has {n_now}: it continues from "
+                f"step {s['step']} at the same place in the data, but a step now takes {n_now}×{f_now} batches "
+                f"(was {n}×{f}) and the random state (dropout) starts anew, so the run will not repeat exactly; "
+                "keep processes × --update-freq to keep the batches of a step"
+            )
+        if self.main:
+            self.run_dir.forget_after(s["step"])
+        return weights, s
+
+    def read_last(self) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+        """The weights, training state and training settings of checkpoint_last.pt, checked against this run."""
         path = self.out_dir / LAST
         ckpt = load_checkpoint(path)
         s = ckpt.train_state
@@ -252,20 +279,7 @@ class Trainer:
             raise KdmtError(f"{path} holds another model: {diff}; resume with the same preset and dimensions")
         if s.get("corpus", self.train_data.fingerprint()) != self.train_data.fingerprint():
             raise KdmtError(f"{path} was trained on another corpus than this one; resume with the same data")
-        saved = ckpt.meta.get("train_config", {})
-        changed = [k for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME and saved.get(k, v) != v]
-        if changed:
-            self.console.print(f"warning: resuming with other {', '.join(changed)}: the run will not repeat exactly")
-        if (n := s.get("world_size", 1)) != self.world_size:
-            f, n_now, f_now = saved.get("update_freq", 1), self.world_size, self.config.update_freq
-            self.console.print(
-                f"warning: {path} was written by a run on {n} processes, this one has {n_now}: it continues from "
-                f"step {s['step']} at the same place in the data, but a step now takes {n_now}×{f_now} batches "
-                f"(was {n}×{f}) and the random state (dropout) starts anew, so the run will not repeat exactly; "
-                "keep processes × --update-freq to keep the batches of a step"
-            )
-        self.run_dir.forget_after(s["step"])
-        return ckpt.model.state_dict(), s
+        return ckpt.model.state_dict(), s, ckpt.meta.get("train_config", {})
 
     def restore(self, weights: dict[str, Tensor], s: dict[str, Any]) -> None:
         """Continue from a resume_state: exactly, with the number of processes that saved it."""
@@ -416,7 +430,7 @@ class Trainer:
         c = self.config
         distributed.on_rank0(lambda: self.run_dir.open(resume))
         if resume:
-            self.restore(*distributed.on_rank0(self.resume_state))
+            self.restore(*self.resume_state())
             self.console.print(f"resumed at step {self.step} after {format_duration(self.elapsed)} of training")
         if self.skipped_long:
             self.console.print(f"skipping {self.skipped_long} training pairs longer than {c.max_len} tokens")
@@ -478,7 +492,8 @@ class Trainer:
         return {"step": self.step, "stop": stop_reason, **result}
 
     def stop_reason(self, total: int | None, start: float, stop: StopRequest) -> str | None:
-        """Why training stops before the next step, if it does: rank 0's answer, given to every rank."""
+        """Why training stops before the next step, if it does: rank 0's answer, given to every rank (as its
+        index in STOP_REASONS: a tensor broadcast a step)."""
         c = self.config
         reason = None
         if total is not None and self.step >= total:
@@ -487,7 +502,7 @@ class Trainer:
             reason = "max time"
         elif stop.requested:
             reason = "interrupted"
-        return distributed.from_rank0(reason)
+        return STOP_REASONS[distributed.int_from_rank0(STOP_REASONS.index(reason))]
 
     def validate_and_save(self, elapsed: float) -> dict[str, float]:
         """Validate (rank 0; every rank gets the figures and keeps the best), then write the numbered, last

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +17,18 @@ from kdmt.checkpoint import load_checkpoint
 STEPS = 8
 TOY = ["--preset", "tiny", "--max-tokens", "1500", "--lr", "1e-3", "--warmup", "5", "--max-steps", str(STEPS)]
 TOY += ["--valid-interval", "3", "--valid-bleu-sents", "0", "--log-interval", "1", "--seed", "3", "--device", "cpu"]
+COLLECTIVE_WORKER = (str(Path(__file__).parent / "collective_worker.py"),)
 STUDENT = ["--alpha", "0.5", "--temperature", "2", "--hidden-kd", "both", "--d-model", "32", "--d-ff", "64"]
 
 
-def kdmt(*args, processes: int = 1) -> subprocess.CompletedProcess:
-    """`python -m kdmt ARGS` in a fresh process, or under torchrun with `processes` processes."""
+def kdmt(*args, processes: int = 1, program: tuple[str, ...] = ("-m", "kdmt"), **env) -> subprocess.CompletedProcess:
+    """`python -m kdmt ARGS` (or another `program` of the command line) in a fresh process, or under torchrun
+    with `processes` processes; `env`: more environment variables."""
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    command = [*launcher, "-m", "kdmt", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [*launcher, *program, *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env.items()}}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     return result
@@ -98,3 +101,17 @@ def test_a_resumed_two_process_run_equals_the_uninterrupted_run(toy_data, tmp_pa
     stderr = kdmt(*args, "--out", tmp_path / "other", "--resume", "--update-freq", "2").stderr
     assert "was written by a run on 2 processes, this one has 1: it continues from step 5" in stderr
     assert "will not repeat exactly" in stderr and sorted(records(tmp_path / "other")) == list(range(1, STEPS + 1))
+
+
+def test_a_two_process_resume_reads_the_checkpoint_on_every_rank_and_shares_decisions_alone(toy_data, tmp_path):
+    """No pickled collective carries the weights or Adam's state (each rank reads checkpoint_last itself),
+    and none is made each step (the stop decision is a tensor broadcast): 18 steps after the resume, a
+    few small ones, for the validation and the random states."""
+    args = ["train-teacher", "--data", toy_data, "--out", tmp_path / "run", "--dropout", "0", *TOY]
+    kdmt(*args, "--max-steps", "2", processes=2)
+    log = tmp_path / "collectives.log"
+    more = ["--max-steps", "20", "--valid-interval", "100", "--resume"]
+    kdmt(*args, *more, processes=2, program=COLLECTIVE_WORKER, COLLECTIVE_LOG=log)
+    assert sorted(records(tmp_path / "run")) == list(range(1, 21))
+    sent = [int(line.split("\t")[1]) for line in log.read_text().splitlines() if line.startswith("0\t")]
+    assert 0 < len(sent) < 18 and max(sent) < 100_000  # the tiny model's weights alone are 2.8 MB
