@@ -419,11 +419,27 @@ class Trainer:
         return result
 
     def total_steps(self) -> int | None:
-        """The step the run ends at, when --max-steps or --epochs bound it."""
+        """The step the run ends at, when --max-steps or --epochs bound it, from the current position in the
+        data and a step's batches now (for --epochs, exact when the epochs have as many batches as this one,
+        as they do without a temperature over language pairs): for the progress bar."""
         c = self.config
-        steps_per_epoch = math.ceil(len(self.epoch_batches(0)) / (c.update_freq * self.world_size))
-        bounds = [b for b in (c.max_steps, c.epochs and c.epochs * steps_per_epoch) if b]
+        bounds = [c.max_steps] if c.max_steps is not None else []
+        if c.epochs is not None:
+            left = (c.epochs - self.epoch) * len(self.epoch_batches(self.epoch)) - self.batch_in_epoch
+            bounds.append(self.step + max(0, math.ceil(left / (c.update_freq * self.world_size))))
         return min(bounds) if bounds else None
+
+    def bound_reached(self) -> str | None:
+        """Whether --max-steps or --epochs ends the run at this step ("max steps", "epochs"): --epochs N once
+        the last batch of the N-th epoch is taken, whatever number of processes and batches the steps took."""
+        c = self.config
+        if c.max_steps is not None and self.step >= c.max_steps:
+            return "max steps"
+        if c.epochs is not None:
+            last = (c.epochs - 1, len(self.epoch_batches(self.epoch)))  # the position after epoch N's last batch
+            if (self.epoch, self.batch_in_epoch) >= last:
+                return "epochs"
+        return None
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train until a bound is reached or validation stops improving; returns the final figures."""
@@ -441,7 +457,7 @@ class Trainer:
         data = self.batches()
         progress = ProgressLine(self.console, "train", total, "steps", completed=self.step)
         with progress, stop_requests() as stop:
-            while (stop_reason := self.stop_reason(total, start, stop)) is None:
+            while (stop_reason := self.stop_reason(start, stop)) is None:
                 try:
                     stats = self.train_step([next(data) for _ in range(c.update_freq)])
                 except torch.OutOfMemoryError:
@@ -450,7 +466,7 @@ class Trainer:
                     if key not in ("lr", "ntokens"):
                         window[key] = window.get(key, 0.0) + value * stats["ntokens"]
                 window["tokens"] = window.get("tokens", 0) + stats["ntokens"]
-                if self.step % c.log_interval == 0 or self.step == total:
+                if self.step % c.log_interval == 0 or self.bound_reached():
                     now = time.monotonic()
                     tokens = window.pop("tokens")
                     record = {
@@ -491,17 +507,15 @@ class Trainer:
         self.console.print(f"stopped at step {self.step} ({stop_reason}); best validation {self.best}")
         return {"step": self.step, "stop": stop_reason, **result}
 
-    def stop_reason(self, total: int | None, start: float, stop: StopRequest) -> str | None:
+    def stop_reason(self, start: float, stop: StopRequest) -> str | None:
         """Why training stops before the next step, if it does: rank 0's answer, given to every rank (as its
         index in STOP_REASONS: a tensor broadcast a step)."""
         c = self.config
-        reason = None
-        if total is not None and self.step >= total:
-            reason = "max steps" if c.max_steps and self.step >= c.max_steps else "epochs"
-        elif c.max_time is not None and time.monotonic() - start >= c.max_time:
-            reason = "max time"
-        elif stop.requested:
-            reason = "interrupted"
+        if (reason := self.bound_reached()) is None:
+            if c.max_time is not None and time.monotonic() - start >= c.max_time:
+                reason = "max time"
+            elif stop.requested:
+                reason = "interrupted"
         return STOP_REASONS[distributed.int_from_rank0(STOP_REASONS.index(reason))]
 
     def validate_and_save(self, elapsed: float) -> dict[str, float]:

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdmt.batching import token_batches
 from kdmt.checkpoint import load_checkpoint
+from kdmt.data import PreparedData
+from kdmt.run_dir import LAST
 
 STEPS = 8
 TOY = ["--preset", "tiny", "--max-tokens", "1500", "--lr", "1e-3", "--warmup", "5", "--max-steps", str(STEPS)]
@@ -115,3 +118,16 @@ def test_a_two_process_resume_reads_the_checkpoint_on_every_rank_and_shares_deci
     assert sorted(records(tmp_path / "run")) == list(range(1, 21))
     sent = [int(line.split("\t")[1]) for line in log.read_text().splitlines() if line.startswith("0\t")]
     assert 0 < len(sent) < 18 and max(sent) < 100_000  # the tiny model's weights alone are 2.8 MB
+
+
+def test_epochs_resumed_with_another_number_of_processes_take_the_epochs_batches(toy_data, tmp_path):
+    """--epochs 1 stopped after 3 steps of 2 processes (6 batches) and resumed by one: it ends at the step
+    that takes epoch 0's last batch, not after as many steps as one process takes an epoch in."""
+    args = ["train-teacher", "--data", toy_data, "--out", tmp_path, "--dropout", "0", *TOY, "--epochs", "1"]
+    kdmt(*args, "--max-steps", "3", processes=2)
+    kdmt(*args, "--max-steps", "1000", "--resume")
+    train = PreparedData.open(toy_data).corpus("train")
+    batches = len(token_batches(train.src_len, train.tgt_len, 1500))  # an epoch's, in any order
+    s = load_checkpoint(tmp_path / LAST).train_state
+    assert (s["epoch"], s["batch_in_epoch"], s["step"]) == (0, batches, 3 + batches - 6)
+    assert max(records(tmp_path)) == s["step"]
