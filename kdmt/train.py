@@ -200,6 +200,7 @@ class Trainer:
         self._plan: tuple[int, list[Tensor]] | None = None  # (epoch, its batches): see epoch_batches
         self.best: float | None = None
         self.bad_validations = 0
+        self.validated_at: int | None = None  # the step of the last validation
         self.elapsed = 0.0  # seconds of training before this run started (resumed runs)
         self.learner: nn.Module = Learner(self.model, self.objective)
         if self.world_size > 1:
@@ -227,6 +228,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "best": self.best,
             "bad_validations": self.bad_validations,
+            "validated_at": self.validated_at,
             "elapsed_s": elapsed,
             "corpus": self.train_data.fingerprint(),
             "rng_cpu": rng[0]["cpu"],
@@ -287,7 +289,7 @@ class Trainer:
         self.optimizer.load_state_dict(s["optimizer"])
         self.objective.load_state_dict(s["objective"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
-        self.best, self.bad_validations = s["best"], s["bad_validations"]
+        self.best, self.bad_validations, self.validated_at = s["best"], s["bad_validations"], s.get("validated_at")
         self.elapsed = s.get("elapsed_s", 0.0)
         n = s.get("world_size", 1)
         if n != self.world_size:
@@ -487,10 +489,7 @@ class Trainer:
                 if self.step % c.valid_interval == 0:
                     result = self.validate_and_save(time.monotonic() - start)
                     last_log = time.monotonic()  # validation time does not count against tokens/s
-                    if c.patience is not None and self.bad_validations >= c.patience:
-                        stop_reason = "early stopping"
-                        break
-        if self.step % c.valid_interval:
+        if self.step % c.valid_interval and self.validated_at != self.step:  # not a finished run resumed
             if stop_reason in ("max steps", "epochs") or self.best is None and stop_reason == "max time":
                 result = self.validate_and_save(time.monotonic() - start)
             else:  # a pause: the next validation is the scheduled one, as in an uninterrupted run
@@ -511,7 +510,9 @@ class Trainer:
         """Why training stops before the next step, if it does: rank 0's answer, given to every rank (as its
         index in STOP_REASONS: a tensor broadcast a step)."""
         c = self.config
-        if (reason := self.bound_reached()) is None:
+        if c.patience is not None and self.bad_validations >= c.patience:
+            reason = "early stopping"
+        elif (reason := self.bound_reached()) is None:
             if c.max_time is not None and time.monotonic() - start >= c.max_time:
                 reason = "max time"
             elif stop.requested:
@@ -530,6 +531,7 @@ class Trainer:
             self.best, self.bad_validations = metric, 0
         else:
             self.bad_validations += 1
+        self.validated_at = self.step
         state = self.train_state(elapsed)
         if not self.main:
             return result
