@@ -67,7 +67,7 @@ class TrainConfig:
     patience: int | None = None  # validations without improvement before stopping
     keep_last: int = 5  # numbered checkpoints kept for averaging
     average_last: int = 0  # at the end, average this many numbered checkpoints into checkpoint_avg.pt
-    max_len: int = 256  # training pairs longer than this (tokens, either side) are skipped
+    max_len: int = 256  # training and validation pairs longer than this (tokens, either side) are skipped
     seed: int = 1
     log_interval: int = 50
     bf16: bool = True  # autocast in bf16 on CUDA
@@ -185,13 +185,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
         )
-        longest = torch.maximum(train.src_len, train.tgt_len)
-        keep = longest <= config.max_len
+        self.max_len = min(config.max_len, model.config.max_positions)  # see fits
+        keep = self.fits(train)
         self.train_indices = keep.nonzero().squeeze(1)
         self.skipped_long = int((~keep).sum())
         if len(self.train_indices) == 0:
-            raise KdmtError(f"no training pair is within --max-len {config.max_len} tokens")
-        if config.max_tokens < (need := int(longest[keep].max())):
+            raise KdmtError(f"no training pair is within --max-len {self.max_len} tokens")
+        if not self.fits(valid.corpus).any():
+            raise KdmtError(f"no validation pair is within --max-len {self.max_len} tokens")
+        if config.max_tokens < (need := int(torch.maximum(train.src_len, train.tgt_len)[keep].max())):
             raise KdmtError(
                 f"--max-tokens {config.max_tokens} is smaller than the longest training pair ({need} tokens): "
                 "raise it, or lower --max-len"
@@ -208,6 +210,11 @@ class Trainer:
             self.learner = DistributedDataParallel(self.learner, device_ids=ids)
             self.learner.broadcast_buffers = False  # buffers (the positions) are constant: no sync each forward
             torch.manual_seed(rank_seed(config.seed, self.rank, 0))
+
+    def fits(self, corpus: TokenizedCorpus) -> Tensor:
+        """Which pairs of `corpus` training and validation take: those of at most --max-len tokens on either
+        side, and no more than the model's positions (a bool per pair)."""
+        return torch.maximum(corpus.src_len, corpus.tgt_len) <= self.max_len
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer trains: the model's parameters and the objective's."""
@@ -381,9 +388,10 @@ class Trainer:
         self.model.eval()
         corpus = self.valid.corpus
         loss_sum = nll_sum = ntokens = 0.0
-        lengths = torch.maximum(corpus.src_len, corpus.tgt_len)
+        rows = self.fits(corpus).nonzero().squeeze(1)
+        lengths = torch.maximum(corpus.src_len, corpus.tgt_len)[rows]
         for idx in token_batches(lengths, lengths, self.config.max_tokens):
-            batch = make_batch(corpus, idx).to(self.device)
+            batch = make_batch(corpus, rows[idx]).to(self.device)
             with autocast(self.device, self.config.bf16):
                 logits = self.model(batch.src, batch.tgt_in)
             loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.label_smoothing)
@@ -406,13 +414,12 @@ class Trainer:
         opts = SearchOptions(beam=self.config.valid_beam, batch_tokens=self.config.max_tokens)
         translator = Translator(checkpoints, opts)
         result = {}
+        fits = self.fits(self.valid.corpus).tolist()
         for name, rows in self.valid.parts():
             if pair is not None and name != pair:
                 continue
-            src, refs = (
-                self.valid.src_lines[rows.start : rows.stop][:n],
-                self.valid.ref_lines[rows.start : rows.stop][:n],
-            )
+            taken = [i for i in rows if fits[i]][:n]
+            src, refs = [self.valid.src_lines[i] for i in taken], [self.valid.ref_lines[i] for i in taken]
             with autocast(self.device, self.config.bf16):
                 hyps = translator.translate(src)
             result[bleu_key(name)] = score(hyps, refs).bleu
@@ -451,7 +458,9 @@ class Trainer:
             self.restore(*self.resume_state())
             self.console.print(f"resumed at step {self.step} after {format_duration(self.elapsed)} of training")
         if self.skipped_long:
-            self.console.print(f"skipping {self.skipped_long} training pairs longer than {c.max_len} tokens")
+            self.console.print(f"skipping {self.skipped_long} training pairs longer than {self.max_len} tokens")
+        if skipped := int((~self.fits(self.valid.corpus)).sum()):
+            self.console.print(f"skipping {skipped} validation pairs longer than {self.max_len} tokens")
         total = self.total_steps()
         start, last_log = time.monotonic() - self.elapsed, time.monotonic()
         window: dict[str, float] = {}  # sums over the steps since the last log line, weighted by tokens
