@@ -469,10 +469,7 @@ class Trainer:
         progress = ProgressLine(self.console, "train", total, "steps", completed=self.step)
         with progress, stop_requests() as stop:
             while (stop_reason := self.stop_reason(start, stop)) is None:
-                try:
-                    stats = self.train_step([next(data) for _ in range(c.update_freq)])
-                except torch.OutOfMemoryError:
-                    raise KdmtError("out of GPU memory: lower --max-tokens (and raise --update-freq)") from None
+                stats = self.train_step([next(data) for _ in range(c.update_freq)])
                 for key, value in stats.items():
                     if key not in ("lr", "ntokens"):
                         window[key] = window.get(key, 0.0) + value * stats["ntokens"]
