@@ -74,14 +74,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def collective_device() -> str:
+    """Where the tensors of a collective live: the GPU of this rank under NCCL, the CPU under gloo."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def all_sum(values: list[float]) -> list[float]:
     """The sums over all ranks of each of `values` (float64)."""
     if not is_distributed():
         return values
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    total = torch.tensor(values, dtype=torch.float64, device=device)
+    total = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(total)
     return total.tolist()
+
+
+def int_from_rank0(value: int) -> int:
+    """Rank 0's `value`, on every rank: one tensor broadcast, no pickling (cheap enough for every step)."""
+    if not is_distributed():
+        return value
+    box = torch.tensor([value], dtype=torch.int64, device=collective_device())
+    dist.broadcast(box, src=0)
+    return int(box.item())
 
 
 def from_rank0(value: T) -> T:
@@ -116,6 +129,22 @@ def on_rank0(fn: Callable[[], T]) -> T:
     result, error = from_rank0((result, error))
     if error is not None:
         raise KdmtError(error)
+    return result
+
+
+def on_every_rank(fn: Callable[[], T]) -> T:
+    """Call `fn` on every rank and return its result there; a KdmtError it raises on any rank is raised on
+    every rank (the lowest such rank's, named when not rank 0), so that all of them stop together."""
+    if not is_distributed():
+        return fn()
+    result, error = None, None
+    try:
+        result = fn()
+    except KdmtError as e:
+        error = str(e)
+    for r, message in enumerate(all_gather(error)):
+        if message is not None:
+            raise KdmtError(message if r == 0 else f"rank {r}: {message}")
     return result
 
 

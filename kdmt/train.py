@@ -67,7 +67,7 @@ class TrainConfig:
     patience: int | None = None  # validations without improvement before stopping
     keep_last: int = 5  # numbered checkpoints kept for averaging
     average_last: int = 0  # at the end, average this many numbered checkpoints into checkpoint_avg.pt
-    max_len: int = 256  # training pairs longer than this (tokens, either side) are skipped
+    max_len: int = 256  # training and validation pairs longer than this (tokens, either side) are skipped
     seed: int = 1
     log_interval: int = 50
     bf16: bool = True  # autocast in bf16 on CUDA
@@ -84,6 +84,10 @@ class TrainConfig:
 
 # Settings that a resumed run may change without breaking its exact continuation: its bounds.
 FREE_ON_RESUME = ("max_steps", "epochs", "max_time", "patience", "keep_last", "average_last", "log_interval")
+
+
+# Why a run stops (None: it goes on), as stop_reason shares them between processes.
+STOP_REASONS = (None, "max steps", "epochs", "early stopping", "max time", "interrupted")
 
 
 def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
@@ -167,13 +171,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
         )
-        longest = torch.maximum(train.src_len, train.tgt_len)
-        keep = longest <= config.max_len
+        self.max_len = min(config.max_len, model.config.max_positions)  # see fits
+        keep = self.fits(train)
         self.train_indices = keep.nonzero().squeeze(1)
         self.skipped_long = int((~keep).sum())
         if len(self.train_indices) == 0:
-            raise KdmtError(f"no training pair is within --max-len {config.max_len} tokens")
-        if config.max_tokens < (need := int(longest[keep].max())):
+            raise KdmtError(f"no training pair is within --max-len {self.max_len} tokens")
+        if not self.fits(valid.corpus).any():
+            raise KdmtError(f"no validation pair is within --max-len {self.max_len} tokens")
+        if config.max_tokens < (need := int(torch.maximum(train.src_len, train.tgt_len)[keep].max())):
             raise KdmtError(
                 f"--max-tokens {config.max_tokens} is smaller than the longest training pair ({need} tokens): "
                 "raise it, or lower --max-len"
@@ -182,6 +188,7 @@ class Trainer:
         self._plan: tuple[int, list[Tensor]] | None = None  # (epoch, its batches): see epoch_batches
         self.best: float | None = None
         self.bad_validations = 0
+        self.validated_at: int | None = None  # the step of the last validation
         self.elapsed = 0.0  # seconds of training before this run started (resumed runs)
         self.learner: nn.Module = Learner(self.model, self.objective)
         if self.world_size > 1:
@@ -189,6 +196,11 @@ class Trainer:
             self.learner = DistributedDataParallel(self.learner, device_ids=ids)
             self.learner.broadcast_buffers = False  # buffers (the positions) are constant: no sync each forward
             torch.manual_seed(rank_seed(config.seed, self.rank, 0))
+
+    def fits(self, corpus: TokenizedCorpus) -> Tensor:
+        """Which pairs of `corpus` training and validation take: those of at most --max-len tokens on either
+        side, and no more than the model's positions (a bool per pair)."""
+        return torch.maximum(corpus.src_len, corpus.tgt_len) <= self.max_len
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer trains: the model's parameters and the objective's."""
@@ -209,6 +221,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "best": self.best,
             "bad_validations": self.bad_validations,
+            "validated_at": self.validated_at,
             "elapsed_s": elapsed,
             "corpus": self.train_data.fingerprint(),
             "rng_cpu": rng[0]["cpu"],
@@ -223,8 +236,31 @@ class Trainer:
         return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
     def resume_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """The weights and training state of checkpoint_last.pt (read on rank 0, sent to all); refuse another
-        model, corpus or vocabulary; warn of other settings or another number of processes."""
+        """The weights and training state of checkpoint_last.pt, which every process reads itself: what
+        passes between processes is decisions alone. Refuse another model, corpus or vocabulary, or
+        processes that read different states; warn of other settings or another number of processes."""
+        path = self.out_dir / LAST
+        weights, s, saved = distributed.on_every_rank(self.read_last)
+        if len(read := set(distributed.all_gather((s["step"], s.get("elapsed_s"))))) > 1:
+            steps = ", ".join(str(step) for step, _ in sorted(read))
+            raise KdmtError(f"the processes read different {path} (steps {steps}): resume from one file they all read")
+        changed = [k for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME and saved.get(k, v) != v]
+        if changed:
+            self.console.print(f"warning: resuming with other {', '.join(changed)}: the run will not repeat exactly")
+        if (n := s.get("world_size", 1)) != self.world_size:
+            f, n_now, f_now = saved.get("update_freq", 1), self.world_size, self.config.update_freq
+            self.console.print(
+                f"warning: {path} was written by a run on {n} processes, this one has {n_now}: it continues from "
+                f"step {s['step']} at the same place in the data, but a step now takes {n_now}×{f_now} batches "
+                f"(was {n}×{f}) and the random state (dropout) starts anew, so the run will not repeat exactly; "
+                "keep processes × --update-freq to keep the batches of a step"
+            )
+        if self.main:
+            self.run_dir.forget_after(s["step"])
+        return weights, s
+
+    def read_last(self) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+        """The weights, training state and training settings of checkpoint_last.pt, checked against this run."""
         path = self.out_dir / LAST
         ckpt = load_checkpoint(path)
         s = ckpt.train_state
@@ -238,20 +274,7 @@ class Trainer:
             raise KdmtError(f"{path} holds another model: {diff}; resume with the same preset and dimensions")
         if s.get("corpus", self.train_data.fingerprint()) != self.train_data.fingerprint():
             raise KdmtError(f"{path} was trained on another corpus than this one; resume with the same data")
-        saved = ckpt.meta.get("train_config", {})
-        changed = [k for k, v in asdict(self.config).items() if k not in FREE_ON_RESUME and saved.get(k, v) != v]
-        if changed:
-            self.console.print(f"warning: resuming with other {', '.join(changed)}: the run will not repeat exactly")
-        if (n := s.get("world_size", 1)) != self.world_size:
-            f, n_now, f_now = saved.get("update_freq", 1), self.world_size, self.config.update_freq
-            self.console.print(
-                f"warning: {path} was written by a run on {n} processes, this one has {n_now}: it continues from "
-                f"step {s['step']} at the same place in the data, but a step now takes {n_now}×{f_now} batches "
-                f"(was {n}×{f}) and the random state (dropout) starts anew, so the run will not repeat exactly; "
-                "keep processes × --update-freq to keep the batches of a step"
-            )
-        self.run_dir.forget_after(s["step"])
-        return ckpt.model.state_dict(), s
+        return ckpt.model.state_dict(), s, ckpt.meta.get("train_config", {})
 
     def restore(self, weights: dict[str, Tensor], s: dict[str, Any]) -> None:
         """Continue from a resume_state: exactly, with the number of processes that saved it."""
@@ -259,7 +282,7 @@ class Trainer:
         self.optimizer.load_state_dict(s["optimizer"])
         self.objective.load_state_dict(s["objective"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
-        self.best, self.bad_validations = s["best"], s["bad_validations"]
+        self.best, self.bad_validations, self.validated_at = s["best"], s["bad_validations"], s.get("validated_at")
         self.elapsed = s.get("elapsed_s", 0.0)
         n = s.get("world_size", 1)
         if n != self.world_size:
@@ -351,9 +374,10 @@ class Trainer:
         self.model.eval()
         corpus = self.valid.corpus
         loss_sum = nll_sum = ntokens = 0.0
-        lengths = torch.maximum(corpus.src_len, corpus.tgt_len)
+        rows = self.fits(corpus).nonzero().squeeze(1)
+        lengths = torch.maximum(corpus.src_len, corpus.tgt_len)[rows]
         for idx in token_batches(lengths, lengths, self.config.max_tokens):
-            batch = make_batch(corpus, idx).to(self.device)
+            batch = make_batch(corpus, rows[idx]).to(self.device)
             with autocast(self.device, self.config.bf16):
                 logits = self.model(batch.src, batch.tgt_in)
             loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.config.label_smoothing)
@@ -376,13 +400,12 @@ class Trainer:
         opts = SearchOptions(beam=self.config.valid_beam, batch_tokens=self.config.max_tokens)
         translator = Translator(checkpoints, opts)
         result = {}
+        fits = self.fits(self.valid.corpus).tolist()
         for name, rows in self.valid.parts():
             if pair is not None and name != pair:
                 continue
-            src, refs = (
-                self.valid.src_lines[rows.start : rows.stop][:n],
-                self.valid.ref_lines[rows.start : rows.stop][:n],
-            )
+            taken = [i for i in rows if fits[i]][:n]
+            src, refs = [self.valid.src_lines[i] for i in taken], [self.valid.ref_lines[i] for i in taken]
             with autocast(self.device, self.config.bf16):
                 hyps = translator.translate(src)
             result[bleu_key(name)] = score(hyps, refs).bleu
@@ -391,21 +414,39 @@ class Trainer:
         return result
 
     def total_steps(self) -> int | None:
-        """The step the run ends at, when --max-steps or --epochs bound it."""
+        """The step the run ends at, when --max-steps or --epochs bound it, from the current position in the
+        data and a step's batches now (for --epochs, exact when the epochs have as many batches as this one,
+        as they do without a temperature over language pairs): for the progress bar."""
         c = self.config
-        steps_per_epoch = math.ceil(len(self.epoch_batches(0)) / (c.update_freq * self.world_size))
-        bounds = [b for b in (c.max_steps, c.epochs and c.epochs * steps_per_epoch) if b]
+        bounds = [c.max_steps] if c.max_steps is not None else []
+        if c.epochs is not None:
+            left = (c.epochs - self.epoch) * len(self.epoch_batches(self.epoch)) - self.batch_in_epoch
+            bounds.append(self.step + max(0, math.ceil(left / (c.update_freq * self.world_size))))
         return min(bounds) if bounds else None
+
+    def bound_reached(self) -> str | None:
+        """Whether --max-steps or --epochs ends the run at this step ("max steps", "epochs"): --epochs N once
+        the last batch of the N-th epoch is taken, whatever number of processes and batches the steps took."""
+        c = self.config
+        if c.max_steps is not None and self.step >= c.max_steps:
+            return "max steps"
+        if c.epochs is not None:
+            last = (c.epochs - 1, len(self.epoch_batches(self.epoch)))  # the position after epoch N's last batch
+            if (self.epoch, self.batch_in_epoch) >= last:
+                return "epochs"
+        return None
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train until a bound is reached or validation stops improving; returns the final figures."""
         c = self.config
         distributed.on_rank0(lambda: self.run_dir.open(resume))
         if resume:
-            self.restore(*distributed.on_rank0(self.resume_state))
+            self.restore(*self.resume_state())
             self.console.print(f"resumed at step {self.step} after {format_duration(self.elapsed)} of training")
         if self.skipped_long:
-            self.console.print(f"skipping {self.skipped_long} training pairs longer than {c.max_len} tokens")
+            self.console.print(f"skipping {self.skipped_long} training pairs longer than {self.max_len} tokens")
+        if skipped := int((~self.fits(self.valid.corpus)).sum()):
+            self.console.print(f"skipping {skipped} validation pairs longer than {self.max_len} tokens")
         total = self.total_steps()
         start, last_log = time.monotonic() - self.elapsed, time.monotonic()
         window: dict[str, float] = {}  # sums over the steps since the last log line, weighted by tokens
@@ -413,16 +454,13 @@ class Trainer:
         data = self.batches()
         progress = ProgressLine(self.console, "train", total, "steps", completed=self.step)
         with progress, stop_requests() as stop:
-            while (stop_reason := self.stop_reason(total, start, stop)) is None:
-                try:
-                    stats = self.train_step([next(data) for _ in range(c.update_freq)])
-                except torch.OutOfMemoryError:
-                    raise KdmtError("out of GPU memory: lower --max-tokens (and raise --update-freq)") from None
+            while (stop_reason := self.stop_reason(start, stop)) is None:
+                stats = self.train_step([next(data) for _ in range(c.update_freq)])
                 for key, value in stats.items():
                     if key not in ("lr", "ntokens"):
                         window[key] = window.get(key, 0.0) + value * stats["ntokens"]
                 window["tokens"] = window.get("tokens", 0) + stats["ntokens"]
-                if self.step % c.log_interval == 0 or self.step == total:
+                if self.step % c.log_interval == 0 or self.bound_reached():
                     now = time.monotonic()
                     tokens = window.pop("tokens")
                     record = {
@@ -443,10 +481,7 @@ class Trainer:
                 if self.step % c.valid_interval == 0:
                     result = self.validate_and_save(time.monotonic() - start)
                     last_log = time.monotonic()  # validation time does not count against tokens/s
-                    if c.patience is not None and self.bad_validations >= c.patience:
-                        stop_reason = "early stopping"
-                        break
-        if self.step % c.valid_interval:
+        if self.step % c.valid_interval and self.validated_at != self.step:  # not a finished run resumed
             if stop_reason in ("max steps", "epochs") or self.best is None and stop_reason == "max time":
                 result = self.validate_and_save(time.monotonic() - start)
             else:  # a pause: the next validation is the scheduled one, as in an uninterrupted run
@@ -463,17 +498,18 @@ class Trainer:
         self.console.print(f"stopped at step {self.step} ({stop_reason}); best validation {self.best}")
         return {"step": self.step, "stop": stop_reason, **result}
 
-    def stop_reason(self, total: int | None, start: float, stop: StopRequest) -> str | None:
-        """Why training stops before the next step, if it does: rank 0's answer, given to every rank."""
+    def stop_reason(self, start: float, stop: StopRequest) -> str | None:
+        """Why training stops before the next step, if it does: rank 0's answer, given to every rank (as its
+        index in STOP_REASONS: a tensor broadcast a step)."""
         c = self.config
-        reason = None
-        if total is not None and self.step >= total:
-            reason = "max steps" if c.max_steps and self.step >= c.max_steps else "epochs"
-        elif c.max_time is not None and time.monotonic() - start >= c.max_time:
-            reason = "max time"
-        elif stop.requested:
-            reason = "interrupted"
-        return distributed.from_rank0(reason)
+        if c.patience is not None and self.bad_validations >= c.patience:
+            reason = "early stopping"
+        elif (reason := self.bound_reached()) is None:
+            if c.max_time is not None and time.monotonic() - start >= c.max_time:
+                reason = "max time"
+            elif stop.requested:
+                reason = "interrupted"
+        return STOP_REASONS[distributed.int_from_rank0(STOP_REASONS.index(reason))]
 
     def validate_and_save(self, elapsed: float) -> dict[str, float]:
         """Validate (rank 0; every rank gets the figures and keeps the best), then write the numbered, last
@@ -487,6 +523,7 @@ class Trainer:
             self.best, self.bad_validations = metric, 0
         else:
             self.bad_validations += 1
+        self.validated_at = self.step
         state = self.train_state(elapsed)
         if not self.main:
             return result

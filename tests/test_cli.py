@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from conftest import MULTI30K
 from toy import toy_pairs
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from kdmt.checkpoint import load_checkpoint
 from kdmt.cli import app
 from kdmt.device import resolve_device
+from kdmt.train import Learner
 
 runner = CliRunner()
 
@@ -177,6 +179,19 @@ def prepare_de_en(tmp_path, prefix: str):
     """kdmt prepare of tmp_path/PREFIX.{de,en}, used as training and validation set."""
     files = tmp_path / prefix
     return kdmt("prepare", "--src", "de", "--tgt", "en", "--train", files, "--valid", files, "-o", tmp_path / "d")
+
+
+def test_training_out_of_memory_exits_1_in_one_line(toy_data, tmp_path, monkeypatch):
+    def out_of_memory(self, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Learner, "forward", out_of_memory)
+    args = ["--data", toy_data, "--out", tmp_path, "--preset", "tiny", "--max-tokens", "1500", "--max-steps", "2"]
+    result = kdmt("train-teacher", *args, "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1] == (
+        "kdmt train-teacher: error: out of memory; use smaller batches (--max-tokens/--batch-tokens)"
+    )
 
 
 def test_missing_input_file(tmp_path):

@@ -7,25 +7,31 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from kdmt.batching import token_batches
 from kdmt.checkpoint import load_checkpoint
+from kdmt.data import PreparedData
+from kdmt.run_dir import LAST
 
 STEPS = 8
 TOY = ["--preset", "tiny", "--max-tokens", "1500", "--lr", "1e-3", "--warmup", "5", "--max-steps", str(STEPS)]
 TOY += ["--valid-interval", "3", "--valid-bleu-sents", "0", "--log-interval", "1", "--seed", "3", "--device", "cpu"]
+COLLECTIVE_WORKER = (str(Path(__file__).parent / "collective_worker.py"),)
 STUDENT = ["--alpha", "0.5", "--temperature", "2", "--hidden-kd", "both", "--d-model", "32", "--d-ff", "64"]
 
 
-def kdmt(*args, processes: int = 1) -> subprocess.CompletedProcess:
-    """`python -m kdmt ARGS` in a fresh process, or under torchrun with `processes` processes."""
+def kdmt(*args, processes: int = 1, program: tuple[str, ...] = ("-m", "kdmt"), **env) -> subprocess.CompletedProcess:
+    """`python -m kdmt ARGS` (or another `program` of the command line) in a fresh process, or under torchrun
+    with `processes` processes; `env`: more environment variables."""
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    command = [*launcher, "-m", "kdmt", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [*launcher, *program, *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env.items()}}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     return result
@@ -98,3 +104,30 @@ def test_a_resumed_two_process_run_equals_the_uninterrupted_run(toy_data, tmp_pa
     stderr = kdmt(*args, "--out", tmp_path / "other", "--resume", "--update-freq", "2").stderr
     assert "was written by a run on 2 processes, this one has 1: it continues from step 5" in stderr
     assert "will not repeat exactly" in stderr and sorted(records(tmp_path / "other")) == list(range(1, STEPS + 1))
+
+
+def test_a_two_process_resume_reads_the_checkpoint_on_every_rank_and_shares_decisions_alone(toy_data, tmp_path):
+    """No pickled collective carries the weights or Adam's state (each rank reads checkpoint_last itself),
+    and none is made each step (the stop decision is a tensor broadcast): 18 steps after the resume, a
+    few small ones, for the validation and the random states."""
+    args = ["train-teacher", "--data", toy_data, "--out", tmp_path / "run", "--dropout", "0", *TOY]
+    kdmt(*args, "--max-steps", "2", processes=2)
+    log = tmp_path / "collectives.log"
+    more = ["--max-steps", "20", "--valid-interval", "100", "--resume"]
+    kdmt(*args, *more, processes=2, program=COLLECTIVE_WORKER, COLLECTIVE_LOG=log)
+    assert sorted(records(tmp_path / "run")) == list(range(1, 21))
+    sent = [int(line.split("\t")[1]) for line in log.read_text().splitlines() if line.startswith("0\t")]
+    assert 0 < len(sent) < 18 and max(sent) < 100_000  # the tiny model's weights alone are 2.8 MB
+
+
+def test_epochs_resumed_with_another_number_of_processes_take_the_epochs_batches(toy_data, tmp_path):
+    """--epochs 1 stopped after 3 steps of 2 processes (6 batches) and resumed by one: it ends at the step
+    that takes epoch 0's last batch, not after as many steps as one process takes an epoch in."""
+    args = ["train-teacher", "--data", toy_data, "--out", tmp_path, "--dropout", "0", *TOY, "--epochs", "1"]
+    kdmt(*args, "--max-steps", "3", processes=2)
+    kdmt(*args, "--max-steps", "1000", "--resume")
+    train = PreparedData.open(toy_data).corpus("train")
+    batches = len(token_batches(train.src_len, train.tgt_len, 1500))  # an epoch's, in any order
+    s = load_checkpoint(tmp_path / LAST).train_state
+    assert (s["epoch"], s["batch_in_epoch"], s["step"]) == (0, batches, 3 + batches - 6)
+    assert max(records(tmp_path)) == s["step"]

@@ -100,6 +100,27 @@ def test_metrics_after_a_crash_hold_each_step_once(toy_data, tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.glob("checkpoint_[0-9]*.pt")) == ["checkpoint_15.pt", "checkpoint_30.pt"]
 
 
+def files(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_a_finished_run_resumed_does_nothing_more(toy_data, tmp_path, monkeypatch):
+    """A run that ended off the validation schedule (--max-steps 25, every 15 steps), or by early stopping,
+    resumed with the same settings: no step, no validation, no file written."""
+    settings = dict(max_steps=25, valid_interval=15)
+    train_toy(toy_data, tmp_path / "bound", **settings)
+    before = files(tmp_path / "bound")
+    _, result = train_toy(toy_data, tmp_path / "bound", resume=True, **settings)
+    assert result == {"step": 25, "stop": "max steps"} and files(tmp_path / "bound") == before
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"valid_loss": 1.0})  # no improvement after the first
+    settings = dict(max_steps=40, valid_interval=5, patience=1)
+    _, result = train_toy(toy_data, tmp_path / "early", **settings)
+    assert result["step"] == 10 and result["stop"] == "early stopping"
+    before = files(tmp_path / "early")
+    _, result = train_toy(toy_data, tmp_path / "early", resume=True, **settings)
+    assert result == {"step": 10, "stop": "early stopping"} and files(tmp_path / "early") == before
+
+
 def test_max_time_counts_across_resumes(toy_data, tmp_path):
     train_toy(toy_data, tmp_path, max_steps=20, valid_interval=10)
     _, result = train_toy(toy_data, tmp_path, resume=True, max_steps=None, max_time=0.01, valid_interval=10)

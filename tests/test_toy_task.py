@@ -4,11 +4,14 @@ import sys
 
 import pytest
 import torch
-from toy import toy_pairs
+from toy import toy_pairs, toy_setup
 
 from kdmt.batching import pad
 from kdmt.checkpoint import load_checkpoint
+from kdmt.data import load_corpus
+from kdmt.model import Transformer, make_config
 from kdmt.search import Ensemble, beam_search, greedy_search
+from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions, Translator
 
 
@@ -95,3 +98,24 @@ def test_bf16_decoding_runs_and_agrees(toy_model):
     src, ref = toy_pairs(100, seed=7)
     hyps = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3), dtype=torch.bfloat16).translate(src)
     assert exact_match(hyps, ref) >= 0.9
+
+
+def test_validation_skips_pairs_longer_than_training_takes(toy_model, toy_data, tmp_path, capsys):
+    """A validation pair longer than the model's 64 positions (and so than training takes): the loss and
+    BLEU (of the trained toy model, near 100 without it) leave it out, as training does, instead of failing
+    in the embedding."""
+    vocab, train, valid = toy_setup(toy_data)
+    long = " ".join("abcdefghij"[i % 10] for i in range(80))
+    src, ref = [long, *valid.src_lines], [" ".join(reversed(long.split())), *valid.ref_lines]
+    for side, lines in (("src", src), ("ref", ref)):
+        (tmp_path / side).write_text("".join(line + "\n" for line in lines))
+    with_long = ValidSet(load_corpus(tmp_path / "src", tmp_path / "ref", vocab, vocab), src, ref)
+    model = Transformer(make_config(len(vocab), len(vocab), "tiny", max_positions=64, dropout=0.0))
+    model.load_state_dict(load_checkpoint(toy_model).model.state_dict())
+    config = TrainConfig(max_tokens=1500, lr=1e-5, max_steps=1, valid_interval=1, valid_bleu_sents=5)
+    trainer = Trainer(model, vocab, vocab, train, with_long, tmp_path / "out", config, torch.device("cpu"))
+    result = trainer.run()
+    assert "skipping 1 validation pairs longer than 64 tokens" in capsys.readouterr().err
+    trainer.valid = valid
+    assert result["valid_bleu"] > 90
+    assert trainer.validate() == pytest.approx({k: v for k, v in result.items() if k.startswith("valid_")})
