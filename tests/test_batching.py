@@ -46,6 +46,20 @@ def test_batches_follow_the_greedy_rule(max_tokens, seed):
     assert all(len(b) == 1 or len(b) * int(width[b].max()) <= max_tokens for b in batches)
 
 
+def test_batches_of_rows_sorted_a_chunk_at_a_time(monkeypatch):
+    # the rows of an epoch (kept pairs, or a sampler's draw with repeats) sorted in several chunks: the same
+    # batches as the rule applied to those rows' lengths, as indices into the corpus
+    monkeypatch.setattr("kdmt.batching.SORT_CHUNK", 97)
+    g = torch.Generator().manual_seed(1)
+    src_len, tgt_len = torch.randint(1, 40, (2000,), generator=g), torch.randint(1, 40, (2000,), generator=g)
+    rows = torch.cat([torch.arange(0, 2000, 3), torch.arange(500, 900)]).to(torch.int32)
+    plan = token_batches(src_len.int(), tgt_len.int(), 100, torch.Generator().manual_seed(3), rows)
+    expected = greedy(src_len[rows], tgt_len[rows], 100, 3)
+    assert [b.tolist() for b in plan] == [rows[b].tolist() for b in expected]
+    assert plan.order.dtype == torch.int32 and plan.order.shape == rows.shape  # 4 bytes a sentence
+    assert len(token_batches(src_len[:0], tgt_len[:0], 100)) == 0
+
+
 def plan_digest(batches) -> str:
     """A hash of a sequence of batches: each batch's sentence indices, in order, and where it ends."""
     h = hashlib.sha256()
