@@ -12,7 +12,7 @@ from torch import Tensor
 from kdmt.data import TokenizedCorpus
 from kdmt.vocab import BOS, PAD
 
-SORT_CHUNK = 1 << 20  # sentences sorted at a time: the sort's temporaries are this size, not the corpus's
+SORT_CHUNK = 1 << 18  # sentences sorted at a time: the sort's temporaries are this size, not the corpus's
 
 
 def index_dtype(n: int) -> torch.dtype:

@@ -26,7 +26,7 @@ from kdmt.vocab import EOS, Vocab
 FORMAT = "kdmt-ids-1"
 SIDES = ("src", "tgt")
 CHUNK_PAIRS = 20_000  # pairs a tokenization worker encodes at a time
-LENGTH_CHUNK = 1 << 20  # offsets read at a time for the sentence lengths
+LENGTH_CHUNK = 1 << 18  # offsets read at a time for the sentence lengths
 
 Encoded = tuple[np.ndarray, np.ndarray]  # flat ids with EOS after each sentence (int32), lengths (int64)
 
