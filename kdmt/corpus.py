@@ -26,6 +26,7 @@ from kdmt.vocab import EOS, Vocab
 FORMAT = "kdmt-ids-1"
 SIDES = ("src", "tgt")
 CHUNK_PAIRS = 20_000  # pairs a tokenization worker encodes at a time
+LENGTH_CHUNK = 1 << 18  # offsets read at a time for the sentence lengths
 
 Encoded = tuple[np.ndarray, np.ndarray]  # flat ids with EOS after each sentence (int32), lengths (int64)
 
@@ -67,12 +68,20 @@ class CorpusHash:
 
 class TokenizedCorpus:
     """Token ids of a parallel corpus: per side a flat array (in memory, or mapped from disk) and offsets;
-    each sentence ends in EOS. `src_len`, `tgt_len` (int64 tensors, EOS included) are in memory."""
+    each sentence ends in EOS. `src_len`, `tgt_len` (int32 tensors, EOS included) are in memory: given as
+    `lengths` (src, tgt), or the offsets' differences."""
 
-    def __init__(self, ids: dict[str, np.ndarray], offsets: dict[str, np.ndarray], fingerprint: str):
+    def __init__(
+        self,
+        ids: dict[str, np.ndarray],
+        offsets: dict[str, np.ndarray],
+        fingerprint: str,
+        lengths: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         self.ids, self.offsets, self._fingerprint = ids, offsets, fingerprint
-        self.src_len, self.tgt_len = (torch.from_numpy(np.diff(offsets[side])) for side in SIDES)
-        self.src_off, self.tgt_off = (torch.from_numpy(offsets[side][:-1]) for side in SIDES)
+        if lengths is None:
+            lengths = tuple(np.diff(offsets[side]).astype(np.int32) for side in SIDES)
+        self.src_len, self.tgt_len = (torch.from_numpy(side) for side in lengths)
 
     @classmethod
     def encode(cls, src: list[str], tgt: list[str], src_vocab: Vocab, tgt_vocab: Vocab) -> TokenizedCorpus:
@@ -96,7 +105,8 @@ class TokenizedCorpus:
         """The consecutive pairs `rows` (e.g. one language pair's), over the same arrays."""
         fingerprint = hashlib.sha256(f"{self._fingerprint}:{rows.start}:{rows.stop}".encode()).hexdigest()[:16]
         offsets = {side: self.offsets[side][rows.start : rows.stop + 1] for side in SIDES}
-        return TokenizedCorpus(self.ids, offsets, fingerprint)
+        lengths = (self.src_len[rows.start : rows.stop].numpy(), self.tgt_len[rows.start : rows.stop].numpy())
+        return TokenizedCorpus(self.ids, offsets, fingerprint, lengths)
 
     def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The source and target ids of pair `i` (int32 tensors, EOS included)."""
@@ -185,10 +195,25 @@ def _open_corpus(prefix: Path, key: dict) -> tuple[TokenizedCorpus, dict] | None
         {side: np.asarray(maps[f"{side}.ids"]) for side in SIDES},
         {side: np.asarray(maps[f"{side}.off"]) for side in SIDES},
         record["fingerprint"],
+        (read_lengths(maps["src.off"]), read_lengths(maps["tgt.off"])),
     )
     if min(corpus.src_len.min(), corpus.tgt_len.min()) < 1:
         return None
     return corpus, record["info"]
+
+
+def read_lengths(offsets: np.memmap) -> np.ndarray:
+    """The sentence lengths (int32) of a mapped offsets file, read from the file a chunk at a time: the
+    mapping's pages stay out of this process's memory until training reads them."""
+    lengths = np.empty(len(offsets) - 1, dtype=np.int32)
+    with open(offsets.filename, "rb") as f:
+        f.seek(offsets.offset)
+        last = np.fromfile(f, dtype=offsets.dtype, count=1)
+        for start in range(0, len(lengths), LENGTH_CHUNK):
+            chunk = np.fromfile(f, dtype=offsets.dtype, count=min(LENGTH_CHUNK, len(lengths) - start))
+            lengths[start : start + len(chunk)] = np.diff(chunk, prepend=last)
+            last = chunk[-1:]
+    return lengths
 
 
 def write_tokenized(

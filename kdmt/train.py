@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kdmt import distributed
-from kdmt.batching import Batch, make_batch, token_batches
+from kdmt.batching import Batch, BatchPlan, index_dtype, make_batch, token_batches
 from kdmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.device import autocast
@@ -173,7 +173,7 @@ class Trainer:
         )
         self.max_len = min(config.max_len, model.config.max_positions)  # see fits
         keep = self.fits(train)
-        self.train_indices = keep.nonzero().squeeze(1)
+        self.train_indices = keep.nonzero().squeeze(1).to(index_dtype(len(train)))
         self.skipped_long = int((~keep).sum())
         if len(self.train_indices) == 0:
             raise KdmtError(f"no training pair is within --max-len {self.max_len} tokens")
@@ -185,7 +185,7 @@ class Trainer:
                 "raise it, or lower --max-len"
             )
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self._plan: tuple[int, list[Tensor]] | None = None  # (epoch, its batches): see epoch_batches
+        self._plan: tuple[int, BatchPlan] | None = None  # (epoch, its batches): see epoch_batches
         self.best: float | None = None
         self.bad_validations = 0
         self.validated_at: int | None = None  # the step of the last validation
@@ -300,7 +300,7 @@ class Trainer:
         save_checkpoint(self.out_dir / name, Checkpoint(self.model, self.src_vocab, self.tgt_vocab, meta, state))
 
     # --- the loop ----------------------------------------------------------------------------
-    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+    def epoch_batches(self, epoch: int) -> BatchPlan:
         """The batches of an epoch: a function of the seed and the epoch alone, so resuming can replay it.
         The last epoch's plan is kept; its batches are views of one tensor of sentence indices."""
         if self._plan is not None and self._plan[0] == epoch:
@@ -308,8 +308,7 @@ class Trainer:
         self._plan = None  # the old plan is freed before the new one is made
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         idx = self.train_indices if self.sampler is None else self.sampler(self.train_indices, g)
-        batches = token_batches(self.train_data.src_len[idx], self.train_data.tgt_len[idx], self.config.max_tokens, g)
-        plan = list(idx[torch.cat(batches)].split([len(b) for b in batches]))
+        plan = token_batches(self.train_data.src_len, self.train_data.tgt_len, self.config.max_tokens, g, idx)
         self._plan = epoch, plan
         return plan
 

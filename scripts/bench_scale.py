@@ -13,9 +13,13 @@ For each size, each section runs kdmt on that corpus and prints one JSON line wi
             median logged target tokens/s.
   distill   `kdmt distill` of the whole training source by the tiny teacher just trained, stopped after
             --distill-seconds: peak memory while it indexes the source and works through its first shards.
+  startup   `kdmt train-teacher` for one step (tiny preset, one thread, the validation loss once): its peak
+            memory on this corpus and on one of 29,000 pairs, and the bytes a training pair between the two
+            (what training holds per pair: lengths, indices, the epoch's batch plan, pages read).
 
-With --reference DIR (a checkout of an earlier kdmt, e.g. `git worktree add DIR COMMIT`), the prepare row
-also holds that kdmt's prepare of the same corpus, measured the same way, right after.
+With --reference DIR (a checkout of an earlier kdmt, e.g. `git worktree add DIR COMMIT`), the prepare and
+startup rows also hold that kdmt's figures on the same corpus, measured the same way, right after (the
+startup on the data this kdmt prepared: the reference must read its format).
 
 Sections are functions in SECTIONS; they find the corpus in WORK/SIZE/ and prepare's output in WORK/SIZE/data.
 Example:
@@ -146,14 +150,24 @@ def bench_reference_prepare(args: argparse.Namespace, root: Path, pairs: int) ->
     commit), measured the same way: the figures to compare with."""
     out = root / "data-reference"
     shutil.rmtree(out, ignore_errors=True)
-    # -P: no working directory first on sys.path, where this kdmt could be found before that one
-    command = [sys.executable, "-P", "-c", "from kdmt.cli import main; main()", "prepare", "--src", "de", "--tgt", "en"]
+    kdmt, env = reference_kdmt(args.reference)
+    command = [*kdmt, "prepare", "--src", "de", "--tgt", "en"]
     command += ["--train", root / "train", "--valid", root / "val", "-o", out, "--vocab-size", args.vocab_size]
-    env = {**os.environ, "PYTHONPATH": str(args.reference.resolve())}
     row = measure([str(c) for c in command], root / "prepare-reference.log", env)
     shutil.rmtree(out, ignore_errors=True)
-    commit = subprocess.run(["git", "-C", args.reference, "rev-parse", "--short", "HEAD"], capture_output=True)
-    return row | {"pairs_per_s": round(pairs / row["seconds"]), "commit": commit.stdout.decode().strip()}
+    return row | {"pairs_per_s": round(pairs / row["seconds"]), "commit": commit_of(args.reference)}
+
+
+def reference_kdmt(checkout: Path) -> tuple[list[str], dict]:
+    """The command that runs the kdmt of `checkout`, and its environment."""
+    # -P: no working directory first on sys.path, where this kdmt could be found before that one
+    command = [sys.executable, "-P", "-c", "from kdmt.cli import main; main()"]
+    return command, {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+
+
+def commit_of(checkout: Path) -> str:
+    commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True)
+    return commit.stdout.decode().strip()
 
 
 def bench_train(args: argparse.Namespace, root: Path, pairs: int) -> dict:
@@ -191,10 +205,43 @@ def bench_distill(args: argparse.Namespace, root: Path, pairs: int) -> dict:
     return row | {"stopped_after_s": args.distill_seconds, "shards_done": len(manifest["done"])}
 
 
+STARTUP_BASE = 29_000  # pairs of the corpus whose start-up memory is the fixed part
+
+
+def bench_startup(args: argparse.Namespace, root: Path, pairs: int) -> dict:
+    """Peak memory of one training step here and on STARTUP_BASE pairs, and the bytes a pair between the two;
+    with --reference, that kdmt's, right after."""
+    base = args.work / "startup-base"
+    if not (base / "data" / "prepare.json").is_file():
+        bench_prepare(argparse.Namespace(**{**vars(args), "reference": None}), make_corpus(base, STARTUP_BASE), 0)
+    row = startup(root, base, pairs, [sys.executable, "-m", "kdmt"], dict(os.environ), "startup")
+    if args.reference:
+        kdmt, env = reference_kdmt(args.reference)
+        row["reference"] = startup(root, base, pairs, kdmt, env, "startup-reference")
+        row["reference"]["commit"] = commit_of(args.reference)
+    return row
+
+
+def startup(root: Path, base: Path, pairs: int, kdmt: list[str], env: dict, name: str) -> dict:
+    """One step of `kdmt train-teacher` by `kdmt` on root's data and on base's: their peak RSS, bytes a pair."""
+    peaks = []
+    for data in (root, base):
+        out = data / name
+        shutil.rmtree(out, ignore_errors=True)
+        command = [*kdmt, "train-teacher", "--data", data / "data", "--out", out, "--preset", "tiny", "--device", "cpu"]
+        command += ["--max-tokens", 2048, "--max-steps", 1, "--valid-interval", 1, "--valid-bleu-sents", 0]
+        peaks.append(measure([str(c) for c in command], data / f"{name}.log", env | {"OMP_NUM_THREADS": "1"}))
+        shutil.rmtree(out, ignore_errors=True)
+    row, fixed = peaks
+    per_pair = (row["peak_rss_mb"] - fixed["peak_rss_mb"]) * 2**20 / (pairs - STARTUP_BASE)
+    return row | {"base_peak_rss_mb": fixed["peak_rss_mb"], "bytes_per_pair": round(per_pair, 1)}
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, Path, int], dict]] = {
     "prepare": bench_prepare,
     "train": bench_train,
     "distill": bench_distill,
+    "startup": bench_startup,
 }
 
 

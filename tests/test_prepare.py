@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+import torch
 from conftest import MULTI30K
 from test_cli import assert_fails, kdmt, write
 from toy import toy_pairs
@@ -108,6 +109,7 @@ def prepare_args(root: Path, out: Path, *more: str) -> list:
 
 def test_prepare_writes_what_the_in_memory_path_wrote(tmp_path, monkeypatch):
     monkeypatch.setattr("kdmt.corpus.CHUNK_PAIRS", 500)  # written in several pieces
+    monkeypatch.setattr("kdmt.corpus.LENGTH_CHUNK", 333)  # the lengths read back in several pieces
     multi30k_slice(tmp_path)
     result = kdmt(*prepare_args(tmp_path, tmp_path / "data", "--vocab-size", "2000", "--spm-sample", "2000000"))
     assert result.exit_code == 0, result.stderr
@@ -127,6 +129,7 @@ def test_prepare_writes_what_the_in_memory_path_wrote(tmp_path, monkeypatch):
         expected = TokenizedCorpus.encode(src, tgt, data.src_vocab, data.tgt_vocab)
         assert len(corpus) == len(src) and corpus.fingerprint() == expected.fingerprint()
         assert corpus.src_len.tolist() == expected.src_len.tolist() and corpus.tgt_len.equal(expected.tgt_len)
+        assert corpus.src_len.dtype == corpus.tgt_len.dtype == torch.int32  # 8 bytes a pair in memory
         src_ids, tgt_ids = data.src_vocab.encode(src), data.tgt_vocab.encode(tgt)
         for i in range(len(corpus)):
             s, t = corpus.pair(i)
