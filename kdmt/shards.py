@@ -20,13 +20,13 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdmt.cache import locked
 from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
 from kdmt.files import write_text
@@ -46,30 +46,6 @@ def local_device(name: str | None) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return device
-
-
-@contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """Hold the lock of a run's directory (creating it). A lock file removed with its directory by the
-    process that held it is not a lock: the lock is taken again on the file now at the path."""
-    lock = directory / "lock"
-    while True:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
-        except (FileExistsError, FileNotFoundError):  # the directory was being removed meanwhile
-            continue
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield
-    finally:
-        os.close(fd)
 
 
 def launch_rank() -> int:
@@ -97,7 +73,7 @@ class ShardedRun:
     def open(self, plan: Callable[[], dict[str, Any]]) -> Manifest | None:
         """The run's manifest; the first process makes it, with `plan()` (which gives at least "shards", their
         number). None when the outputs of a finished run with these settings exist: nothing to do."""
-        with locked(self.path):
+        with locked(self.path / "lock"):
             manifest = self.manifest()
             if manifest is None:
                 if self.finished():
@@ -128,7 +104,7 @@ class ShardedRun:
         return fd
 
     def record(self, index: int, result: dict[str, Any]) -> None:
-        with locked(self.path):
+        with locked(self.path / "lock"):
             manifest = self.manifest()
             if manifest is None:
                 raise KdmtError(f"{self.path} was removed while this process worked in it")
@@ -169,7 +145,7 @@ class ShardedRun:
     def finish(self, assemble: Callable[[Manifest], None]) -> bool:
         """When every shard is done: `assemble` the outputs from the manifest (one process does) and remove
         the directory. True when the outputs are complete; False while other processes hold shards."""
-        with locked(self.path):
+        with locked(self.path / "lock"):
             manifest = self.manifest()
             if manifest is None:  # another process assembled the outputs
                 shutil.rmtree(self.path, ignore_errors=True)
