@@ -36,6 +36,13 @@ def check_vocabulary(teachers: list[tuple[Path, Checkpoint]], src_vocab: Vocab, 
             raise KdmtError(f"vocabulary mismatch: {path} was trained with other sentencepiece models than this data")
 
 
+def check_topk(topk: int | None, teachers: list[tuple[Path, Checkpoint]]) -> None:
+    """A teacher has no more probabilities to keep than its target vocabulary has pieces."""
+    for path, t in teachers:
+        if topk is not None and topk > len(t.tgt_vocab):
+            raise KdmtError(f"--topk {topk} exceeds the {len(t.tgt_vocab)} pieces of {path}'s target vocabulary")
+
+
 def mix_indices(n_distilled: int, n_reference: int, ref_share: float, seed: int) -> tuple[Sequence[int], Sequence[int]]:
     """The positions of the distilled and of the reference pairs that make the most pairs such that references
     make up `ref_share` of them (a seeded sample of the larger side, in the order drawn)."""
@@ -309,6 +316,7 @@ def build_student(
     paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
     teachers = [(path, load_checkpoint(path, device)) for path in paths]
     check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
+    check_topk(o.topk, teachers)
     trained_on = names or ([o.pair] * len(teachers) if o.pair else [])  # the pair each teacher must know
     for name, (path, teacher) in zip(trained_on, teachers):
         if name not in teacher.meta.get("pairs", [name]):
