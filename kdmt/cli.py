@@ -30,10 +30,10 @@ from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, pre
 from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
 from kdmt.run_dir import check_out_dir
-from kdmt.shards import file_identity, launch_rank, local_device, locked
+from kdmt.shards import file_identity, launch_rank, local_device
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
-from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
+from kdmt.student import StudentOptions, build_student, check_topk, check_vocabulary, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions
 
@@ -607,8 +607,8 @@ def soft_targets_cmd(
         raise KdmtError("several pairs: give one --teacher PAIR=CHECKPOINT for each pair, and no --teacher-weight")
     teachers = [(path, load_checkpoint(path, dev)) for path in paths]
     check_vocabulary(teachers, prepared.src_vocab, prepared.tgt_vocab)
-    with locked(Path(f"{out}.shards")):  # one process tokenizes the student's corpus; the others map it
-        corpus, record = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
+    check_topk(topk, teachers)
+    corpus, record = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
     weights = teacher_weight or [1.0] * len(teachers)
     if len(weights) != len(teachers):
         raise KdmtError("give one --teacher-weight per teacher")

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from kdmt.arrays import HashSet
-from kdmt.corpus import TokenizedCorpus, open_corpus, record_path, vocab_key, write_tokenized
+from kdmt.cache import cached, content_key
+from kdmt.corpus import TokenizedCorpus, open_corpus, vocab_key, write_tokenized
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path, read_lines, stream_lines
 from kdmt.languages import PairRows
@@ -233,23 +234,21 @@ def load_corpus(
     cache: Path | None = None,
 ) -> TokenizedCorpus:
     """A parallel text corpus, tokenized: in memory without `cache`; else written (streaming) to the files
-    under the prefix `cache` (kdmt.corpus) and mapped from them, reused while they are complete, newer than
-    both text files and made with the same vocabularies."""
+    under the prefix `cache` (kdmt.corpus) and mapped from them, reused while they are complete and made from
+    the same text (by content) with the same vocabularies (kdmt.cache: built once, under `cache`.lock)."""
     if cache is None:
         corpus = TokenizedCorpus.encode(*read_parallel(src_path, tgt_path), src_vocab, tgt_vocab)
         if len(corpus) == 0:
             raise KdmtError(f"{src_path}: the corpus is empty")
         return corpus
-    key = vocab_key(src_vocab, tgt_vocab)
-    found = open_corpus(cache, key) if _newer(record_path(cache), src_path, tgt_path) else None
-    if found is None:
+    key = corpus_key(src_path, tgt_path, src_vocab, tgt_vocab)
+
+    def build() -> None:
         write_tokenized(stream_parallel(src_path, tgt_path), src_vocab, tgt_vocab, cache, key)
-        found = open_corpus(cache, key)
-    if found is None:
-        raise KdmtError(f"{cache}: the tokenized corpus just written cannot be read back")
-    return found[0]
+
+    return cached(Path(f"{cache}.lock"), lambda: open_corpus(cache, key), build, str(cache))[0]
 
 
-def _newer(path: Path, *sources: Path) -> bool:
-    """Whether `path` exists and was written after every one of `sources`."""
-    return path.is_file() and path.stat().st_mtime >= max(source.stat().st_mtime for source in sources)
+def corpus_key(src_path: Path, tgt_path: Path, src_vocab: Vocab, tgt_vocab: Vocab) -> dict:
+    """What a tokenized corpus depends on: its text files (by content) and the vocabularies."""
+    return vocab_key(src_vocab, tgt_vocab) | {"text": content_key([src_path, tgt_path])}

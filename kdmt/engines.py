@@ -8,7 +8,7 @@ once and caches it, for `kdmt distill --engine ctranslate2`.
 from __future__ import annotations
 
 import os
-import shutil
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from kdmt.batching import token_batches
+from kdmt.cache import cached, file_sha256
 from kdmt.checkpoint import load_checkpoint
 from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
-from kdmt.export import SOURCE_SPM, TARGET_SPM, export_checkpoint, file_sha256, read_record, require
+from kdmt.export import SOURCE_SPM, TARGET_SPM, export_checkpoint, read_record, require
 from kdmt.search import Hypothesis
 from kdmt.translate import Progress, SearchOptions, TextTranslator, Translator
 from kdmt.vocab import BOS, PAD, Vocab
@@ -141,16 +142,10 @@ def cache_dir() -> Path:
 
 
 def converted_teacher(checkpoint: Path, quantization: str = "float32") -> Path:
-    """A CTranslate2 conversion of `checkpoint`, made once and kept in the cache under the checkpoint's
-    content hash (processes that convert at the same time each write their own copy; one of them stays)."""
+    """A CTranslate2 conversion of `checkpoint`, made once (kdmt.cache: by one process of those that ask at
+    once) and kept in the cache under the checkpoint's content hash."""
     if not checkpoint.is_file():
         raise KdmtError(f"{checkpoint}: no such checkpoint")
     path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}"
-    if not is_export(path):
-        mine = path.parent / f".{path.name}.{os.getpid()}"
-        export_checkpoint(checkpoint, mine, "ctranslate2", quantization, force=True)
-        try:
-            mine.rename(path)
-        except OSError:  # another process was first
-            shutil.rmtree(mine, ignore_errors=True)
-    return path
+    convert = partial(export_checkpoint, checkpoint, path, "ctranslate2", quantization, force=True)
+    return cached(path.with_name(f"{path.name}.lock"), lambda: path if is_export(path) else None, convert, str(path))

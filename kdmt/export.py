@@ -16,7 +16,6 @@ A directory is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from kdmt import __version__
+from kdmt.cache import file_sha256
 from kdmt.checkpoint import Checkpoint, load_checkpoint
 from kdmt.errors import KdmtError
 from kdmt.vocab import BOS, EOS, PAD, UNK
@@ -98,14 +98,6 @@ def export_checkpoint(
             write_huggingface(ckpt, tmp, quantization)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextmanager

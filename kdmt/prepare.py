@@ -14,8 +14,8 @@ from math import expm1, floor, log
 from pathlib import Path
 from typing import TextIO
 
-from kdmt.corpus import vocab_key, write_tokenized
-from kdmt.data import PREPARED_MARKER, CleanStats, Prepared, clean_stream, save_prepared, stream_parallel
+from kdmt.corpus import write_tokenized
+from kdmt.data import PREPARED_MARKER, CleanStats, Prepared, clean_stream, corpus_key, save_prepared, stream_parallel
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path
 from kdmt.languages import Pair, pair_weights, symbols, tag_source
@@ -218,11 +218,11 @@ def _balanced_sample(pools: list[list[str]], counts: list[int], size: int, tempe
 def _tokenize(
     out: Path, text: dict[str, Path], src_vocab: Vocab, tgt_vocab: Vocab, workers: int, report: Report
 ) -> None:
-    key = vocab_key(src_vocab, tgt_vocab)
     for split in ("train", "valid"):
-        pairs = stream_parallel(text[f"{split}.src"], text[f"{split}.tgt"])
+        paths = text[f"{split}.src"], text[f"{split}.tgt"]
+        key = corpus_key(*paths, src_vocab, tgt_vocab)
         done = partial(_tokenized, split, report)
-        write_tokenized(pairs, src_vocab, tgt_vocab, out / split, key, workers, done)
+        write_tokenized(stream_parallel(*paths), src_vocab, tgt_vocab, out / split, key, workers, done)
 
 
 @contextmanager

@@ -1,17 +1,19 @@
 """Work cut into shards and shared by any number of processes: torchrun's, or independent commands
 started with the same arguments, on one machine or on several sharing a file system.
 
-The run's directory holds `manifest.json` (the settings, the plan of the shards, and what each finished
-shard recorded), `lock`, and one claim file per shard. A process claims a shard by taking an exclusive
-`flock` on its claim file without waiting: it skips a shard another process holds, and re-reads the
-manifest after the claim, so a shard is done once. The kernel drops a process's locks when it dies, however
-it dies, so the shard of a killed process is free again at once: for the processes still running, and for
-any later run, with any number of processes; no run ids, no time-outs, no process group. The manifest is
-read, changed and written back (atomically) under `lock`. A process stops when it finds nothing left to
-claim; the one that then finds every shard done assembles the outputs, under `lock`, and removes the
-directory. A process that finds no manifest, but the outputs of a finished run with its settings, has
-nothing to do. `flock` must reach every machine that shares the directory (NFSv4, Lustre mounted with
-`flock`, GPFS, CephFS do so; a mount with node-local locks does not).
+The run's directory holds `manifest.json` (the settings and the plan of the shards, written once),
+`done/` (one record per finished shard, `done/NNNNNN.json`, written atomically: recording a shard writes
+one small file, whatever the number of shards), `lock`, and one claim file per shard. A process claims a
+shard by taking an exclusive `flock` on its claim file without waiting: it skips a shard another process
+holds, and looks for the shard's record after the claim, so a shard is done once. The kernel drops a
+process's locks when it dies, however it dies, so the shard of a killed process is free again at once: for
+the processes still running, and for any later run, with any number of processes; no run ids, no
+time-outs, no process group. A damaged record (never a torn one: each is renamed into place whole) stops
+the run with its name. A process stops when it finds nothing left to claim; the one that then finds every
+shard done assembles the outputs, under `lock`, and removes the directory. A process that finds no
+manifest, but the outputs of a finished run with its settings, has nothing to do. `flock` must reach every
+machine that shares the directory (NFSv4, Lustre mounted with `flock`, GPFS, CephFS do so; a mount with
+node-local locks does not).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdmt.cache import locked
 from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
 from kdmt.files import write_text
@@ -48,30 +50,6 @@ def local_device(name: str | None) -> torch.device:
     return device
 
 
-@contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """Hold the lock of a run's directory (creating it). A lock file removed with its directory by the
-    process that held it is not a lock: the lock is taken again on the file now at the path."""
-    lock = directory / "lock"
-    while True:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
-        except (FileExistsError, FileNotFoundError):  # the directory was being removed meanwhile
-            continue
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
 def launch_rank() -> int:
     """This process's rank under torchrun (RANK), 0 otherwise; read from the environment, no process group."""
     return int(os.environ.get("RANK", "0"))
@@ -85,33 +63,66 @@ class ShardedRun:
         self.path, self.settings, self.finished = path, settings, finished
 
     def manifest(self) -> Manifest | None:
-        """The manifest, or None when there is none (not started, or finished and removed)."""
+        """The settings, the plan and what each finished shard recorded (`done`); None when there is none
+        (not started, or finished and removed)."""
+        head = self._head()
+        if head is None:
+            return None
+        return head | {"done": {str(index): self._result(index) for index in sorted(self.finished_shards())}}
+
+    def _head(self) -> Manifest | None:
+        """The settings and the plan, written once; None when there are none."""
+        path = self.path / "manifest.json"
         try:
-            return json.loads((self.path / "manifest.json").read_text())
+            head = json.loads(path.read_text())
         except FileNotFoundError:
             return None
+        except ValueError:
+            head = None
+        if not isinstance(head, dict):
+            raise KdmtError(f"{path}: damaged (not a kdmt manifest); delete {self.path} to start again")
+        return head
 
-    def save(self, manifest: Manifest) -> None:
-        write_text(self.path / "manifest.json", json.dumps(manifest, indent=1))
+    def finished_shards(self) -> set[int]:
+        """The shards whose records are written (each shard's in a file of its own, written atomically)."""
+        try:
+            names = os.listdir(self.path / "done")
+        except FileNotFoundError:
+            return set()
+        return {int(name[:-5]) for name in names if name.endswith(".json") and not name.startswith(".")}
+
+    def _record_path(self, index: int) -> Path:
+        return self.path / "done" / f"{index:06d}.json"
+
+    def _result(self, index: int) -> dict[str, Any]:
+        path = self._record_path(index)
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            result = None
+        if not isinstance(result, dict):
+            raise KdmtError(f"{path}: damaged (not a shard's record); delete it, and that shard is done again")
+        return result
 
     def open(self, plan: Callable[[], dict[str, Any]]) -> Manifest | None:
         """The run's manifest; the first process makes it, with `plan()` (which gives at least "shards", their
         number). None when the outputs of a finished run with these settings exist: nothing to do."""
-        with locked(self.path):
-            manifest = self.manifest()
+        with locked(self.path / "lock"):
+            manifest = self._head()
             if manifest is None:
                 if self.finished():
                     shutil.rmtree(self.path, ignore_errors=True)
                     return None
-                manifest = {"settings": self.settings, "plan": plan(), "done": {}}
+                manifest = {"settings": self.settings, "plan": plan()}
                 (self.path / "claims").mkdir(exist_ok=True)
-                self.save(manifest)
-            elif manifest["settings"] != self.settings or "plan" not in manifest:
+                (self.path / "done").mkdir(exist_ok=True)
+                write_text(self.path / "manifest.json", json.dumps(manifest, indent=1))
+            elif manifest.get("settings") != self.settings or "plan" not in manifest:
                 raise KdmtError(
                     f"{self.path} holds an unfinished run with other settings or inputs; "
                     "run it with the same ones, or delete that directory"
                 )
-            return manifest
+            return self.manifest()  # the records read once: a damaged one is named before any work
 
     def claim(self, index: int) -> int | None:
         """A descriptor holding shard `index`'s claim (closing it releases the claim); None when another
@@ -128,37 +139,34 @@ class ShardedRun:
         return fd
 
     def record(self, index: int, result: dict[str, Any]) -> None:
-        with locked(self.path):
-            manifest = self.manifest()
-            if manifest is None:
+        """Write shard `index`'s record: one small file, whatever the number of shards done."""
+        with locked(self.path / "lock"):
+            if self._head() is None:
                 raise KdmtError(f"{self.path} was removed while this process worked in it")
-            manifest["done"][str(index)] = result
-            self.save(manifest)
+            write_text(self._record_path(index), json.dumps(result))
 
     def work(self, do: Callable[[int], dict[str, Any]], done: Callable[[int, bool], None]) -> None:
         """Claim and `do` unfinished shards, recording what `do` returns, until none is left to claim.
         `done(index, mine)` is called once for each shard found done, by this process (mine) or another."""
         seen: set[int] = set()
 
-        def note(manifest: Manifest) -> None:
-            for index in sorted(map(int, manifest["done"])):
-                if index not in seen:
-                    seen.add(index)
-                    done(index, False)
+        def note(finished: set[int]) -> None:
+            for index in sorted(finished - seen):
+                seen.add(index)
+                done(index, False)
 
         claimed = True
-        while claimed and (manifest := self.manifest()) is not None:
-            note(manifest)
+        while claimed and (manifest := self._head()) is not None:
+            note(self.finished_shards())
             claimed = False
             for index in range(manifest["plan"]["shards"]):
-                if str(index) in manifest["done"] or (fd := self.claim(index)) is None:
+                if index in seen or (fd := self.claim(index)) is None:
                     continue
                 try:
-                    manifest = self.manifest()
-                    if manifest is None:
+                    if not (self.path / "manifest.json").exists():
                         return
-                    note(manifest)
-                    if str(index) not in manifest["done"]:
+                    note(finished := self.finished_shards())
+                    if index not in finished:
                         self.record(index, do(index))
                         seen.add(index)
                         done(index, True)
@@ -169,7 +177,7 @@ class ShardedRun:
     def finish(self, assemble: Callable[[Manifest], None]) -> bool:
         """When every shard is done: `assemble` the outputs from the manifest (one process does) and remove
         the directory. True when the outputs are complete; False while other processes hold shards."""
-        with locked(self.path):
+        with locked(self.path / "lock"):
             manifest = self.manifest()
             if manifest is None:  # another process assembled the outputs
                 shutil.rmtree(self.path, ignore_errors=True)

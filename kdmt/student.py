@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdmt.cache import cached, content_key
 from kdmt.checkpoint import Checkpoint, load_checkpoint
 from kdmt.corpus import CHUNK_PAIRS, CorpusSink, encode_flat, ids_dtype, open_corpus, vocab_key, write_corpus
 from kdmt.data import PreparedData, TokenizedCorpus, stream_parallel
@@ -33,6 +34,13 @@ def check_vocabulary(teachers: list[tuple[Path, Checkpoint]], src_vocab: Vocab, 
     for path, t in teachers:
         if (t.src_vocab.fingerprint, t.tgt_vocab.fingerprint) != (src_vocab.fingerprint, tgt_vocab.fingerprint):
             raise KdmtError(f"vocabulary mismatch: {path} was trained with other sentencepiece models than this data")
+
+
+def check_topk(topk: int | None, teachers: list[tuple[Path, Checkpoint]]) -> None:
+    """A teacher has no more probabilities to keep than its target vocabulary has pieces."""
+    for path, t in teachers:
+        if topk is not None and topk > len(t.tgt_vocab):
+            raise KdmtError(f"--topk {topk} exceeds the {len(t.tgt_vocab)} pieces of {path}'s target vocabulary")
 
 
 def mix_indices(n_distilled: int, n_reference: int, ref_share: float, seed: int) -> tuple[Sequence[int], Sequence[int]]:
@@ -60,8 +68,9 @@ def student_corpus(
     PAIR=FILE for each, line-aligned with DATA/train.PAIR.src. A pair whose distilled line is empty (an
     empty, over-long or filtered line of `kdmt distill`) is dropped, or with `fallback_to_reference`
     takes the reference target instead. On the references alone, this is DATA's own corpus; with distilled
-    files, a corpus tokenized once into FIRST-FILE.student-HASH.* (kdmt.corpus), and mapped from there while
-    the distilled files, the data and these settings are the same."""
+    files, a corpus tokenized once into DATA/student-HASH.* (kdmt.corpus; HASH names the files' paths and
+    these settings), and mapped from there while the distilled files (by content), the data and these
+    settings are the same (kdmt.cache: built once, under DATA/student-HASH.lock)."""
     train, pairs = data.corpus("train"), data.info.pair_rows("train")
     if not distilled:
         counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": pairs.counts} if pairs else {})
@@ -73,20 +82,17 @@ def student_corpus(
     if pairs is not None and ref_share > 0:
         raise KdmtError("several pairs: --ref-share is not supported; --fallback-ref keeps references where needed")
     settings = {"ref_share": ref_share, "seed": seed if 0 < ref_share < 1 else None, "fallback": fallback_to_reference}
-    named = settings | ({"files": [str(f) for f in files]} if per_pair_rows else {})
-    name = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:8]
-    prefix = files[0].with_name(f"{files[0].name}.student-{name}")
+    named = settings | {"files": [str(f.resolve()) for f in files]}
+    prefix = data.root / f"student-{hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:8]}"
     key = {**settings, **vocab_key(data.src_vocab, data.tgt_vocab), "data": train.fingerprint()}
-    key["distilled"] = [[st.st_size, st.st_mtime_ns] for st in map(Path.stat, files)]
-    if (found := open_corpus(prefix, key)) is None:
+    key["distilled"] = content_key(files)
+
+    def build() -> None:
         counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": [0] * len(pairs.names)} if pairs else {})
         lines = _distilled_lines(files, per_pair_rows, data.root / "train.tgt", fallback_to_reference, counts)
-        names = ", ".join(map(str, files))
-        _write_student_corpus(prefix, key, data, train, lines, counts, settings, names)
-        found = open_corpus(prefix, key)
-    if found is None:
-        raise KdmtError(f"{prefix}: the student's corpus just written cannot be read back")
-    corpus, counts = found
+        _write_student_corpus(prefix, key, data, train, lines, counts, settings, ", ".join(map(str, files)))
+
+    corpus, counts = cached(Path(f"{prefix}.lock"), lambda: open_corpus(prefix, key), build, str(prefix))
     record = [f"{n}={f}" for n, f in zip(per_pair_rows.names, files)] if per_pair_rows else str(files[0])
     return corpus, _corpus_record(record, ref_share, len(corpus), counts)
 
@@ -310,6 +316,7 @@ def build_student(
     paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
     teachers = [(path, load_checkpoint(path, device)) for path in paths]
     check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
+    check_topk(o.topk, teachers)
     trained_on = names or ([o.pair] * len(teachers) if o.pair else [])  # the pair each teacher must know
     for name, (path, teacher) in zip(trained_on, teachers):
         if name not in teacher.meta.get("pairs", [name]):

@@ -290,12 +290,13 @@ def test_prepare_on_a_slice_of_multi30k(tmp_path):
     assert len(train_src) == stats["kept"] == len((data / "train.tgt").read_text().splitlines())
     assert len((data / "valid.src").read_text().splitlines()) == 200
 
-    from kdmt.corpus import open_corpus, vocab_key
+    from kdmt.corpus import open_corpus
+    from kdmt.data import corpus_key
     from kdmt.vocab import EOS, Vocab
 
     vocab = Vocab.load(data / "spm.model")
     assert len(vocab) == 2000
-    corpus, _ = open_corpus(data / "train", vocab_key(vocab, vocab))
+    corpus, _ = open_corpus(data / "train", corpus_key(data / "train.src", data / "train.tgt", vocab, vocab))
     src, tgt = corpus.pair(0)
     assert int(src[-1]) == EOS and int(tgt[-1]) == EOS
     assert vocab.decode([src[:-1].tolist()])[0] == train_src[0]

@@ -54,14 +54,22 @@ def test_killed_run_resumes_to_a_byte_identical_corpus(toy_model, tmp_path):
     stats = distill_corpus(translator, settings_for(toy_model, src), full)
     assert stats.lines == 40 and stats.empty == 1 and stats.too_long == 0 and stats.filtered["repeat"] >= 2
 
+    resumed, work = tmp_path / "resumed.tgt", tmp_path / "resumed.tgt.shards"
+    manifests = []
+
     def kill_after_third(index):
+        manifests.append((work / "manifest.json").read_bytes())
         if index == 2:
             raise Killed
 
-    resumed = tmp_path / "resumed.tgt"
     with pytest.raises(Killed):
         distill_corpus(translator, settings_for(toy_model, src), resumed, after_shard=kill_after_third)
-    assert not resumed.exists() and len(list((tmp_path / "resumed.tgt.shards").glob("*.txt"))) == 3
+    assert not resumed.exists() and len(list(work.glob("*.txt"))) == 3
+    assert len(set(manifests)) == 1 and len(list((work / "done").iterdir())) == 3  # one record per shard
+    (work / "done" / "000001.json").write_text('{"empty": 0, "too_')  # damaged
+    with pytest.raises(KdmtError, match=r"000001.json: damaged \(not a shard's record\); delete it"):
+        distill_corpus(translator, settings_for(toy_model, src), resumed)
+    (work / "done" / "000001.json").unlink()  # as the message says: shard 1 is translated again
     translated = []
     resumed_stats = distill_corpus(translator, settings_for(toy_model, src), resumed, progress=translated.append)
     assert resumed.read_bytes() == full.read_bytes()

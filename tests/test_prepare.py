@@ -16,8 +16,16 @@ from conftest import MULTI30K
 from test_cli import assert_fails, kdmt, write
 from toy import toy_pairs
 
-from kdmt.corpus import open_corpus, vocab_key
-from kdmt.data import CleanStats, PreparedData, TokenizedCorpus, clean_stream, length_in_words, stream_parallel
+from kdmt.corpus import open_corpus
+from kdmt.data import (
+    CleanStats,
+    PreparedData,
+    TokenizedCorpus,
+    clean_stream,
+    corpus_key,
+    length_in_words,
+    stream_parallel,
+)
 from kdmt.prepare import Reservoir
 from kdmt.student import student_corpus
 from kdmt.vocab import EOS, Vocab
@@ -224,10 +232,11 @@ def test_a_damaged_tokenized_corpus_is_tokenized_again(tmp_path, how):
     corpus = PreparedData.open(data).corpus("train")
     assert corpus.fingerprint() == expected.fingerprint() and len(corpus) == len(expected)
     assert all(corpus.pair(i)[0].equal(expected.pair(i)[0]) for i in range(len(corpus)))
-    assert open_corpus(data / "train", vocab_key(*[Vocab.load(data / "spm.model")] * 2)) is not None
+    key = corpus_key(data / "train.src", data / "train.tgt", *[Vocab.load(data / "spm.model")] * 2)
+    assert open_corpus(data / "train", key) is not None
 
 
-def test_ids_made_with_other_vocabularies_or_older_than_the_text_are_tokenized_again(tmp_path):
+def test_ids_made_with_other_vocabularies_or_other_text_are_tokenized_again(tmp_path):
     data = prepare_toy_data(tmp_path / "a", 14)
     stale = PreparedData.open(data).corpus("train").fingerprint()
     other = prepare_toy_data(tmp_path / "b", 12)  # another sentencepiece model: other ids
@@ -236,10 +245,12 @@ def test_ids_made_with_other_vocabularies_or_older_than_the_text_are_tokenized_a
     expected = TokenizedCorpus.encode(*prepared.text("train"), prepared.src_vocab, prepared.tgt_vocab)
     assert prepared.corpus("train").fingerprint() == expected.fingerprint() != stale
     lines = (data / "train.tgt").read_text().splitlines()
-    write(data / "train.tgt", ["j i h"] + lines[1:])  # edited after tokenization
-    later = (data / "train.ids.json").stat().st_mtime + 5
-    os.utime(data / "train.tgt", (later, later))
-    assert prepared.corpus("train").pair(0)[1].tolist() == prepared.tgt_vocab.encode(["j i h"])[0] + [EOS]
+    before = (data / "train.tgt").stat()
+    i, edited = next((i, " ".join(reversed(x.split()))) for i, x in enumerate(lines) if x.split() != x.split()[::-1])
+    write(data / "train.tgt", lines[:i] + [edited] + lines[i + 1 :])  # edited after tokenization: same size, time
+    os.utime(data / "train.tgt", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (data / "train.tgt").stat().st_size == before.st_size
+    assert prepared.corpus("train").pair(i)[1].tolist() == prepared.tgt_vocab.encode([edited])[0] + [EOS]
 
 
 # --- the student's corpus, tokenized once -------------------------------------------------------
@@ -290,6 +301,18 @@ def test_the_students_corpus_follows_its_distilled_file(toy_data, tmp_path):
     src, ref = data.text("train")
     distilled = write(tmp_path / "distilled.tgt", distilled_lines(ref, 7))
     first, _ = student_corpus(data, [distilled], 0.0, 1)
+    student_corpus(data, [distilled], 0.3, 1)
+    assert list(tmp_path.iterdir()) == [distilled]  # the caches are in the data's directory, not beside it
+    before = distilled.stat()
+    lines = distilled_lines(ref, 7)
+    i = next(i for i, line in enumerate(lines) if line.split() != line.split()[::-1])
+    lines[i] = " ".join(reversed(lines[i].split()))
+    write(distilled, lines)
+    os.utime(distilled, ns=(before.st_atime_ns, before.st_mtime_ns))  # edited: the same size and time
+    assert distilled.stat().st_size == before.st_size
+    pairs = old_student_pairs(src, ref, lines, 0.0, 1, False)
+    expected = TokenizedCorpus.encode([s for s, _ in pairs], [t for _, t in pairs], data.src_vocab, data.tgt_vocab)
+    assert student_corpus(data, [distilled], 0.0, 1)[0].fingerprint() == expected.fingerprint() != first.fingerprint()
     write(distilled, distilled_lines(ref, 5))  # distilled again: other lines
     corpus, record = student_corpus(data, [distilled], 0.0, 1)
     pairs = old_student_pairs(src, ref, distilled_lines(ref, 5), 0.0, 1, False)

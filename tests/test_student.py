@@ -1,6 +1,7 @@
 """train-student: the distillation objectives, teacher initialisation, and the student's corpus."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +240,15 @@ def test_mismatched_vocabulary_fails_cleanly(toy_model, tmp_path):
     assert_fails(result, "vocabulary mismatch")
     result = kdmt("train-student", "--data", data, "--out", tmp_path / "s", "--alpha", "0.5", "--max-steps", "2")
     assert_fails(result, "needs a teacher")
+
+
+def test_topk_beyond_the_teachers_vocabulary_fails_up_front(toy_model, toy_data, tmp_path):
+    pieces = len(load_checkpoint(toy_model).tgt_vocab)
+    message = f"--topk {pieces + 1} exceeds the {pieces} pieces of {toy_model}'s target vocabulary"
+    soft = tmp_path / "soft.json"
+    too_many = ["-t", toy_model, "--data", toy_data, "--topk", str(pieces + 1)]
+    assert_fails(kdmt("soft-targets", *too_many, "-o", soft), message)
+    assert not Path(f"{soft}.shards").exists() and not soft.exists()
+    args = ["train-student", *too_many, "--out", tmp_path / "s", "--alpha", "0.5", "--max-steps", "1"]
+    assert_fails(kdmt(*args), message)
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,73 @@
+"""What commands make once and share: caches keyed on the content they were made from (never on sizes or
+modification times), built by one process at a time under a lock and published atomically, so that a
+reader finds a complete cache or none; and the locks themselves (`flock`: the kernel drops them when
+their process dies, however it dies)."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from kdmt.errors import KdmtError
+
+T = TypeVar("T")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read once, a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_key(paths: list[Path]) -> list[str]:
+    """What a cache made from `paths` is keyed on: each file's sha256."""
+    return [file_sha256(path) for path in paths]
+
+
+@contextmanager
+def locked(lock: Path, shared: bool = False) -> Iterator[None]:
+    """Hold the lock file `lock` (creating it and its directory), exclusive or `shared`. A lock file removed
+    (with its directory) by the process that held it is not a lock: the lock is taken again on the file
+    now at the path."""
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        except (FileExistsError, FileNotFoundError):  # the directory was being removed meanwhile
+            continue
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def cached(lock: Path, read: Callable[[], T | None], build: Callable[[], None], name: str) -> T:
+    """What `read()` finds (None: missing, stale or damaged), after `build()` made it when needed: read
+    under a shared hold of `lock`, built under the exclusive one after reading again (another process may
+    have built it meanwhile), so that processes asking at once build it once and all get it, and none reads
+    it while it is being written. `read` must check the cache's key; `build` writes it (atomically)."""
+    with locked(lock, shared=True):
+        found = read()
+    if found is None:
+        with locked(lock):
+            if (found := read()) is None:
+                build()
+                found = read()
+    if found is None:
+        raise KdmtError(f"{name}: the cache just written cannot be read back")
+    return found
