@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kdmt import __version__
 from kdmt.batching import token_batches
 from kdmt.checkpoint import load_checkpoint
 from kdmt.device import resolve_device
@@ -144,10 +145,12 @@ def cache_dir() -> Path:
 
 def converted_teacher(checkpoint: Path, quantization: str = "float32") -> Path:
     """A CTranslate2 conversion of `checkpoint`, made once and kept in the cache under the checkpoint's
-    content hash (processes that convert at the same time each write their own copy; one of them stays)."""
+    content hash, the quantization and the versions of kdmt and ctranslate2 that convert (another version
+    converts again); processes that convert at the same time each write their own copy, one of them stays."""
     if not checkpoint.is_file():
         raise KdmtError(f"{checkpoint}: no such checkpoint")
-    path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}"
+    versions = f"kdmt{__version__}-ct2{require('ctranslate2').__version__}"
+    path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}-{versions}"
     if not is_export(path):
         mine = path.parent / f".{path.name}.{os.getpid()}"
         export_checkpoint(checkpoint, mine, "ctranslate2", quantization, force=True)

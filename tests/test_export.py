@@ -226,3 +226,16 @@ def test_without_the_export_extra_the_command_says_what_to_install(toy_model, tm
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "pip install 'kdmt[export]'" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_conversion_cache_is_kept_per_kdmt_and_ctranslate2_version(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDMT_CACHE", str(tmp_path / "cache"))
+    teacher = random_checkpoint(toy_data, tmp_path / "teacher.pt", share_embeddings=True)
+    first = converted_teacher(teacher)
+    assert converted_teacher(teacher) == first
+    monkeypatch.setattr("ctranslate2.__version__", "0.0.1")
+    other_ctranslate2 = converted_teacher(teacher)
+    monkeypatch.setattr("kdmt.engines.__version__", "0.0.1")
+    other_kdmt = converted_teacher(teacher)
+    assert len({first, other_ctranslate2, other_kdmt}) == 3  # each version converts again, into its own entry
+    assert sorted((tmp_path / "cache" / "ctranslate2").iterdir()) == sorted([first, other_ctranslate2, other_kdmt])
