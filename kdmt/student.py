@@ -35,6 +35,19 @@ def check_vocabulary(teachers: list[tuple[Path, Checkpoint]], src_vocab: Vocab, 
             raise KdmtError(f"vocabulary mismatch: {path} was trained with other sentencepiece models than this data")
 
 
+def load_teachers(
+    data: PreparedData, paths: Sequence[Path], pairs: Sequence[str], device: torch.device
+) -> list[tuple[Path, Checkpoint]]:
+    """The teachers' checkpoints, each with the data's sentencepiece models (check_vocabulary) and, where
+    `pairs` names the pair each one teaches (none: one pair), trained on that pair."""
+    teachers = [(path, load_checkpoint(path, device)) for path in paths]
+    check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
+    for name, (path, teacher) in zip(pairs, teachers):
+        if name not in teacher.meta.get("pairs", [name]):
+            raise KdmtError(f"{path} was not trained on {name} (its pairs: {', '.join(teacher.meta['pairs'])})")
+    return teachers
+
+
 def mix_indices(n_distilled: int, n_reference: int, ref_share: float, seed: int) -> tuple[Sequence[int], Sequence[int]]:
     """The positions of the distilled and of the reference pairs that make the most pairs such that references
     make up `ref_share` of them (a seeded sample of the larger side, in the order drawn)."""
@@ -308,12 +321,8 @@ def build_student(
     if o.pair_temperature != 1 and (not names or not o.pair_temperature > 0):
         raise KdmtError("--pair-temperature draws the pairs of multilingual data, and must be positive")
     paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
-    teachers = [(path, load_checkpoint(path, device)) for path in paths]
-    check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
-    trained_on = names or ([o.pair] * len(teachers) if o.pair else [])  # the pair each teacher must know
-    for name, (path, teacher) in zip(trained_on, teachers):
-        if name not in teacher.meta.get("pairs", [name]):
-            raise KdmtError(f"{path} was not trained on {name} (its pairs: {', '.join(teacher.meta['pairs'])})")
+    trained_on = names or ([o.pair] * len(paths) if o.pair else [])  # the pair each teacher must know
+    teachers = load_teachers(data, paths, trained_on, device)
     corpus, corpus_record = student_corpus(data, o.distilled, o.ref_share, seed, o.fallback_ref)
     if o.pair is not None:
         corpus = corpus.subset(PairRows(all_pairs, corpus_record["pair_rows"]).rows(o.pair))
