@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from kdmt import distributed
-from kdmt.checkpoint import average_checkpoints, load_checkpoint
+from kdmt.checkpoint import average_checkpoints
 from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings
 from kdmt.engines import ENGINES, converted_teacher, open_translator
 from kdmt.errors import KdmtError
-from kdmt.evaluate import describe, evaluate, size_on_disk
+from kdmt.evaluate import bleu_tokenizer, describe, evaluate, size_on_disk
 from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
-from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair
+from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair, target_language
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
@@ -32,7 +32,7 @@ from kdmt.run_dir import check_out_dir
 from kdmt.shards import file_identity, launch_rank, local_device, locked
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
-from kdmt.student import StudentOptions, build_student, check_vocabulary, student_corpus
+from kdmt.student import StudentOptions, build_student, load_teachers, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions
 
@@ -602,8 +602,7 @@ def soft_targets_cmd(
     paths = per_pair(teacher, pairs, "--teacher PAIR=CHECKPOINT") if pairs else teacher
     if pairs and (teacher_weight or not paths):
         raise KdmtError("several pairs: give one --teacher PAIR=CHECKPOINT for each pair, and no --teacher-weight")
-    teachers = [(path, load_checkpoint(path, dev)) for path in paths]
-    check_vocabulary(teachers, prepared.src_vocab, prepared.tgt_vocab)
+    teachers = load_teachers(prepared, paths, pairs or [], dev)
     with locked(Path(f"{out}.shards")):  # one process tokenizes the student's corpus; the others map it
         corpus, record = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
     weights = teacher_weight or [1.0] * len(teachers)
@@ -715,6 +714,7 @@ def distill_cmd(
     device: Device = None,
     bf16: Bf16 = True,
     threads: Threads = 0,
+    pair: PairOption = None,
 ) -> None:
     """Translate a corpus with the teacher(s): the sequence-level distilled corpus (Kim & Rush 2016).
 
@@ -743,7 +743,10 @@ def distill_cmd(
         models = [converted_teacher(teacher[0], quantization)]
     elif quantization != "float32":
         raise KdmtError("--quantization goes with --engine ctranslate2")
-    _, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
+    metas, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
+    tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
+    if any(t != tagging[0] for t in tagging):
+        raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
     settings = DistillSettings(
         teachers=[str(t) for t in teacher],
         source=str(src),
@@ -761,8 +764,10 @@ def distill_cmd(
         max_repeat=max_repeat,
         max_len_ratio=max_len_ratio,
         engine=engine if engine == "kdmt" else f"{engine} {quantization}",
+        pair=Pair.parse(pair).name if pair else None,
+        tgt_lang=target_language(metas[0], Pair.parse(pair) if pair else None),
     )
-    run = DistillRun(translator, settings, out)
+    run = DistillRun(translator, settings, out, metas[0])
     shards = -(-run.lines // shard_size)
     with ProgressLine(_progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
@@ -808,6 +813,13 @@ def eval_cmd(
     report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
     hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
     pair: PairOption = None,
+    tgt_lang: Annotated[
+        str | None,
+        typer.Option(
+            help="The test set's target language, for BLEU's tokenizer (zh, ja, th… by character or word; "
+            "default: --pair's target, else the one the models were trained into)."
+        ),
+    ] = None,
 ) -> None:
     """Score checkpoints on a test set: sacreBLEU, chrF, speed and size, side by side.
 
@@ -818,14 +830,18 @@ def eval_cmd(
     """
     src_lines, ref_lines = read_parallel(src, ref)
     language_pair = Pair.parse(pair) if pair else None
-    reports = []
+    reports, languages = [], []
     for path in checkpoints:
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
         metas, translator = open_translator([path], device, options, bf16, threads)
         inputs = model_inputs(src_lines, language_pair, metas[0])
+        languages.append(tgt_lang or target_language(metas[0], language_pair))
+        if languages[-1] != languages[0]:
+            raise KdmtError(f"{path} translates into {languages[-1]}, not {languages[0]}: name the --tgt-lang")
         name = path.name if path.is_dir() else f"{path.parent.name}.{path.stem}"
         with ProgressLine(err, f"eval {name}", len(src_lines), "sent", transient=True) as progress:
-            result, hyps = evaluate(translator, path, src, inputs, ref_lines, metas[0], progress.advance, pair)
+            args = src, inputs, ref_lines, metas[0], progress.advance, pair, languages[0]
+            result, hyps = evaluate(translator, path, *args)
         reports.append(result.to_dict())
         if hyps_dir:
             write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
@@ -855,6 +871,8 @@ def eval_cmd(
         f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\ndevice {reports[0]['device']}",
         highlight=False,
     )
+    if note := bleu_tokenizer(languages[0])[1]:
+        err.print(note, highlight=False)
     if report:
         write_text(report, json.dumps(reports, indent=2) + "\n")
     if json_out:
