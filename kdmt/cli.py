@@ -88,6 +88,9 @@ Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
 Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
 MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
 MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
+MinLen = Annotated[
+    int, typer.Option(help="Target tokens before a translation may end (1: never empty; the maximum length wins).")
+]
 BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
 MaxSrcTokens = Annotated[
     int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
@@ -646,6 +649,7 @@ def translate_cmd(
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
+    min_len: MinLen = 1,
     batch_tokens: BatchTokens = 4000,
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
@@ -659,7 +663,7 @@ def translate_cmd(
 
     A multilingual model: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
     """
-    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
     metas, translator = open_translator(model, device, options, bf16, threads)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
     lines = model_inputs(lines, Pair.parse(pair) if pair else None, metas[0])
@@ -709,6 +713,7 @@ def distill_cmd(
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
+    min_len: MinLen = 1,
     batch_tokens: BatchTokens = 4000,
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
@@ -735,7 +740,7 @@ def distill_cmd(
         nbest = beam  # seq-inter chooses among the whole beam
     if engine not in ENGINES:
         raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
-    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
     models = teacher
     if engine == "ctranslate2":
         if len(teacher) > 1:
@@ -754,6 +759,7 @@ def distill_cmd(
         lenpen=lenpen,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        min_len=min_len,
         max_src_tokens=translator.max_src_tokens,
         nbest=nbest,
         select=select,
@@ -804,6 +810,7 @@ def eval_cmd(
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
+    min_len: MinLen = 1,
     batch_tokens: BatchTokens = 4000,
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
@@ -832,7 +839,7 @@ def eval_cmd(
     language_pair = Pair.parse(pair) if pair else None
     reports, languages = [], []
     for path in checkpoints:
-        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
         metas, translator = open_translator([path], device, options, bf16, threads)
         inputs = model_inputs(src_lines, language_pair, metas[0])
         languages.append(tgt_lang or target_language(metas[0], language_pair))

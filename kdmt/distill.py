@@ -61,6 +61,7 @@ class DistillSettings:
     max_repeat: int = 3
     max_len_ratio: float = 2.0
     engine: str = "kdmt"  # or "ctranslate2 QUANTIZATION"
+    min_len: int = 1  # the search's --min-len
     pair: str | None = None  # a multilingual teacher's pair, whose tags the sources are given (model_inputs)
     tgt_lang: str | None = None  # the target language: seq-inter's sentence BLEU is tokenized for it
     inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]

@@ -85,6 +85,7 @@ class CTranslate2Translator(TextTranslator):
                     num_hypotheses=nbest,
                     length_penalty=o.lenpen,
                     max_decoding_length=limit,
+                    min_decoding_length=min(o.min_len, limit),
                     max_input_length=0,
                     return_scores=True,
                     suppress_sequences=self.suppress,

@@ -239,3 +239,20 @@ def test_the_conversion_cache_is_kept_per_kdmt_and_ctranslate2_version(toy_data,
     other_kdmt = converted_teacher(teacher)
     assert len({first, other_ctranslate2, other_kdmt}) == 3  # each version converts again, into its own entry
     assert sorted((tmp_path / "cache" / "ctranslate2").iterdir()) == sorted([first, other_ctranslate2, other_kdmt])
+
+
+def test_min_len_in_the_ctranslate2_engine_as_in_kdmt(toy_data, tmp_path):
+    path = random_checkpoint(toy_data, tmp_path / "eos.pt", share_embeddings=True)
+    ckpt = load_checkpoint(path)
+    with torch.no_grad():  # the decoder's output is EOS's embedding whatever it reads: EOS comes first at every step
+        ckpt.model.dec_norm.weight.zero_()
+        ckpt.model.dec_norm.bias.copy_(ckpt.model.tgt_embed.weight[EOS] * 4)
+    save_checkpoint(path, ckpt)
+    export_checkpoint(path, tmp_path / "ct2", "ctranslate2")
+    for min_len in (0, 1, 3):
+        for beam in (1, 3):
+            options = SearchOptions(beam=beam, min_len=min_len)
+            ours = Translator([load_checkpoint(path)], options).translate_nbest(SOURCES[:6])
+            theirs = CTranslate2Translator(tmp_path / "ct2", options).translate_nbest(SOURCES[:6])
+            assert [c[0].length for c in ours] == [min_len] * 6, (min_len, beam)
+            assert [c[0].text for c in theirs] == [c[0].text for c in ours], (min_len, beam)
