@@ -1,5 +1,7 @@
 """Search on a random model: incremental decoding, batching and the beam's bookkeeping."""
 
+import math
+
 import pytest
 import torch
 
@@ -127,7 +129,7 @@ def test_min_len_keeps_eos_back_until_that_many_tokens_and_beam_one_equals_greed
         nbest = beam_search(ensemble, x, beam=3, nbest=3, min_len=min_len)
         assert all(len(h.tokens) >= min_len for hyps in nbest for h in hyps)
     short = greedy_search(ensemble, x, max_len_a=0.0, max_len_b=2, min_len=5)  # the maximum length wins
-    assert [len(h.tokens) for h in short] == [2, 2, 2]
+    assert [len(h.tokens) for h in short] == [2, 2, 2] and all(math.isfinite(h.score) for h in short)
     assert [len(h[0].tokens) for h in beam_search(ensemble, x, beam=3, max_len_a=0.0, max_len_b=2, min_len=5)] == [
         2
     ] * 3
