@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from kdmt import distributed
-from kdmt.checkpoint import average_checkpoints, load_checkpoint
+from kdmt.checkpoint import average_checkpoints
 from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings
 from kdmt.engines import ENGINES, converted_teacher, open_translator
 from kdmt.errors import KdmtError
-from kdmt.evaluate import describe, evaluate, size_on_disk
+from kdmt.evaluate import bleu_tokenizer, describe, evaluate, size_on_disk
 from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
-from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair
+from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair, target_language
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.options import check_ranges
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
@@ -33,7 +33,7 @@ from kdmt.run_dir import check_out_dir
 from kdmt.shards import file_identity, launch_rank, local_device
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
-from kdmt.student import StudentOptions, build_student, check_topk, check_vocabulary, student_corpus
+from kdmt.student import StudentOptions, build_student, load_teachers, student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions
 
@@ -91,6 +91,9 @@ Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
 Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
 MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
 MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
+MinLen = Annotated[
+    int, typer.Option(help="Target tokens before a translation may end (1: never empty; the maximum length wins).")
+]
 BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
 MaxSrcTokens = Annotated[
     int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
@@ -605,9 +608,7 @@ def soft_targets_cmd(
     paths = per_pair(teacher, pairs, "--teacher PAIR=CHECKPOINT") if pairs else teacher
     if pairs and (teacher_weight or not paths):
         raise KdmtError("several pairs: give one --teacher PAIR=CHECKPOINT for each pair, and no --teacher-weight")
-    teachers = [(path, load_checkpoint(path, dev)) for path in paths]
-    check_vocabulary(teachers, prepared.src_vocab, prepared.tgt_vocab)
-    check_topk(topk, teachers)
+    teachers = load_teachers(prepared, paths, pairs or [], dev, topk)
     corpus, record = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
     weights = teacher_weight or [1.0] * len(teachers)
     if len(weights) != len(teachers):
@@ -650,6 +651,7 @@ def translate_cmd(
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
+    min_len: MinLen = 1,
     batch_tokens: BatchTokens = 4000,
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
@@ -663,7 +665,7 @@ def translate_cmd(
 
     A multilingual model: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
     """
-    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
     metas, translator = open_translator(model, device, options, bf16, threads)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
     lines = model_inputs(lines, Pair.parse(pair) if pair else None, metas[0])
@@ -713,11 +715,13 @@ def distill_cmd(
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
+    min_len: MinLen = 1,
     batch_tokens: BatchTokens = 4000,
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
     bf16: Bf16 = True,
     threads: Threads = 0,
+    pair: PairOption = None,
 ) -> None:
     """Translate a corpus with the teacher(s): the sequence-level distilled corpus (Kim & Rush 2016).
 
@@ -738,7 +742,7 @@ def distill_cmd(
         nbest = beam  # seq-inter chooses among the whole beam
     if engine not in ENGINES:
         raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
-    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
     models = teacher
     if engine == "ctranslate2":
         if len(teacher) > 1:
@@ -746,7 +750,10 @@ def distill_cmd(
         models = [converted_teacher(teacher[0], quantization)]
     elif quantization != "float32":
         raise KdmtError("--quantization goes with --engine ctranslate2")
-    _, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
+    metas, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
+    tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
+    if any(t != tagging[0] for t in tagging):
+        raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
     settings = DistillSettings(
         teachers=[str(t) for t in teacher],
         source=str(src),
@@ -754,6 +761,7 @@ def distill_cmd(
         lenpen=lenpen,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        min_len=min_len,
         max_src_tokens=translator.max_src_tokens,
         nbest=nbest,
         select=select,
@@ -764,8 +772,10 @@ def distill_cmd(
         max_repeat=max_repeat,
         max_len_ratio=max_len_ratio,
         engine=engine if engine == "kdmt" else f"{engine} {quantization}",
+        pair=Pair.parse(pair).name if pair else None,
+        tgt_lang=target_language(metas[0], Pair.parse(pair) if pair else None),
     )
-    run = DistillRun(translator, settings, out)
+    run = DistillRun(translator, settings, out, metas[0])
     shards = -(-run.lines // shard_size)
     with ProgressLine(_progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
@@ -802,6 +812,7 @@ def eval_cmd(
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
     max_len_b: MaxLenB = 10,
+    min_len: MinLen = 1,
     batch_tokens: BatchTokens = 4000,
     max_src_tokens: MaxSrcTokens = 1024,
     device: Device = None,
@@ -811,6 +822,13 @@ def eval_cmd(
     report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
     hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
     pair: PairOption = None,
+    tgt_lang: Annotated[
+        str | None,
+        typer.Option(
+            help="The test set's target language, for BLEU's tokenizer (zh, ja, th… by character or word; "
+            "default: --pair's target, else the one the models were trained into)."
+        ),
+    ] = None,
 ) -> None:
     """Score checkpoints on a test set: sacreBLEU, chrF, speed and size, side by side.
 
@@ -821,14 +839,18 @@ def eval_cmd(
     """
     src_lines, ref_lines = read_parallel(src, ref)
     language_pair = Pair.parse(pair) if pair else None
-    reports = []
+    reports, languages = [], []
     for path in checkpoints:
-        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
+        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
         metas, translator = open_translator([path], device, options, bf16, threads)
         inputs = model_inputs(src_lines, language_pair, metas[0])
+        languages.append(tgt_lang or target_language(metas[0], language_pair))
+        if languages[-1] != languages[0]:
+            raise KdmtError(f"{path} translates into {languages[-1]}, not {languages[0]}: name the --tgt-lang")
         name = path.name if path.is_dir() else f"{path.parent.name}.{path.stem}"
         with ProgressLine(err, f"eval {name}", len(src_lines), "sent", transient=True) as progress:
-            result, hyps = evaluate(translator, path, src, inputs, ref_lines, metas[0], progress.advance, pair)
+            args = src, inputs, ref_lines, metas[0], progress.advance, pair, languages[0]
+            result, hyps = evaluate(translator, path, *args)
         reports.append(result.to_dict())
         if hyps_dir:
             write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
@@ -858,6 +880,8 @@ def eval_cmd(
         f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\ndevice {reports[0]['device']}",
         highlight=False,
     )
+    if note := bleu_tokenizer(languages[0])[1]:
+        err.print(note, highlight=False)
     if report:
         write_text(report, json.dumps(reports, indent=2) + "\n")
     if json_out:

@@ -35,6 +35,7 @@ _UNSPACED_CHARS = [(re.compile(f"[{chars}]"), per_word) for chars, per_word in _
 _CJK_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
 _SPACED_WORD = re.compile(f"[^\\s{''.join(_UNSPACED)}{_CJK_PUNCTUATION}]+")
 _NOT_ONLY_WORDS = re.compile(f"[{''.join(_UNSPACED)}{_CJK_PUNCTUATION}]")
+_WORD_OR_CHARACTER = re.compile(f"{_NOT_ONLY_WORDS.pattern}|{_SPACED_WORD.pattern}")
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
@@ -84,6 +85,13 @@ def length_in_words(text: str, words: list[str] | None = None) -> float:
         return len(text.split() if words is None else words)
     unspaced = sum(len(chars.findall(text)) / per_word for chars, per_word in _UNSPACED_CHARS)
     return len(_SPACED_WORD.findall(text)) + unspaced
+
+
+def words_or_characters(text: str) -> list[str] | None:
+    """The characters and words of a text with some in a script written without spaces between words (as
+    length_in_words tells them): each such character, and each CJK punctuation mark, on its own, the rest
+    cut at whitespace; None for a text in spaced scripts alone (its words are text.split())."""
+    return _WORD_OR_CHARACTER.findall(text) if _NOT_ONLY_WORDS.search(text) else None
 
 
 def clean_stream(

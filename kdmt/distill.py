@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import CHRF
 
 from kdmt.errors import KdmtError
+from kdmt.evaluate import bleu_metric
 from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
+from kdmt.languages import Pair, model_inputs
 from kdmt.shards import Manifest, ShardedRun, file_identity
 from kdmt.translate import Candidate, Progress, TextTranslator
 
@@ -59,12 +61,16 @@ class DistillSettings:
     max_repeat: int = 3
     max_len_ratio: float = 2.0
     engine: str = "kdmt"  # or "ctranslate2 QUANTIZATION"
+    min_len: int = 1  # the search's --min-len
+    pair: str | None = None  # a multilingual teacher's pair, whose tags the sources are given (model_inputs)
+    tgt_lang: str | None = None  # the target language: seq-inter's sentence BLEU is tokenized for it
     inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
 
 
-def closest(texts: list[str], reference: str, metric: str) -> int:
-    """The index of the text with the highest sentence-level BLEU or chrF against the reference (first on ties)."""
-    scorer = BLEU(effective_order=True) if metric == "bleu" else CHRF()
+def closest(texts: list[str], reference: str, metric: str, tgt_lang: str | None = None) -> int:
+    """The index of the text with the highest sentence-level BLEU (tokenized for `tgt_lang`:
+    kdmt.evaluate.bleu_metric) or chrF against the reference (first on ties)."""
+    scorer = bleu_metric(tgt_lang, sentence=True) if metric == "bleu" else CHRF()
     scores = [scorer.sentence_score(text, [reference]).score for text in texts]
     return max(range(len(texts)), key=scores.__getitem__)
 
@@ -94,14 +100,15 @@ def shard_paths(work: Path, index: int) -> tuple[Path, Path]:
 class DistillRun:
     """The distillation of settings.source into `out`, shared by every process started with the same
     settings (kdmt.shards). `plan` is None, and `finished` holds the stats, when the outputs of a finished
-    run with these settings exist already."""
+    run with these settings exist already. `meta`, the teacher's record, says which tags its sources need
+    (kdmt.languages.model_inputs, with settings.pair); without it, sources are translated as they are."""
 
-    def __init__(self, translator: TextTranslator, settings: DistillSettings, out: Path):
+    def __init__(self, translator: TextTranslator, settings: DistillSettings, out: Path, meta: dict | None = None):
         if settings.select == "seq-inter" and not settings.reference:
             raise KdmtError("--select seq-inter needs --ref")
         references = [settings.reference] if settings.reference else []
         settings.inputs = file_identity([settings.source, *settings.teachers, *references])
-        self.translator, self.settings, self.out = translator, settings, out
+        self.translator, self.settings, self.out, self.meta = translator, settings, out, meta
         self.record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
         self.work = ShardedRun(Path(f"{out}.shards"), self.record, lambda: self.read_stats() is not None)
         manifest = self.work.open(self.make_plan)
@@ -171,11 +178,14 @@ class DistillRun:
         """Translate shard `index`, write its files, and return its counts for the manifest."""
         s, lines = self.settings, self.shard_range(index)
         src = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
+        if self.meta is not None:
+            src = model_inputs(src, Pair.parse(s.pair) if s.pair else None, self.meta, lines.start + 1)
         results = self.translator.translate_nbest(src, s.nbest, progress)
         if s.select == "seq-inter":
             refs = ref_reader.read(self.plan["ref_offsets"][index], len(lines), lines.start)
             chosen = [
-                r[closest([c.text for c in r], ref, s.select_metric)] if r else None for r, ref in zip(results, refs)
+                r[closest([c.text for c in r], ref, s.select_metric, s.tgt_lang)] if r else None
+                for r, ref in zip(results, refs)
             ]
         else:
             chosen = [r[0] if r else None for r in results]

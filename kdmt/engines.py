@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kdmt import __version__
 from kdmt.batching import token_batches
 from kdmt.cache import cached, file_sha256
 from kdmt.checkpoint import load_checkpoint
@@ -85,6 +86,7 @@ class CTranslate2Translator(TextTranslator):
                     num_hypotheses=nbest,
                     length_penalty=o.lenpen,
                     max_decoding_length=limit,
+                    min_decoding_length=min(o.min_len, limit),
                     max_input_length=0,
                     return_scores=True,
                     suppress_sequences=self.suppress,
@@ -143,9 +145,11 @@ def cache_dir() -> Path:
 
 def converted_teacher(checkpoint: Path, quantization: str = "float32") -> Path:
     """A CTranslate2 conversion of `checkpoint`, made once (kdmt.cache: by one process of those that ask at
-    once) and kept in the cache under the checkpoint's content hash."""
+    once) and kept in the cache under the checkpoint's content hash, the quantization and the versions of
+    kdmt and ctranslate2 that convert (another version converts again)."""
     if not checkpoint.is_file():
         raise KdmtError(f"{checkpoint}: no such checkpoint")
-    path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}"
+    versions = f"kdmt{__version__}-ct2{require('ctranslate2').__version__}"
+    path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}-{versions}"
     convert = partial(export_checkpoint, checkpoint, path, "ctranslate2", quantization, force=True)
     return cached(path.with_name(f"{path.name}.lock"), lambda: path if is_export(path) else None, convert, str(path))

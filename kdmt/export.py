@@ -8,8 +8,10 @@ the output projection, with kdmt's sinusoidal position table):
 - Hugging Face: transformers' Blenderbot classes are exactly this architecture with a stored position
   table. (M2M100, pre-norm too, recomputes its sinusoids when it loads, with other frequencies and
   layout, so it cannot hold kdmt's.) A MarianTokenizer over the sentencepiece model(s) appends EOS as
-  kdmt does; the generation config is kdmt's search (beam 5, length penalty 1, PAD and BOS never
-  generated, EOS forced at the length limit).
+  kdmt does; the generation config is kdmt's search with its default options (beam 5, length penalty 1,
+  at least one token, PAD and BOS never generated, EOS forced at the length limit). generate() has no
+  per-source limit: its max_length is kdmt's absolute one (max_positions − 1 tokens after BOS, then
+  EOS), and kdmt's a·|source| + b is recorded beside it (kdmt_max_len_a, kdmt_max_len_b; huggingface_limit).
 Each directory also holds source.spm and target.spm, and kdmt_export.json: where the model came from.
 A directory is written under a temporary name and renamed when complete.
 """
@@ -33,6 +35,7 @@ from kdmt import __version__
 from kdmt.cache import file_sha256
 from kdmt.checkpoint import Checkpoint, load_checkpoint
 from kdmt.errors import KdmtError
+from kdmt.translate import SearchOptions
 from kdmt.vocab import BOS, EOS, PAD, UNK
 
 QUANTIZATIONS = {
@@ -187,6 +190,14 @@ def write_ctranslate2(ckpt: Checkpoint, directory: Path, quantization: str = "fl
     spec.save(str(directory))
 
 
+def huggingface_limit(generation_config: Any, n_src_tokens: int) -> int:
+    """kdmt's per-source length limit in generate()'s terms: the max_new_tokens (EOS counted) for a source
+    of `n_src_tokens` tokens (EOS counted), from an exported generation config (a·|source| + b tokens, at
+    most max_positions − 1, then EOS)."""
+    g = generation_config
+    return min(int(n_src_tokens * g.kdmt_max_len_a + g.kdmt_max_len_b), g.max_length - 2) + 1
+
+
 def write_huggingface(ckpt: Checkpoint, directory: Path, dtype: str = "float32") -> None:
     """A transformers model of `ckpt` (BlenderbotForConditionalGeneration, safetensors) with its tokenizer,
     over the sentencepiece models already in `directory`."""
@@ -227,11 +238,15 @@ def write_huggingface(ckpt: Checkpoint, directory: Path, dtype: str = "float32")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:  # a transformers version that names its parameters otherwise
         raise KdmtError(f"this transformers version lays Blenderbot out otherwise ({(missing + unexpected)[:3]})")
+    search = SearchOptions()  # kdmt's defaults
     model.generation_config = transformers.GenerationConfig(
-        num_beams=5,
-        length_penalty=1.0,
+        num_beams=search.beam,
+        length_penalty=search.lenpen,
         early_stopping=True,
-        max_length=c.max_positions,
+        max_length=c.max_positions + 1,  # BOS, at most max_positions − 1 tokens (kdmt's cap), EOS
+        min_new_tokens=search.min_len,
+        kdmt_max_len_a=search.max_len_a,  # kdmt's per-source limit, which generate() cannot apply itself
+        kdmt_max_len_b=search.max_len_b,
         decoder_start_token_id=BOS,
         bos_token_id=BOS,
         eos_token_id=EOS,

@@ -6,7 +6,9 @@ first reason, in this order, that a hypothesis is degenerate:
 
 - `repeat`: a word n-gram (n = 1..4) repeated at least `max_repeat` times in a row ("wooden wooden
   wooden", "a b a b a b"). Words are the hypothesis split at whitespace, compared exactly: what a reader
-  sees, independent of the vocabulary (subword pieces would flag a run of digits or of dots).
+  sees, independent of the vocabulary (subword pieces would flag a run of digits or of dots). In a script
+  written without spaces (Chinese, Japanese, Thai…: kdmt.data.words_or_characters) each character counts
+  as a word, and n-grams of up to 16 of them (4 words of Thai's about 4 characters) are looked for.
 - `length_limit`: the hypothesis is as long as the search allowed for its source (max_len_a·|source| +
   max_len_b tokens, |source| counting EOS, at most max_positions − 1): it was most likely cut there, its
   EOS forced (one that ends by itself at exactly that length is counted too).
@@ -18,8 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdmt.data import words_or_characters
+
 REASONS = ("repeat", "length_limit", "ratio")
 MAX_NGRAM = 4
+MAX_CHARACTER_NGRAM = 16  # in a script without spaces
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,10 @@ def degenerate(
     hyp_tokens: its length in target tokens, without EOS; src_tokens: the source's, without EOS;
     max_tokens: the longest hypothesis the search allowed for that source (Translator.max_output_length).
     """
-    if repeated_ngram(hypothesis.split(), options.max_repeat):
+    characters = words_or_characters(hypothesis)
+    if characters is None and repeated_ngram(hypothesis.split(), options.max_repeat):
+        return "repeat"
+    if characters is not None and repeated_ngram(characters, options.max_repeat, MAX_CHARACTER_NGRAM):
         return "repeat"
     if hyp_tokens >= max_tokens:
         return "length_limit"

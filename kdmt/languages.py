@@ -22,6 +22,7 @@ from kdmt.vocab import Vocab
 
 _CODE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _TAG_PIECE = re.compile(r"▁<(?:2|from_)[A-Za-z][A-Za-z0-9_]*>")
+_TAG = re.compile(r"<(?:2|from_)[A-Za-z][A-Za-z0-9_]*>(?:\s|$)")  # a tag at the start of a line
 
 
 @dataclass(frozen=True)
@@ -77,22 +78,45 @@ def tag_source(line: str, pair: Pair, source_tags: bool) -> str:
     return " ".join(prefix + [line])
 
 
-def model_inputs(lines: list[str], pair: Pair | None, meta: dict) -> list[str]:
-    """Source lines as a model takes them, from its checkpoint's record `meta`: tagged for `pair` when it
-    was trained on a multilingual prepared directory (then `pair` must be one of its pairs); as they are for
-    a model of one pair (then `pair`, if given, must be its pair). Empty lines stay empty."""
+def model_inputs(lines: list[str], pair: Pair | None, meta: dict, first_line: int = 1) -> list[str]:
+    """Source lines as a model takes them, from its checkpoint's record `meta`. For a model trained on a
+    multilingual prepared directory, each non-empty line carries the tags of one of its pairs: tagged for
+    `pair` (one of its pairs) when given, a line that carries these tags already (e.g. DATA/train.PAIR.src)
+    taken as it is; without `pair`, every line must carry a pair's tags already. For a model of one pair,
+    lines are taken as they are (`pair`, if given, must be its pair). `first_line`: the number of the first
+    line, for the errors."""
     pairs = meta.get("pairs")
     if pairs is None:
         own = meta.get("src_lang"), meta.get("tgt_lang")
         if pair is not None and None not in own and own != (pair.src, pair.tgt):
             raise KdmtError(f"--pair {pair.name}: the model translates {own[0]}-{own[1]}")
         return lines
-    if pair is None:
-        raise KdmtError(f"the model translates {', '.join(pairs)}: name one with --pair")
-    if pair.name not in pairs:
+    if pair is not None and pair.name not in pairs:
         raise KdmtError(f"--pair {pair.name}: the model translates {', '.join(pairs)}")
     source_tags = bool(meta.get("source_tags"))
-    return [tag_source(line, pair, source_tags) if line.strip() else line for line in lines]
+    prefixes = tuple(tag_source("", Pair.parse(name), source_tags) for name in ([pair.name] if pair else pairs))
+    out = []
+    for n, line in enumerate(lines, first_line):
+        if not line.strip() or line.startswith(prefixes):
+            out.append(line)
+        elif pair is None:
+            raise KdmtError(
+                f"the model translates {', '.join(pairs)}: name one with --pair (line {n} carries no tags of them)"
+            )
+        elif _TAG.match(line):
+            raise KdmtError(f"line {n} carries other tags than --pair {pair.name}'s ({prefixes[0].strip()})")
+        else:
+            out.append(prefixes[0] + line)
+    return out
+
+
+def target_language(meta: dict, pair: Pair | None = None) -> str | None:
+    """The language a model translates into: `pair`'s target, else the one target language of the pairs in
+    its checkpoint's record `meta` (None when it names several, or none)."""
+    if pair is not None:
+        return pair.tgt
+    targets = {Pair.parse(name).tgt for name in meta["pairs"]} if meta.get("pairs") else {meta.get("tgt_lang")}
+    return targets.pop() if len(targets) == 1 and None not in targets else None
 
 
 def tag_ids(vocab: Vocab) -> list[int]:

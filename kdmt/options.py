@@ -100,6 +100,7 @@ RANGES: dict[str, Range] = {
     "lenpen": NONNEGATIVE,
     "max_len_a": NONNEGATIVE,
     "max_len_b": NONNEGATIVE_INT,
+    "min_len": NONNEGATIVE_INT,  # 0: EOS may end a hypothesis at once
     "batch_tokens": COUNT,
     "max_src_tokens": COUNT,
     "threads": NONNEGATIVE_INT,  # 0: torch's default

@@ -4,8 +4,10 @@ Beam search follows fairseq's conventions: 2·beam candidates per sentence and s
 ending in EOS among the top `beam` candidates is finalized with its score divided by length**lenpen
 (its length counting EOS), and a sentence is done once `beam` hypotheses are final, or when it
 reaches its maximum length, max_len_a·|src| + max_len_b tokens (never more than the models' positions
-allow: max_positions − 1, the first position being BOS's). Done sentences leave the batch, so a
-step costs less as the batch finishes. There is no Python loop over sentences or beams in a step.
+allow: max_positions − 1, the first position being BOS's). A hypothesis ends in EOS only once it holds
+`min_len` tokens (the commands' --min-len, 1: never an empty translation), unless the maximum length comes
+first. Done sentences leave the batch, so a step costs less as the batch finishes. There is no Python loop
+over sentences or beams in a step.
 """
 
 from __future__ import annotations
@@ -56,9 +58,14 @@ def max_lengths(src: Tensor, a: float, b: int, max_positions: int) -> Tensor:
 
 @torch.no_grad()
 def greedy_search(
-    ensemble: Ensemble, src: Tensor, lenpen: float = 1.0, max_len_a: float = 1.5, max_len_b: int = 10
+    ensemble: Ensemble,
+    src: Tensor,
+    lenpen: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    min_len: int = 0,
 ) -> list[Hypothesis]:
-    """The most probable next token at every step, per sentence."""
+    """The most probable next token at every step, per sentence (EOS once `min_len` tokens are there)."""
     n, device = src.size(0), src.device
     states = ensemble.start(src)
     limit = max_lengths(src, max_len_a, max_len_b, ensemble.max_positions)
@@ -69,6 +76,8 @@ def greedy_search(
     tokens = torch.full((n,), BOS, dtype=torch.long, device=device)
     for t in range(out.size(1)):
         logp = ensemble.step(tokens, states)
+        if t < min_len:
+            logp[t < limit[active], EOS] = float("-inf")
         next_tokens = logp.argmax(-1)
         next_tokens[t >= limit[active]] = EOS
         out[active, t] = next_tokens
@@ -95,8 +104,10 @@ def beam_search(
     nbest: int = 1,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
+    min_len: int = 0,
 ) -> list[list[Hypothesis]]:
-    """The `nbest` best hypotheses per sentence, best first."""
+    """The `nbest` best hypotheses per sentence, best first, each of at least `min_len` tokens (unless the
+    maximum length is shorter)."""
     n, k, device = src.size(0), beam, src.device
     limit_all = max_lengths(src, max_len_a, max_len_b, ensemble.max_positions)
     width = int(limit_all.max()) + 1
@@ -118,6 +129,8 @@ def beam_search(
         m = active.numel()
         logp = ensemble.step(tokens, states).view(m, k, -1)
         at_limit = t >= limit_all[active]
+        if t < min_len:
+            logp[~at_limit, :, EOS] = float("-inf")
         if at_limit.any():  # force EOS for sentences at their maximum length
             eos_logp = logp[at_limit, :, EOS]
             logp[at_limit] = float("-inf")

@@ -36,11 +36,21 @@ def check_vocabulary(teachers: list[tuple[Path, Checkpoint]], src_vocab: Vocab, 
             raise KdmtError(f"vocabulary mismatch: {path} was trained with other sentencepiece models than this data")
 
 
-def check_topk(topk: int | None, teachers: list[tuple[Path, Checkpoint]]) -> None:
-    """A teacher has no more probabilities to keep than its target vocabulary has pieces."""
+def load_teachers(
+    data: PreparedData, paths: Sequence[Path], pairs: Sequence[str], device: torch.device, topk: int | None = None
+) -> list[tuple[Path, Checkpoint]]:
+    """The teachers' checkpoints, each with the data's sentencepiece models (check_vocabulary) and, where
+    `pairs` names the pair each one teaches (none: one pair), trained on that pair; each with at least `topk`
+    pieces in its target vocabulary (word-KD keeps its `topk` most probable)."""
+    teachers = [(path, load_checkpoint(path, device)) for path in paths]
+    check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
+    for name, (path, teacher) in zip(pairs, teachers):
+        if name not in teacher.meta.get("pairs", [name]):
+            raise KdmtError(f"{path} was not trained on {name} (its pairs: {', '.join(teacher.meta['pairs'])})")
     for path, t in teachers:
         if topk is not None and topk > len(t.tgt_vocab):
             raise KdmtError(f"--topk {topk} exceeds the {len(t.tgt_vocab)} pieces of {path}'s target vocabulary")
+    return teachers
 
 
 def mix_indices(n_distilled: int, n_reference: int, ref_share: float, seed: int) -> tuple[Sequence[int], Sequence[int]]:
@@ -314,13 +324,8 @@ def build_student(
     if o.pair_temperature != 1 and not names:
         raise KdmtError("--pair-temperature draws the pairs of multilingual data")
     paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
-    teachers = [(path, load_checkpoint(path, device)) for path in paths]
-    check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
-    check_topk(o.topk, teachers)
-    trained_on = names or ([o.pair] * len(teachers) if o.pair else [])  # the pair each teacher must know
-    for name, (path, teacher) in zip(trained_on, teachers):
-        if name not in teacher.meta.get("pairs", [name]):
-            raise KdmtError(f"{path} was not trained on {name} (its pairs: {', '.join(teacher.meta['pairs'])})")
+    trained_on = names or ([o.pair] * len(paths) if o.pair else [])  # the pair each teacher must know
+    teachers = load_teachers(data, paths, trained_on, device, o.topk)
     corpus, corpus_record = student_corpus(data, o.distilled, o.ref_share, seed, o.fallback_ref)
     if o.pair is not None:
         corpus = corpus.subset(PairRows(all_pairs, corpus_record["pair_rows"]).rows(o.pair))

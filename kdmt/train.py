@@ -39,7 +39,7 @@ from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
 from kdmt.evaluate import score
-from kdmt.languages import PairRows, PairSampler, bleu_key
+from kdmt.languages import Pair, PairRows, PairSampler, bleu_key
 from kdmt.model import Transformer
 from kdmt.objectives import CrossEntropy, label_smoothed_nll
 from kdmt.progress import ProgressLine, format_duration
@@ -102,17 +102,23 @@ class ValidSet:
     src_lines: list[str]
     ref_lines: list[str]
     pairs: PairRows | None = None  # several language pairs: BLEU is measured on each one's rows
+    tgt_lang: str | None = None  # one pair: the target language, BLEU's tokenizer (kdmt.evaluate.score)
 
     @classmethod
     def of(cls, data: PreparedData, pair: str | None = None) -> ValidSet:
         """The validation split of a prepared data directory, or of one of its language pairs."""
         corpus, (src, ref), pairs = data.corpus("valid"), data.text("valid"), data.info.pair_rows("valid")
         if pair is None:
-            return cls(corpus, src, ref, pairs)
+            return cls(corpus, src, ref, pairs, None if pairs else data.info.tgt_lang)
         if pairs is None:
             raise KdmtError(f"{data.root} holds one language pair: drop --pair")
         rows = pairs.rows(pair)
-        return cls(corpus.subset(rows), src[rows.start : rows.stop], ref[rows.start : rows.stop])
+        part = corpus.subset(rows), src[rows.start : rows.stop], ref[rows.start : rows.stop]
+        return cls(*part, tgt_lang=Pair.parse(pair).tgt)
+
+    def target_language(self, part: str | None) -> str | None:
+        """The target language of a part of parts(): its pair's, or the set's own."""
+        return self.tgt_lang if part is None else Pair.parse(part).tgt
 
     def parts(self) -> list[tuple[str | None, range]]:
         """The rows of each language pair, by name; all rows, unnamed, for one pair."""
@@ -407,7 +413,7 @@ class Trainer:
             src, refs = [self.valid.src_lines[i] for i in taken], [self.valid.ref_lines[i] for i in taken]
             with autocast(self.device, self.config.bf16):
                 hyps = translator.translate(src)
-            result[bleu_key(name)] = score(hyps, refs).bleu
+            result[bleu_key(name)] = score(hyps, refs, self.valid.target_language(name)).bleu
         if len(result) > 1:
             result["valid_bleu"] = sum(result.values()) / len(result)
         return result

@@ -42,6 +42,7 @@ class SearchOptions:
     max_len_b: int = 10
     batch_tokens: int = 4000  # source tokens per batch (times the beam during search)
     max_src_tokens: int = 1024  # longer sources are not translated (an empty result)
+    min_len: int = 1  # target tokens before EOS may end a hypothesis (unless the maximum length is shorter)
 
 
 class TextTranslator(ABC):
@@ -130,9 +131,10 @@ class Translator(TextTranslator):
         failed attempt's tensors allocated."""
         o = self.options
         try:
+            lengths = o.max_len_a, o.max_len_b, o.min_len
             if o.beam == 1:
-                return [[h] for h in greedy_search(self.ensemble, x, o.lenpen, o.max_len_a, o.max_len_b)]
-            return beam_search(self.ensemble, x, o.beam, o.lenpen, nbest, o.max_len_a, o.max_len_b)
+                return [[h] for h in greedy_search(self.ensemble, x, o.lenpen, *lengths)]
+            return beam_search(self.ensemble, x, o.beam, o.lenpen, nbest, *lengths)
         except torch.OutOfMemoryError:
             if x.size(0) == 1:
                 raise

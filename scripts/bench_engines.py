@@ -34,7 +34,7 @@ from kdmt.device import describe_device
 from kdmt.distill import DistillSettings, distill_corpus
 from kdmt.engines import CTranslate2Translator
 from kdmt.evaluate import WARM_UP_LINES, score, size_on_disk
-from kdmt.export import export_checkpoint
+from kdmt.export import export_checkpoint, huggingface_limit
 from kdmt.files import read_lines, write_lines
 from kdmt.translate import SearchOptions, TextTranslator, Translator
 
@@ -112,7 +112,7 @@ def huggingface_rows(args, checkpoint: Path, work: Path) -> list[dict]:
         for length, rows in by_length.items():
             for k in range(0, len(rows), 64):
                 batch = tokenizer([src[i] for i in rows[k : k + 64]], return_tensors="pt", padding=True)
-                out = model.generate(**batch, max_new_tokens=kdmt.max_output_length(length) + 1)  # + EOS
+                out = model.generate(**batch, max_new_tokens=huggingface_limit(model.generation_config, length))
                 for i, text in zip(rows[k : k + 64], tokenizer.batch_decode(out, skip_special_tokens=True)):
                     hyps[i] = text
     seconds = time.perf_counter() - start

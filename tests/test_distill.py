@@ -106,6 +106,8 @@ def test_select_closest_picks_the_highest_sentence_bleu():
     candidates = ["a person is cycling", "a man rides a bike", "a man rides a red bike"]
     assert closest(candidates, ref, "bleu") == 2
     assert closest(candidates[:2], ref, "chrf") == 1
+    chinese = ["我们去了学校。", "我们去了公园。"]  # one word each for 13a: a tie, and the first wins
+    assert closest(chinese, "我们去公园了。", "bleu") == 0 and closest(chinese, "我们去公园了。", "bleu", "zh") == 1
 
 
 def test_distill_command_with_seq_inter_and_over_long_lines(toy_model, tmp_path):
@@ -170,6 +172,12 @@ def test_repetition_loops_are_degenerate():
     assert reason("He had had enough .") is None
     assert reason("He had had enough .", FilterOptions(max_repeat=2)) == "repeat"
     assert reason("Two dogs dogs dogs play .", FilterOptions(max_repeat=4)) is None
+    # scripts without spaces: repeats counted in characters, n-grams of up to 16
+    assert reason("一个女孩在公园里一个女孩在公园里一个女孩在公园里") == "repeat"  # a 7-character loop
+    assert reason("今日は晴れです。今日は晴れです。今日は晴れです。") == "repeat"
+    assert reason("สวัสดีครับสวัสดีครับสวัสดีครับ") == "repeat"
+    assert reason("一个女孩在公园里玩,她很高兴。") is None and reason("謝謝你,謝謝。") is None
+    assert reason("东京 東京タワー 2024 年") is None
 
 
 def test_hypotheses_at_the_length_limit_or_with_an_outlying_ratio_are_degenerate():

@@ -1,12 +1,20 @@
-"""Evaluation: the timed translation excludes a warm-up run."""
+"""Evaluation: the timed translation excludes a warm-up run; BLEU is tokenized for the target language."""
 
+import importlib.util
+import json
 import time
 from types import SimpleNamespace
 
 import torch
+from test_cli import assert_fails, kdmt, write
 
-from kdmt.evaluate import evaluate
+from kdmt.checkpoint import Checkpoint, save_checkpoint
+from kdmt.evaluate import bleu_tokenizer, evaluate, score
+from kdmt.languages import PairRows
+from kdmt.model import Transformer, make_config
+from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions
+from kdmt.vocab import Vocab
 
 
 def test_a_warm_up_translation_runs_before_the_timer_starts(tmp_path, monkeypatch):
@@ -35,3 +43,62 @@ def test_a_warm_up_translation_runs_before_the_timer_starts(tmp_path, monkeypatc
     assert len(calls) == 2 and 0 < calls[0] < 100 and calls[1] == 100  # warm-up, then the timed run
     assert report.seconds == 100 and report.sentences_per_s == 1
     assert reported == [100]  # the warm-up is not progress
+
+
+def test_bleu_is_tokenized_for_the_target_language(monkeypatch):
+    hyp, ref = ["我们去了公园。"], ["我们去公园了。"]  # Chinese: no spaces between words
+    assert score(hyp, ref).bleu < 1 and "tok:13a" in score(hyp, ref).bleu_signature  # one word each for 13a
+    chinese = score(hyp, ref, "zh")
+    assert chinese.bleu > 30 and "tok:zh" in chinese.bleu_signature
+    thai = score(["สวัสดีครับ"], ["สวัสดีค่ะ"], "th")
+    assert thai.bleu > 30 and "tok:char" in thai.bleu_signature
+    assert bleu_tokenizer("de") == ("13a", None) and bleu_tokenizer(None) == ("13a", None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # MeCab not installed
+    for lang, fallback in (("ja", "char"), ("ko", "13a")):
+        tokenizer, note = bleu_tokenizer(lang)
+        assert tokenizer == fallback and f"pip install 'sacrebleu[{lang}]'" in note
+    assert "tok:char" in score(["今日は晴れ"], ["今日は晴れ"], "ja").bleu_signature
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # installed: MeCab's words
+    assert bleu_tokenizer("ja") == ("ja-mecab", None) and bleu_tokenizer("ko") == ("ko-mecab", None)
+
+
+def test_validation_bleu_is_tokenized_for_each_parts_target_language(monkeypatch):
+    languages = []
+
+    def spy(hyps, refs, lang=None):
+        languages.append(lang)
+        return score(hyps, refs, lang)
+
+    monkeypatch.setattr("kdmt.train.score", spy)
+    monkeypatch.setattr("kdmt.train.Translator", lambda *args: SimpleNamespace(translate=lambda src: src))
+    trainer = SimpleNamespace(config=TrainConfig(max_steps=1), device=torch.device("cpu"))
+    for valid, expected in (
+        (ValidSet(None, ["a"] * 4, ["a"] * 4, tgt_lang="zh"), [{"valid_bleu"}, ["zh"]]),
+        (ValidSet(None, ["a"] * 4, ["a"] * 4, PairRows(["de-ja", "de-en"], [2, 2])), [{"valid_bleu_de-ja"}, ["ja"]]),
+    ):
+        languages.clear()
+        trainer.valid = valid
+        result = Trainer.bleu(trainer, [], "de-ja" if valid.pairs else None)
+        assert [set(result), languages] == expected
+    trainer.valid = ValidSet(None, ["a"] * 4, ["a"] * 4, PairRows(["de-ja", "de-en"], [2, 2]))
+    languages.clear()
+    assert set(Trainer.bleu(trainer, [])) == {"valid_bleu", "valid_bleu_de-ja", "valid_bleu_de-en"}
+    assert languages == ["ja", "en"]
+
+
+def test_eval_tokenizes_bleu_for_the_models_target_language_unless_told(toy_data, tmp_path):
+    vocab = Vocab.load(toy_data / "spm.model")
+    torch.manual_seed(0)
+    model = Transformer(make_config(len(vocab), len(vocab), "tiny", max_positions=16)).eval()
+    for lang in ("zh", "ja"):
+        meta = {"src_lang": "src", "tgt_lang": lang}
+        save_checkpoint(tmp_path / f"{lang}.pt", Checkpoint(model, vocab, vocab, meta))
+    files = ["--src", write(tmp_path / "t.src", ["a b c", "d e"]), "--ref", write(tmp_path / "t.ref", ["c b a", "e d"])]
+    args = ["eval", tmp_path / "zh.pt", *files, "--beam", "1", "--device", "cpu", "--json"]
+    for extra, tokenizer in (([], "tok:zh"), (["--tgt-lang", "th"], "tok:char")):
+        result = kdmt(*args, *extra)
+        assert result.exit_code == 0, result.stderr
+        assert tokenizer in json.loads(result.stdout)[0]["bleu_signature"] and tokenizer in result.stderr
+    assert_fails(kdmt(*args, tmp_path / "ja.pt"), "ja.pt translates into ja, not zh: name the --tgt-lang")
+    result = kdmt(*args, tmp_path / "ja.pt", "--tgt-lang", "zh")
+    assert result.exit_code == 0, result.stderr

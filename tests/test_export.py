@@ -17,7 +17,7 @@ from toy import toy_pairs
 from kdmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kdmt.distill import distill_corpus
 from kdmt.engines import CTranslate2Translator, converted_teacher
-from kdmt.export import export_checkpoint
+from kdmt.export import export_checkpoint, huggingface_limit
 from kdmt.files import read_lines
 from kdmt.model import Transformer, make_config
 from kdmt.translate import SearchOptions, Translator
@@ -226,3 +226,56 @@ def test_without_the_export_extra_the_command_says_what_to_install(toy_model, tm
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "pip install 'kdmt[export]'" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_conversion_cache_is_kept_per_kdmt_and_ctranslate2_version(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDMT_CACHE", str(tmp_path / "cache"))
+    teacher = random_checkpoint(toy_data, tmp_path / "teacher.pt", share_embeddings=True)
+    first = converted_teacher(teacher)
+    assert converted_teacher(teacher) == first
+    monkeypatch.setattr("ctranslate2.__version__", "0.0.1")
+    other_ctranslate2 = converted_teacher(teacher)
+    monkeypatch.setattr("kdmt.engines.__version__", "0.0.1")
+    other_kdmt = converted_teacher(teacher)
+    assert len({first, other_ctranslate2, other_kdmt}) == 3  # each version converts again, into its own entry
+    assert sorted((tmp_path / "cache" / "ctranslate2").iterdir()) == sorted([first, other_ctranslate2, other_kdmt])
+
+
+def test_min_len_in_the_ctranslate2_engine_as_in_kdmt(toy_data, tmp_path):
+    path = random_checkpoint(toy_data, tmp_path / "eos.pt", share_embeddings=True)
+    ckpt = load_checkpoint(path)
+    with torch.no_grad():  # the decoder's output is EOS's embedding whatever it reads: EOS comes first at every step
+        ckpt.model.dec_norm.weight.zero_()
+        ckpt.model.dec_norm.bias.copy_(ckpt.model.tgt_embed.weight[EOS] * 4)
+    save_checkpoint(path, ckpt)
+    export_checkpoint(path, tmp_path / "ct2", "ctranslate2")
+    for min_len in (0, 1, 3):
+        for beam in (1, 3):
+            options = SearchOptions(beam=beam, min_len=min_len)
+            ours = Translator([load_checkpoint(path)], options).translate_nbest(SOURCES[:6])
+            theirs = CTranslate2Translator(tmp_path / "ct2", options).translate_nbest(SOURCES[:6])
+            assert [c[0].length for c in ours] == [min_len] * 6, (min_len, beam)
+            assert [c[0].text for c in theirs] == [c[0].text for c in ours], (min_len, beam)
+
+
+def test_the_huggingface_export_stops_where_kdmts_search_does(toy_data, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = random_checkpoint(toy_data, tmp_path / "never-ends.pt", share_embeddings=True)  # max_positions 40
+    ckpt = load_checkpoint(path)
+    with torch.no_grad():  # EOS last at every step, whatever the decoder reads: every hypothesis is cut
+        ckpt.model.dec_norm.weight.zero_()
+        ckpt.model.dec_norm.bias.copy_(ckpt.model.tgt_embed.weight[EOS] * -4)
+    save_checkpoint(path, ckpt)
+    export_checkpoint(path, tmp_path / "hf", "huggingface")
+    hf = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
+    config = hf.generation_config
+    assert (config.min_new_tokens, config.kdmt_max_len_a, config.kdmt_max_len_b) == (1, 1.5, 10)
+    x = torch.tensor([[4, 5, 6, EOS]])
+    for options, limit in ((SearchOptions(beam=1, max_len_b=100), None), (SearchOptions(beam=1), huggingface_limit)):
+        want = Translator([load_checkpoint(path)], options).translate_ids([x[0].tolist()])[0][0].tokens
+        assert len(want) == (39 if limit is None else int(4 * 1.5 + 10))  # the position table's cap, or a·|src| + b
+        extra = {} if limit is None else {"max_new_tokens": limit(config, x.size(1))}
+        with torch.no_grad():
+            out = hf.generate(input_ids=x, attention_mask=torch.ones_like(x), num_beams=1, **extra)[0].tolist()
+        assert out == [BOS, *want, EOS]  # cut at the same length, EOS forced

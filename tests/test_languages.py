@@ -21,6 +21,7 @@ from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
 from kdmt.evaluate import evaluate as kdmt_evaluate
+from kdmt.files import read_lines
 from kdmt.languages import Pair, PairRows, PairSampler, model_inputs, pair_weights, tag_ids, tag_source
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, SelectiveKD, word_kd_loss
@@ -28,7 +29,7 @@ from kdmt.search import Hypothesis
 from kdmt.soft_targets import SoftTargetStore
 from kdmt.student import student_corpus
 from kdmt.train import TrainConfig, Trainer, ValidSet
-from kdmt.translate import Translator
+from kdmt.translate import TextTranslator, Translator
 from kdmt.vocab import UNK
 
 
@@ -45,6 +46,9 @@ def test_pair_names_and_the_tags_of_a_models_inputs():
     assert model_inputs(["un chien", ""], Pair("fr", "en"), multilingual) == ["<2en> <from_fr> un chien", ""]
     with pytest.raises(KdmtError, match="name one with --pair"):
         model_inputs(["x"], None, multilingual)
+    tagged = "<2en> <from_fr> un chien"  # as in DATA/train.fr-en.src: taken as it is
+    assert model_inputs([tagged], None, multilingual) == model_inputs([tagged], Pair("fr", "en"), multilingual)
+    assert model_inputs([tagged, ""], None, multilingual) == [tagged, ""]
     with pytest.raises(KdmtError, match="--pair en-de: the model translates de-en, fr-en"):
         model_inputs(["x"], Pair("en", "de"), multilingual)
     one_pair = {"src_lang": "de", "tgt_lang": "en"}
@@ -469,6 +473,48 @@ def test_stored_soft_targets_come_from_each_sentences_own_teacher(toy_multilingu
             top, ids = F.softmax(model(batch.src, batch.tgt_in)[0].float(), dim=-1).topk(3)
         index, logprobs = store.lookup(torch.tensor([i]), batch.tgt_out.size(1), torch.device("cpu"))
         assert index[0].equal(ids) and torch.allclose(logprobs[0], top.log(), atol=1e-2), i
+
+
+def test_distill_tags_its_sources_for_a_multilingual_teacher_and_refuses_untagged_ones(
+    toy_multilingual, tmp_path, monkeypatch
+):
+    root, _ = toy_multilingual
+    seen = []
+    translate_nbest = TextTranslator.translate_nbest
+
+    def spy(self, lines, *args):
+        seen.append(lines)
+        return translate_nbest(self, lines, *args)
+
+    monkeypatch.setattr(TextTranslator, "translate_nbest", spy)
+    tagged = (root / "data" / "train.xx-rv.src").read_text().splitlines()[:8]
+    assert all(line.startswith("<2rv> ") for line in tagged)
+    raw = write(tmp_path / "raw.xx", [line.removeprefix("<2rv> ") for line in tagged])
+    args = ["distill", "-t", root / "xx-rv" / "checkpoint_best.pt", "--beam", "1", "--no-filter", "--device", "cpu"]
+    assert_fails(kdmt(*args, "--src", raw, "-o", tmp_path / "a"), "name one with --pair (line 1 carries no tags")
+    for name, src, pair in (("tagged", write(tmp_path / "t.xx", tagged), []), ("pair", raw, ["--pair", "xx-rv"])):
+        seen.clear()
+        result = kdmt(*args, "--src", src, "-o", tmp_path / name, *pair)
+        assert result.exit_code == 0, result.stderr
+        assert seen == [tagged]  # the teacher's inputs: its pair's tags, once
+    assert read_lines(tmp_path / "pair") == read_lines(tmp_path / "tagged")
+    assert json.loads((tmp_path / "pair.json").read_text())["settings"]["pair"] == "xx-rv"
+    one_untagged = write(tmp_path / "mixed.xx", tagged[:4] + ["a b c"] + tagged[5:])
+    mixed = ["--src", one_untagged, "--shard-size", "3", "-o", tmp_path / "m"]
+    assert_fails(kdmt(*args, *mixed), "line 5 carries no tags")
+    assert_fails(kdmt(*args, "--src", raw, "--pair", "xx-cp", "-o", tmp_path / "c"), "the model translates xx-rv")
+    other = write(tmp_path / "other.xx", ["<2cp> a b c"])
+    assert_fails(kdmt(*args, "--src", other, "--pair", "xx-rv", "-o", tmp_path / "o"), "line 1 carries other tags")
+    assert not any((tmp_path / name).exists() for name in ("a", "m", "c", "o"))
+
+
+def test_soft_targets_refuse_a_teacher_of_another_pair(toy_multilingual, tmp_path):
+    root, _ = toy_multilingual
+    swapped = [("xx-rv", "xx-cp"), ("xx-cp", "xx-rv")]  # each pair named with the other pair's teacher
+    teachers = [x for pair, other in swapped for x in ("-t", f"{pair}={root / other / 'checkpoint_best.pt'}")]
+    result = kdmt("soft-targets", "--data", root / "data", "-o", tmp_path / "soft.json", "--device", "cpu", *teachers)
+    assert_fails(result, "was not trained on xx-rv (its pairs: xx-cp)")
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_a_resumed_multilingual_student_goes_on_with_its_switches_and_its_draw(toy_multilingual, tmp_path):

@@ -1,5 +1,7 @@
 """Search on a random model: incremental decoding, batching and the beam's bookkeeping."""
 
+import math
+
 import pytest
 import torch
 
@@ -101,3 +103,33 @@ def test_output_length_is_capped_by_the_position_table():
     ensemble = Ensemble([model])
     for hyps in (greedy_search(ensemble, x), [h[0] for h in beam_search(ensemble, x, beam=3)]):
         assert [len(h.tokens) for h in hyps] == [7, 7]
+
+
+class EndsAtOnce(Transformer):
+    """A model that prefers EOS at every step: unconstrained, its translations are empty."""
+
+    def output(self, h):
+        logits = super().output(h)
+        logits[..., EOS] = logits.max(-1).values + 5.0
+        return logits
+
+
+def test_min_len_keeps_eos_back_until_that_many_tokens_and_beam_one_equals_greedy():
+    torch.manual_seed(3)
+    ensemble = Ensemble([EndsAtOnce(make_config(24, 24, "tiny")).eval()])
+    x = pad(sources([4, 6, 2]))
+    assert [h.tokens for h in greedy_search(ensemble, x)] == [[], [], []]
+    assert [h[0].tokens for h in beam_search(ensemble, x, beam=3)] == [[], [], []]
+    for min_len in (1, 3):
+        greedy = greedy_search(ensemble, x, min_len=min_len)
+        beam_one = [h[0] for h in beam_search(ensemble, x, beam=1, min_len=min_len)]
+        assert [len(h.tokens) for h in greedy] == [min_len] * 3  # EOS as soon as it is allowed
+        assert [h.tokens for h in beam_one] == [h.tokens for h in greedy]
+        assert [h.score for h in beam_one] == pytest.approx([h.score for h in greedy], abs=1e-4)
+        nbest = beam_search(ensemble, x, beam=3, nbest=3, min_len=min_len)
+        assert all(len(h.tokens) >= min_len for hyps in nbest for h in hyps)
+    short = greedy_search(ensemble, x, max_len_a=0.0, max_len_b=2, min_len=5)  # the maximum length wins
+    assert [len(h.tokens) for h in short] == [2, 2, 2] and all(math.isfinite(h.score) for h in short)
+    assert [len(h[0].tokens) for h in beam_search(ensemble, x, beam=3, max_len_a=0.0, max_len_b=2, min_len=5)] == [
+        2
+    ] * 3
