@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from kdmt import distributed
-from kdmt.checkpoint import average_checkpoints, load_checkpoint
+from kdmt.checkpoint import average_checkpoints, convert_checkpoint, load_checkpoint
 from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings
 from kdmt.engines import ENGINES, converted_teacher, open_translator
@@ -930,6 +930,23 @@ def average_cmd(
     """
     average_checkpoints(checkpoints, out)
     err.print(f"averaged {len(checkpoints)} checkpoints into {out}")
+
+
+@command("convert-checkpoint")
+def convert_checkpoint_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints (.pt) of an older kdmt.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With one checkpoint: the file to write (default: beside it).")
+    ] = None,
+) -> None:
+    """Rewrite older kdmt's pickled .pt checkpoints, training state and all, as .safetensors files beside them.
+
+    Example: kdmt convert-checkpoint work/teacher/*.pt
+    """
+    if out is not None and len(checkpoints) > 1:
+        raise KdmtError("--out takes one checkpoint; without it each is written beside its .pt")
+    for path in checkpoints:
+        err.print(f"converted {path} into {convert_checkpoint(path, out)}", soft_wrap=True)
 
 
 def main() -> None:
