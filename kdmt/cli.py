@@ -249,7 +249,7 @@ ValidBleuSents = Annotated[
 ]
 Patience = Annotated[int | None, typer.Option(help="Stop after this many validations without improvement.")]
 KeepLast = Annotated[int, typer.Option(help="Numbered checkpoints to keep.")]
-AverageLast = Annotated[int, typer.Option(help="At the end, average the last N checkpoints into checkpoint_avg.pt.")]
+AverageLast = Annotated[int, typer.Option(help="At the end, average the last N into checkpoint_avg.pt.")]
 MaxLen = Annotated[int, typer.Option(help="Skip training pairs longer than this many tokens.")]
 LogInterval = Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
@@ -658,7 +658,7 @@ def translate_cmd(
 
     Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
 
-    A multilingual model: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
+    Multilingual: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
     """
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens)
     metas, translator = open_translator(model, device, options, bf16, threads)
@@ -725,7 +725,8 @@ def distill_cmd(
 
     With --engine ctranslate2 the teacher decodes through CTranslate2 (converted once, kept in ~/.cache/kdmt).
 
-    Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
+    Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src
+    -o work/distilled/train.tgt
     """
     if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
         raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
