@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from kdmt import distributed
-from kdmt.checkpoint import average_checkpoints
+from kdmt.checkpoint import average_checkpoints, convert_checkpoint
 from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings
 from kdmt.engines import ENGINES, converted_teacher, open_translator
@@ -255,7 +255,7 @@ ValidBleuSents = Annotated[
 ]
 Patience = Annotated[int | None, typer.Option(help="Stop after this many validations without improvement.")]
 KeepLast = Annotated[int, typer.Option(help="Numbered checkpoints to keep.")]
-AverageLast = Annotated[int, typer.Option(help="At the end, average the last N checkpoints into checkpoint_avg.pt.")]
+AverageLast = Annotated[int, typer.Option(help="At the end, average the last N into checkpoint_avg.pt.")]
 MaxLen = Annotated[int, typer.Option(help="Skip training pairs longer than this many tokens.")]
 LogInterval = Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
@@ -663,7 +663,7 @@ def translate_cmd(
 
     Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
 
-    A multilingual model: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
+    Multilingual: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
     """
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
     metas, translator = open_translator(model, device, options, bf16, threads)
@@ -732,7 +732,8 @@ def distill_cmd(
 
     With --engine ctranslate2 the teacher decodes through CTranslate2 (converted once, kept in ~/.cache/kdmt).
 
-    Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src -o work/distilled/train.tgt
+    Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src
+    -o work/distilled/train.tgt
     """
     if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
         raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
@@ -957,6 +958,23 @@ def average_cmd(
     """
     average_checkpoints(checkpoints, out)
     err.print(f"averaged {len(checkpoints)} checkpoints into {out}")
+
+
+@command("convert-checkpoint")
+def convert_checkpoint_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints (.pt) of an older kdmt.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With one checkpoint: the file to write (default: beside it).")
+    ] = None,
+) -> None:
+    """Rewrite older kdmt's pickled .pt checkpoints, training state and all, as .safetensors files beside them.
+
+    Example: kdmt convert-checkpoint work/teacher/*.pt
+    """
+    if out is not None and len(checkpoints) > 1:
+        raise KdmtError("--out takes one checkpoint; without it each is written beside its .pt")
+    for path in checkpoints:
+        err.print(f"converted {path} into {convert_checkpoint(path, out)}", soft_wrap=True)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from kdmt.checkpoint import LEGACY_SUFFIX, SUFFIX
 from kdmt.errors import KdmtError
 from kdmt.evaluate import describe
 
@@ -32,7 +33,7 @@ def short_names(checkpoints: list[str]) -> dict[str, str]:
     paths = [os.path.abspath(c) for c in checkpoints]
     common = os.path.commonpath([os.path.dirname(p) for p in paths])
     names = [os.path.relpath(p, common) for p in paths]
-    files = [i for i, p in enumerate(paths) if p.endswith(".pt")]  # the others: exported directories
+    files = [i for i, p in enumerate(paths) if p.endswith((SUFFIX, LEGACY_SUFFIX))]  # the others: exported directories
     if len({os.path.basename(paths[i]) for i in files}) == 1 and all(os.sep in names[i] for i in files):
         for i in files:
             names[i] = os.path.dirname(names[i])

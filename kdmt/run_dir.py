@@ -1,8 +1,8 @@
 """A training run's directory: its checkpoints and metrics.jsonl. One process writes it (rank 0 under torchrun).
 
-checkpoint_last.pt carries the training state that --resume continues from; checkpoint_best.pt the model
-with the best validation; checkpoint_STEP.pt the last validations' models, for averaging into
-checkpoint_avg.pt; metrics.jsonl one JSON line per logged step and per validation.
+checkpoint_last.safetensors carries the training state that --resume continues from; checkpoint_best.safetensors
+the model with the best validation; checkpoint_STEP.safetensors the last validations' models, for averaging
+into checkpoint_avg.safetensors; metrics.jsonl one JSON line per logged step and per validation.
 """
 
 from __future__ import annotations
@@ -11,15 +11,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdmt.checkpoint import average_checkpoints
+from kdmt.checkpoint import LEGACY_SUFFIX, SUFFIX, average_checkpoints
 from kdmt.errors import KdmtError
 from kdmt.files import write_lines
 
-LAST, BEST, AVERAGE = "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_avg.pt"
+LAST, BEST, AVERAGE = f"checkpoint_last{SUFFIX}", f"checkpoint_best{SUFFIX}", f"checkpoint_avg{SUFFIX}"
+LEGACY_LAST = Path(LAST).with_suffix(LEGACY_SUFFIX).name  # what an older kdmt wrote
+
+
+def numbered(step: int | str) -> str:
+    """The name of the checkpoint of the validation at `step` (or a glob of them: "[0-9]*")."""
+    return f"checkpoint_{step}{SUFFIX}"
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
-    """A new run never overwrites an earlier one; a resumed run needs one."""
+    """A new run never overwrites an earlier one; a resumed run needs one, which an older kdmt's must
+    first be converted into."""
+    if (out_dir / LEGACY_LAST).is_file() and not (out_dir / LAST).exists():
+        raise KdmtError(
+            f"{out_dir} holds a run of an older kdmt: convert its checkpoints to continue it "
+            f"(kdmt convert-checkpoint {out_dir}/*{LEGACY_SUFFIX}), or use another --out"
+        )
     if resume and not (out_dir / LAST).is_file():
         raise KdmtError(f"nothing to resume: {out_dir / LAST} does not exist")
     if not resume and (out_dir / LAST).exists():
@@ -27,7 +39,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> None:
 
 
 def checkpoint_step(path: Path) -> int:
-    """checkpoint_1200.pt -> 1200"""
+    """checkpoint_1200.safetensors -> 1200"""
     return int(path.stem.split("_")[1])
 
 
@@ -45,7 +57,7 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def numbered_checkpoints(self) -> list[Path]:
-        return sorted(self.path.glob("checkpoint_[0-9]*.pt"), key=checkpoint_step)
+        return sorted(self.path.glob(numbered("[0-9]*")), key=checkpoint_step)
 
     def keep_last(self, n: int) -> None:
         """Remove all numbered checkpoints but the last `n`."""
@@ -69,7 +81,7 @@ class RunDir:
             write_lines(metrics, kept)
 
     def average(self, n: int) -> list[Path]:
-        """Average the last `n` numbered checkpoints into checkpoint_avg.pt; the checkpoints averaged."""
+        """Average the last `n` numbered checkpoints into checkpoint_avg.safetensors; the checkpoints averaged."""
         paths = self.numbered_checkpoints()[-n:]
         average_checkpoints(paths, self.path / AVERAGE)
         return paths

@@ -43,7 +43,7 @@ from kdmt.languages import Pair, PairRows, PairSampler, bleu_key
 from kdmt.model import Transformer
 from kdmt.objectives import CrossEntropy, label_smoothed_nll
 from kdmt.progress import ProgressLine, format_duration
-from kdmt.run_dir import AVERAGE, BEST, LAST, RunDir
+from kdmt.run_dir import AVERAGE, BEST, LAST, RunDir, numbered
 from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import Vocab
 
@@ -535,7 +535,7 @@ class Trainer:
         self.run_dir.log({"step": self.step, "epoch": self.epoch, **result, "best": self.best})
         shown = "  ".join(f"{k} {v:.3f}" for k, v in result.items())
         self.console.print(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
-        self.save(f"checkpoint_{self.step}.pt")
+        self.save(numbered(self.step))
         self.run_dir.keep_last(self.config.keep_last)
         if improved:
             self.save(BEST)

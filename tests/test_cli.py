@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from kdmt.checkpoint import load_checkpoint
 from kdmt.cli import app
 from kdmt.device import resolve_device
+from kdmt.run_dir import AVERAGE, BEST, LAST
 from kdmt.train import Learner
 
 runner = CliRunner()
@@ -165,7 +166,7 @@ def test_train_teacher_command_runs_and_refuses_to_overwrite(tmp_path):
     ]
     result = kdmt(*args)
     assert result.exit_code == 0, result.stderr
-    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_avg.pt", "checkpoint_2.pt", "checkpoint_3.pt"):
+    for name in (LAST, BEST, AVERAGE, "checkpoint_2.pt", "checkpoint_3.pt"):
         assert (tmp_path / "t" / name).is_file(), name
     metrics = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     assert {"valid_bleu", "valid_loss"} <= set(metrics[-1])

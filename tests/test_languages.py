@@ -25,6 +25,7 @@ from kdmt.files import read_lines
 from kdmt.languages import Pair, PairRows, PairSampler, model_inputs, pair_weights, tag_ids, tag_source
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, SelectiveKD, word_kd_loss
+from kdmt.run_dir import BEST
 from kdmt.search import Hypothesis
 from kdmt.soft_targets import SoftTargetStore
 from kdmt.student import student_corpus
@@ -522,7 +523,7 @@ def test_a_resumed_multilingual_student_goes_on_with_its_switches_and_its_draw(t
     every pair's word-KD off at the first validation (margin -100): stopped after it and resumed, the run
     takes the steps of the uninterrupted one."""
     root, train = toy_multilingual
-    teachers = [x for pair in ("xx-rv", "xx-cp") for x in ("-t", f"{pair}={root / pair / 'checkpoint_best.pt'}")]
+    teachers = [x for pair in ("xx-rv", "xx-cp") for x in ("-t", f"{pair}={root / pair / BEST}")]
     args = ["train-student", "--data", root / "data", *teachers, *train, "--alpha", "0.5", "--dropout", "0.1"]
     args += ["--selective-kd", "--selective-margin", "-100", "--pair-temperature", "3", "--valid-interval", "4"]
     args += ["--valid-bleu-sents", "5", "--log-interval", "1"]

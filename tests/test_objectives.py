@@ -14,6 +14,7 @@ from kdmt.checkpoint import load_checkpoint
 from kdmt.data import TokenizedCorpus
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import CrossEntropy, Distillation, label_smoothed_nll, word_kd_loss
+from kdmt.run_dir import LAST
 from kdmt.student import layer_map, parse_layers
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.vocab import PAD
@@ -211,7 +212,7 @@ def test_a_resumed_student_run_equals_the_uninterrupted_run(toy_data, tmp_path):
         assert torch.equal(v, split.objective.state_dict()[k]), k
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, split.model.state_dict()[k]), k
-    saved = [load_checkpoint(tmp_path / out / "checkpoint_last.pt").model.state_dict() for out in ("full", "split")]
+    saved = [load_checkpoint(tmp_path / out / LAST).model.state_dict() for out in ("full", "split")]
     for k, v in saved[0].items():
         assert torch.equal(v, saved[1][k]), k
 

@@ -4,11 +4,14 @@ from kdmt.report import compare_with_teacher, short_names
 def test_models_are_named_below_their_common_folder():
     names = short_names(["w/run/teacher1/checkpoint_best.pt", "w/run/student-a/checkpoint_best.pt"])
     assert list(names.values()) == ["teacher1", "student-a"]
-    names = short_names(["w/run/t/checkpoint_best.pt", "w/run/t/checkpoint_avg.pt", "w/run/s/checkpoint_avg.pt"])
-    assert list(names.values()) == ["t/checkpoint_best.pt", "t/checkpoint_avg.pt", "s/checkpoint_avg.pt"]
-    names = short_names(["w/run/t/checkpoint_best.pt", "w/run/s/checkpoint_best.pt", "w/run/s-int8"])
-    assert names == {"w/run/t/checkpoint_best.pt": "t", "w/run/s/checkpoint_best.pt": "s", "w/run/s-int8": "s-int8"}
-    assert short_names(["w/run/t/checkpoint_avg.pt"] * 2) == {"w/run/t/checkpoint_avg.pt": "w/run/t/checkpoint_avg.pt"}
+    t_best, t_avg = "w/run/t/checkpoint_best.pt", "w/run/t/checkpoint_avg.pt"
+    s_avg = "w/run/s/checkpoint_avg.pt"
+    names = short_names([t_best, t_avg, s_avg])
+    assert list(names.values()) == [t_best[6:], t_avg[6:], s_avg[6:]]  # below w/run/
+    s_best = "w/run/s/checkpoint_best.pt"
+    names = short_names([t_best, s_best, "w/run/s-int8"])
+    assert names == {t_best: "t", s_best: "s", "w/run/s-int8": "s-int8"}
+    assert short_names([t_avg] * 2) == {t_avg: t_avg}
 
 
 def test_students_are_compared_with_the_first_teacher():
