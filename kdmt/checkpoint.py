@@ -7,6 +7,7 @@ checkpoints that a run can resume from.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,11 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     if ckpt.train_state is not None:
         state["train_state"] = ckpt.train_state
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # how torch's writer reports a failed write (a full disk)
+            reason = f"cannot write the checkpoint (a full disk?): {str(e).splitlines()[0]}"
+            raise OSError(errno.EIO, reason, str(path)) from None
 
 
 def _read(path: Path) -> dict[str, Any]:
