@@ -50,12 +50,15 @@ def teacher(toy_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def summary():
+def summary(request):
+    """After the module's tests, one line with the counts, on the terminal (not captured)."""
     yield
-    print(
-        f"\nfault injection: {TALLY['injected']} kills injected ({SEEDS} seeds a command), "
-        f"{TALLY['identical']} re-runs identical to the uninterrupted run, {TALLY['signals']} SIGTERMs resumed"
+    line = (
+        f"fault injection: {TALLY['injected']} kills injected ({SEEDS} seeds a command), "
+        f"{TALLY['signals']} SIGTERMs, {TALLY['identical']} re-runs identical to the uninterrupted run"
     )
+    if reporter := request.config.pluginmanager.getplugin("terminalreporter"):
+        reporter.write_line("\n" + line)
 
 
 def run(args: list, check: bool = True, **env: str) -> subprocess.CompletedProcess:
