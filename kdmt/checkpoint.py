@@ -11,6 +11,7 @@ torch.load(weights_only=True); `convert_checkpoint` rewrites them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from kdmt.errors import KdmtError
@@ -121,7 +122,11 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     record = json.dumps(_encode(state, "", tensors))
     metadata = {"format": FORMAT, "record": record, "sha256": content_hash(record, tensors.by_name)}
     with atomic_path(path) as tmp:
-        save_file(tensors.by_name, tmp, metadata=metadata)
+        try:
+            save_file(tensors.by_name, tmp, metadata=metadata)
+        except SafetensorError as e:  # how safetensors' writer reports a failed write (a full disk)
+            reason = f"cannot write the checkpoint (a full disk?): {str(e).splitlines()[0]}"
+            raise OSError(errno.EIO, reason, str(path)) from None
 
 
 def _is_legacy(path: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -62,6 +63,9 @@ def command(name: str):
             except KdmtError as e:
                 print(f"kdmt {name}: error: {e}", file=sys.stderr)
                 raise typer.Exit(2) from None
+            except OSError as e:  # a full disk, a read-only or missing directory, ...
+                print(f"kdmt {name}: error: {describe_os_error(e)}", file=sys.stderr)
+                raise typer.Exit(1) from None
             except (MemoryError, torch.OutOfMemoryError):
                 print(
                     f"kdmt {name}: error: out of memory; use smaller batches (--max-tokens/--batch-tokens)",
@@ -75,6 +79,18 @@ def command(name: str):
         return app.command(name)(wrapper)
 
     return register
+
+
+def describe_os_error(e: OSError) -> str:
+    """'PATH: reason' for a failed read or write."""
+    reason = e.strerror or str(e)
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def interrupt(signum, frame) -> None:
+    """SIGTERM (`kill`, a cluster job's end) stops a command as Ctrl-C does: its temporary files are removed,
+    exit code 130 (training saves its state first, see train.stop_requests)."""
+    raise KeyboardInterrupt
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -978,6 +994,7 @@ def convert_checkpoint_cmd(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         app()
     finally:

@@ -93,9 +93,20 @@ def decode_stream(stream: Iterable[bytes], name: str) -> Iterator[str]:
         yield _decode(raw, name, number)
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a directory's) contents to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. The file is
+    synced before the rename and the directory after it, so a crash of the machine leaves the old file or
+    the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -104,7 +115,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         # mkstemp (and a writer that replaces the file, as safetensors does) makes it private: usual permissions
         os.chmod(tmp, 0o666 & ~_UMASK)
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

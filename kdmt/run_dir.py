@@ -48,9 +48,12 @@ class RunDir:
         self.path = path
 
     def open(self, resume: bool) -> None:
-        """Check (see check_out_dir) and create the directory."""
+        """Check (see check_out_dir) and create the directory. A new run first drops what a run killed before
+        its first checkpoint_last.pt wrote (metrics lines, numbered checkpoints)."""
         check_out_dir(self.path, resume)
         self.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            self.forget_after(0)
 
     def log(self, record: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:

@@ -144,13 +144,17 @@ def compute_soft_targets(
         """Move the arrays into place, then write the record, which says that they are complete."""
         out.unlink(missing_ok=True)
         for name, path in array_paths(out).items():
-            os.replace(partial[name], path)
+            if partial[name].exists():
+                os.replace(partial[name], path)
         summary = {"format": FORMAT, "settings": record, "sentences": len(corpus), "tokens": tokens}
         write_text(out, json.dumps(summary, indent=1) + "\n")
 
+    def array(name: str, mode: str) -> np.ndarray:
+        """An array of the run: in its directory, or already in place (an assembly was killed midway)."""
+        return np.load(partial[name] if partial[name].exists() else array_paths(out)[name], mmap_mode=mode)
+
     if work.open(plan) is not None:
-        ids, logp = (np.load(partial[name], mmap_mode="r+") for name in ("ids", "logp"))
-        offsets = np.load(partial["offsets"], mmap_mode="r")
+        ids, logp, offsets = array("ids", "r+"), array("logp", "r+"), array("offsets", "r")
 
         def do(shard: int) -> dict[str, Any]:
             sentences = shard_sentences(shard, settings, len(corpus))
