@@ -183,7 +183,8 @@ def test_distill_with_ctranslate2_resumes_to_kdmts_bytes(toy_model, tmp_path, mo
     assert all(theirs[i] == ours[i] for i in decided(kdmt_engine, src_lines, FLOAT32_MARGIN))
     assert stats.filtered["repeat"] >= 1
 
-    result = kdmt("distill", "-t", toy_model, "--src", src, "-o", tmp_path / "cli.tgt", "--engine", "ctranslate2")
+    cli = ["-o", tmp_path / "cli.tgt", "--beam", "3", "--engine", "ctranslate2"]  # the settings' beam
+    result = kdmt("distill", "-t", toy_model, "--src", src, *cli)
     assert result.exit_code == 0, result.stderr
     assert read_lines(tmp_path / "cli.tgt") == read_lines(full)
     assert json.loads((tmp_path / "cli.tgt.json").read_text())["settings"]["engine"] == "ctranslate2 float32"
