@@ -35,9 +35,10 @@ class CTranslate2Translator(TextTranslator):
     in groups that share their limit), PAD and BOS never generated. On the CPU, `threads` batches are decoded
     at once, one thread each (CTranslate2's advice for throughput; 0: as many as torch uses).
 
-    Its outputs equal kdmt's but where the two searches end differently: a hypothesis that reaches the length
-    limit is closed by kdmt with a forced EOS and left open by CTranslate2; and kdmt stops a sentence once
-    `beam` hypotheses are finished (fairseq's rule), when CTranslate2 may go on to finish a better one."""
+    Both stop a sentence once `beam` hypotheses are finished (fairseq's rule; an empty one counts: CTranslate2's
+    min_decoding_length is 0), so the outputs equal kdmt's but for near ties and where the searches end
+    differently: a hypothesis that reaches the length limit is closed by kdmt with a forced EOS and left open
+    by CTranslate2; and with --lenpen 0 CTranslate2 stops once its best candidate is finished."""
 
     def __init__(
         self, directory: Path, options: SearchOptions, device: str = "cpu", threads: int = 0, device_index: int = 0

@@ -337,7 +337,8 @@ class Trainer:
 
     def train_step(self, batches: list[Batch]) -> dict[str, float]:
         """One optimizer step on this rank's `batches`: the gradient is the mean over the target tokens of
-        all ranks' batches, and the figures are sums over all ranks divided by those tokens."""
+        all ranks' batches, and the figures are sums over all ranks divided by those tokens; grad_norm is the
+        gradient's norm before clipping."""
         self.learner.train()
         lr = inverse_sqrt_lr(self.step + 1, self.config.lr, self.config.warmup)
         for group in self.optimizer.param_groups:
@@ -358,8 +359,7 @@ class Trainer:
         for p in self.parameters():
             if p.grad is not None:
                 p.grad.div_(ntokens / self.world_size)  # DDP averaged the ranks' sums
-        if self.config.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.clip_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.clip_norm or math.inf)  # before clipping
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -367,6 +367,7 @@ class Trainer:
             "loss": total_loss / ntokens,
             "ntokens": int(ntokens),
             "lr": lr,
+            "grad_norm": float(norm),
             **{k: v / ntokens for k, v in figures.items()},
         }
 

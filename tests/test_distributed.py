@@ -45,10 +45,12 @@ def records(out) -> dict[int, dict]:
     return {r["step"]: r for r in lines if "loss" in r}
 
 
-def assert_same_run(a, b, figures=("loss", "nll")) -> None:
+def assert_same_run(a, b, figures=("loss", "nll", "grad_norm")) -> None:
     """Equal per-step figures, and equal weights and objective parameters at the end (to float tolerance).
-    The attention's key biases have a gradient of zero but for rounding (softmax ignores them), which
-    Adam turns into steps of up to the learning rate: summed in another order, they agree to STEPS of it."""
+    The gradient's norm before clipping shows a wrong scale of the gradient, which clipping and Adam's
+    normalisation would hide from the losses and the weights. The attention's key biases have a gradient of
+    zero but for rounding (softmax ignores them), which Adam turns into steps of up to the learning rate:
+    summed in another order, they agree to STEPS of it."""
     ra, rb = records(a), records(b)
     assert sorted(ra) == sorted(rb) == list(range(1, STEPS + 1))
     for step in ra:
@@ -78,6 +80,7 @@ def test_two_processes_train_a_teacher_as_one_with_update_freq_2(teacher_2p, toy
     assert_same_run(out, tmp_path)
     epochs = [r["epoch"] for r in records(out).values()]
     assert epochs[0] < epochs[-1]  # the plan's epochs are crossed the same way
+    assert max(r["grad_norm"] for r in records(out).values()) > 1.0  # logged before clipping (--clip-norm 1)
     assert stderr.count("teacher: ") == stderr.count("step 3: valid_loss") == 1  # rank 0 alone speaks
 
 
@@ -89,7 +92,7 @@ def test_two_processes_with_update_freq_2_train_a_student_as_one_with_4(teacher_
     kdmt(*args, "--out", tmp_path / "1p", "--update-freq", "4")
     objective = load_checkpoint(tmp_path / "2p" / "checkpoint_last.pt").train_state["objective"]
     assert any(k.startswith("projections.encoder") for k in objective)  # the widths differ: projections
-    assert_same_run(tmp_path / "2p", tmp_path / "1p", ("loss", "nll", "word_kd", "hidden_mse"))
+    assert_same_run(tmp_path / "2p", tmp_path / "1p", ("loss", "nll", "grad_norm", "word_kd", "hidden_mse"))
 
 
 def test_a_resumed_two_process_run_equals_the_uninterrupted_run(toy_data, tmp_path):

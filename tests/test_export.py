@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from test_cli import assert_fails, kdmt, write
 from test_distill import Killed, settings_for
-from toy import toy_pairs
+from toy import decided, toy_pairs
 
 from kdmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kdmt.distill import distill_corpus
@@ -24,6 +24,10 @@ from kdmt.translate import SearchOptions, Translator
 from kdmt.vocab import BOS, EOS, Vocab
 
 SOURCES = toy_pairs(100, seed=21)[0]  # the lengths the toy model learnt (3-8 letters)
+# Engines that compute kdmt's scores and search by its rule decide as kdmt does wherever no decision of the
+# search is closer than this (nats; float32 CTranslate2 is within 1e-4 a token: the test below): a machine's
+# kernels can tip a near tie, not a line decided by more. int8 weights move the scores more.
+FLOAT32_MARGIN, INT8_MARGIN = 2e-3, 0.2
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +79,14 @@ def test_ctranslate2_scores_equal_kdmts_log_probabilities(toy_data, tmp_path, sh
 @pytest.mark.parametrize("beam", [1, 5])
 def test_ctranslate2_export_translates_as_kdmt(toy_model, ct2_dir, beam):
     options = SearchOptions(beam=beam)
-    ours = Translator([load_checkpoint(toy_model)], options).translate_nbest(SOURCES, nbest=beam)
+    translator = Translator([load_checkpoint(toy_model)], options)
+    ours = translator.translate_nbest(SOURCES, nbest=beam)
     theirs = CTranslate2Translator(ct2_dir, options).translate_nbest(SOURCES, nbest=beam)
-    same = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a[0].text == b[0].text]
-    # greedy: every line; beam search: where kdmt's stopping rule (fairseq's) and CTranslate2's agree
-    assert len(same) == len(SOURCES) if beam == 1 else len(same) >= 0.98 * len(SOURCES)
-    if beam > 1:  # the best hypotheses' scores, normalised alike (greedy search's are normalised otherwise)
-        assert [theirs[i][0].score for i in same] == pytest.approx([ours[i][0].score for i in same], rel=1e-2, abs=3e-3)
-    assert all(len(c) == beam for c in theirs)  # n-best lists (below the best, the stopping rules differ)
+    lines = decided(translator, SOURCES, FLOAT32_MARGIN)
+    for i in lines:  # the same search: the same best hypothesis (beam search's scores normalised alike)
+        assert theirs[i][0].text == ours[i][0].text, SOURCES[i]
+        assert beam == 1 or theirs[i][0].score == pytest.approx(ours[i][0].score, abs=1e-3), SOURCES[i]
+    assert all(len(c) == beam for c in theirs)  # n-best lists
 
 
 def test_int8_export_translates_from_the_command_line(toy_model, ct2_dir, tmp_path):
@@ -95,9 +99,10 @@ def test_int8_export_translates_from_the_command_line(toy_model, ct2_dir, tmp_pa
     result = kdmt("translate", "-m", out, "--threads", "1", input="a b c\n\nd e f g\n")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "c b a\n\ng f e d\n"
-    reference = Translator([load_checkpoint(toy_model)], SearchOptions()).translate(SOURCES)
-    int8 = CTranslate2Translator(out, SearchOptions()).translate(SOURCES)
-    assert sum(a == b for a, b in zip(int8, reference)) >= 0.9 * len(SOURCES)
+    reference = Translator([load_checkpoint(toy_model)], SearchOptions(beam=1))  # greedy: few near ties
+    int8 = CTranslate2Translator(out, SearchOptions(beam=1)).translate(SOURCES)
+    expected = reference.translate(SOURCES)
+    assert all(int8[i] == expected[i] for i in decided(reference, SOURCES, INT8_MARGIN))
 
 
 def test_eval_scores_a_ctranslate2_directory_beside_its_checkpoint(toy_model, ct2_dir, tmp_path):
@@ -107,14 +112,15 @@ def test_eval_scores_a_ctranslate2_directory_beside_its_checkpoint(toy_model, ct
     result = kdmt("eval", toy_model, ct2_dir, *args, "--hyps-dir", tmp_path / "hyps")
     assert result.exit_code == 0, result.stderr
     ours, theirs = json.loads((tmp_path / "r.json").read_text())
-    assert theirs["checkpoint"] == str(ct2_dir) and abs(theirs["bleu"] - ours["bleu"]) < 1 and ours["bleu"] > 90
+    assert theirs["checkpoint"] == str(ct2_dir) and theirs["bleu"] > 90 and ours["bleu"] > 90
     assert theirs["parameters"] == ours["parameters"]
     assert theirs["size_bytes"] == sum(p.stat().st_size for p in ct2_dir.iterdir())
     assert theirs["made_with"]["export"] == {"format": "ctranslate2", "quantization": "float32"}
     assert "exported to ctranslate2 float32" in result.stderr
     hyps = {p.name: read_lines(p) for p in (tmp_path / "hyps").iterdir()}
     theirs_hyps, ours_hyps = hyps.pop(f"{ct2_dir.name}.hyp"), hyps.popitem()[1]
-    assert sum(a == b for a, b in zip(theirs_hyps, ours_hyps)) >= 0.95 * len(src)
+    translator = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3))
+    assert all(theirs_hyps[i] == ours_hyps[i] for i in decided(translator, src, FLOAT32_MARGIN))
 
 
 def test_huggingface_export_loads_with_auto_classes_and_generates_kdmts_outputs(toy_model, toy_data, tmp_path):
@@ -173,11 +179,12 @@ def test_distill_with_ctranslate2_resumes_to_kdmts_bytes(toy_model, tmp_path, mo
 
     kdmt_engine = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3))
     distill_corpus(kdmt_engine, settings_for(toy_model, src), tmp_path / "kdmt.tgt")
-    agree = sum(a == b for a, b in zip(read_lines(full), read_lines(tmp_path / "kdmt.tgt")))
-    assert agree >= 0.95 * len(src_lines)  # see CTranslate2Translator: where the stopping rules differ
+    theirs, ours = read_lines(full), read_lines(tmp_path / "kdmt.tgt")
+    assert all(theirs[i] == ours[i] for i in decided(kdmt_engine, src_lines, FLOAT32_MARGIN))
     assert stats.filtered["repeat"] >= 1
 
-    result = kdmt("distill", "-t", toy_model, "--src", src, "-o", tmp_path / "cli.tgt", "--engine", "ctranslate2")
+    cli = ["-o", tmp_path / "cli.tgt", "--beam", "3", "--engine", "ctranslate2"]  # the settings' beam
+    result = kdmt("distill", "-t", toy_model, "--src", src, *cli)
     assert result.exit_code == 0, result.stderr
     assert read_lines(tmp_path / "cli.tgt") == read_lines(full)
     assert json.loads((tmp_path / "cli.tgt.json").read_text())["settings"]["engine"] == "ctranslate2 float32"

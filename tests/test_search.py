@@ -4,11 +4,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdmt.batching import pad
 from kdmt.model import Transformer, make_config
 from kdmt.search import Ensemble, beam_search, greedy_search
-from kdmt.vocab import EOS
+from kdmt.vocab import BOS, EOS, PAD
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,23 @@ def test_nbest_is_sorted_and_respects_max_length(model):
         assert all(len(h.tokens) <= len(s) + 2 for h in nbest)
 
 
-def test_ensemble_of_a_model_with_itself_equals_the_model(model):
+def test_an_ensemble_averages_its_models_log_probabilities(model):
+    """The rule is the mean of the log-probabilities (not the log of the mean probability), in every step
+    of the search: greedy search's choices and scores are those of the mean under teacher forcing."""
+    torch.manual_seed(1)
+    other = Transformer(make_config(24, 24, "tiny")).eval()
     x = pad(sources([4, 7, 2]))
-    alone = beam_search(Ensemble([model]), x, beam=3)
-    twice = beam_search(Ensemble([model, model]), x, beam=3)
-    assert [h[0].tokens for h in alone] == [h[0].tokens for h in twice]
+    hyps = greedy_search(Ensemble([model, other]), x)
+    for src, h in zip(x, hyps):
+        tgt_in = torch.tensor([[BOS] + h.tokens])
+        with torch.no_grad():
+            each = [F.log_softmax(m(src[None], tgt_in)[0], dim=-1) for m in (model, other)]
+        mean_logp, log_mean_p = (each[0] + each[1]) / 2, torch.logsumexp(torch.stack(each), 0) - math.log(2)
+        assert (mean_logp - log_mean_p).abs().max() > 1e-2  # the two rules differ on these models
+        mean_logp[:, [PAD, BOS]] = float("-inf")
+        assert mean_logp[:-1].argmax(-1).tolist() == h.tokens  # (random models: EOS forced at the limit)
+        steps = mean_logp.gather(1, torch.tensor(h.tokens + [EOS])[:, None])
+        assert float(steps.sum()) / (len(h.tokens) + 1) == pytest.approx(h.score, abs=1e-4)
 
 
 @pytest.mark.parametrize("lenpen", [0.0, 1.0])

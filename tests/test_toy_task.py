@@ -4,15 +4,18 @@ import sys
 
 import pytest
 import torch
-from toy import toy_pairs, toy_setup
+from toy import decided, toy_pairs, toy_setup, train_toy
 
 from kdmt.batching import pad
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import load_corpus
 from kdmt.model import Transformer, make_config
+from kdmt.run_dir import LAST
 from kdmt.search import Ensemble, beam_search, greedy_search
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions, Translator
+
+BF16_MARGIN = 0.5  # nats: bf16's rounding moves the toy model's log-probabilities by less than half of it
 
 
 def exact_match(hyps: list[str], refs: list[str]) -> float:
@@ -93,11 +96,32 @@ def test_out_of_memory_retries_after_leaving_the_handler(toy_model, monkeypatch)
         translator.translate(src)
 
 
-def test_bf16_decoding_runs_and_agrees(toy_model):
-    """The CUDA path converts the models to bf16; the CPU runs the same code."""
+def test_bf16_decoding_on_the_cpu_agrees_with_float32(toy_model):
+    """Models converted to bf16 (as on CUDA) decode as in float32 wherever greedy search decides each step
+    by more than bf16's rounding moves the log-probabilities."""
+    src = toy_pairs(100, seed=7)[0]
+    reference = Translator([load_checkpoint(toy_model)], SearchOptions(beam=1))
+    hyps = Translator([load_checkpoint(toy_model)], SearchOptions(beam=1), dtype=torch.bfloat16).translate(src)
+    expected = reference.translate(src)
+    assert all(hyps[i] == expected[i] for i in decided(reference, src, BF16_MARGIN))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_bf16_training_and_decoding_on_the_gpu(toy_data, tmp_path):
+    """Training with bf16 autocast on the GPU learns the task, decoding in bf16 there agrees with float32
+    on the CPU, and the checkpoint written on the GPU loads on the CPU."""
+    trainer, _ = train_toy(toy_data, tmp_path, device="cuda", bf16=True)
+    assert next(trainer.model.parameters()).is_cuda
+    cpu = load_checkpoint(tmp_path / LAST)
+    assert not next(cpu.model.parameters()).is_cuda
     src, ref = toy_pairs(100, seed=7)
-    hyps = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3), dtype=torch.bfloat16).translate(src)
-    assert exact_match(hyps, ref) >= 0.9
+    reference = Translator([cpu], SearchOptions(beam=1))
+    expected = reference.translate(src)
+    assert exact_match(expected, ref) >= 0.9
+    gpu = Translator([load_checkpoint(tmp_path / LAST, "cuda")], SearchOptions(beam=1), dtype=torch.bfloat16)
+    hyps = gpu.translate(src)
+    assert all(hyps[i] == expected[i] for i in decided(reference, src, BF16_MARGIN))
 
 
 def test_validation_skips_pairs_longer_than_training_takes(toy_model, toy_data, tmp_path, capsys):
