@@ -30,7 +30,7 @@ test: lint
 # two tiny students (references; distilled, the reference standing in for filtered lines), all three scored
 # on test_2016_flickr and reported. Training is bounded by steps, so the figures reproduce on any machine.
 # A training stage is complete when its DONE marker exists: after an interruption the next `make demo`
-# resumes it from checkpoint_last.pt instead of going on with a half-trained model.
+# resumes it from checkpoint_last.safetensors instead of going on with a half-trained model.
 TEST_SRC := $(M30K)/test_2016_flickr.de.gz
 TEST_REF := $(M30K)/test_2016_flickr.en.gz
 SEED ?= 1
@@ -40,7 +40,7 @@ TEACHER := --preset small --max-steps $(TEACHER_STEPS) --max-tokens 3000 --warmu
 	--valid-interval 110 --valid-bleu-sents 300 --seed $(SEED)
 STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 3 --dec-layers 1 --max-steps $(STUDENT_STEPS) \
 	--max-tokens 3000 --warmup 150 --lr 2e-3 --valid-interval 125 --valid-bleu-sents 300 --seed $(SEED)
-resume = $(if $(wildcard $(1)/checkpoint_last.pt),--resume)
+resume = $(if $(wildcard $(1)/checkpoint_last.safetensors),--resume)
 
 demo: $(DEMO)/report.json
 
@@ -52,7 +52,7 @@ $(DEMO)/teacher/DONE: $(DEMO)/data/prepare.json
 	touch $@
 
 $(DEMO)/distilled/train.tgt: $(DEMO)/teacher/DONE
-	$(KDMT) distill -t $(DEMO)/teacher/checkpoint_best.pt --src $(DEMO)/data/train.src -o $@ --beam 1 --shard-size 5000
+	$(KDMT) distill -t $(DEMO)/teacher/checkpoint_best.safetensors --src $(DEMO)/data/train.src -o $@ --beam 1 --shard-size 5000
 
 $(DEMO)/student-ref/DONE: $(DEMO)/data/prepare.json
 	$(KDMT) train-student --data $(DEMO)/data --out $(@D) $(STUDENT) $(call resume,$(@D))
@@ -63,12 +63,12 @@ $(DEMO)/student-seqkd/DONE: $(DEMO)/distilled/train.tgt
 		$(call resume,$(@D))
 	touch $@
 
-DEMO_MODELS := $(DEMO)/teacher/checkpoint_best.pt $(DEMO)/student-ref/checkpoint_best.pt \
-	$(DEMO)/student-seqkd/checkpoint_best.pt $(DEMO)/student-seqkd-int8
+DEMO_MODELS := $(DEMO)/teacher/checkpoint_best.safetensors $(DEMO)/student-ref/checkpoint_best.safetensors \
+	$(DEMO)/student-seqkd/checkpoint_best.safetensors $(DEMO)/student-seqkd-int8
 
 # the seq-KD student as it would ship: CTranslate2, int8 weights
 $(DEMO)/student-seqkd-int8/kdmt_export.json: $(DEMO)/student-seqkd/DONE
-	$(KDMT) export $(DEMO)/student-seqkd/checkpoint_best.pt -o $(@D) --quantization int8 --force
+	$(KDMT) export $(DEMO)/student-seqkd/checkpoint_best.safetensors -o $(@D) --quantization int8 --force
 
 $(DEMO)/eval.json: $(DEMO)/teacher/DONE $(DEMO)/student-ref/DONE $(DEMO)/student-seqkd-int8/kdmt_export.json
 	$(KDMT) eval $(DEMO_MODELS) --src $(TEST_SRC) --ref $(TEST_REF) --beam 1 --report $(DEMO)/eval-greedy.json

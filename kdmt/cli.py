@@ -271,14 +271,14 @@ ValidBleuSents = Annotated[
 ]
 Patience = Annotated[int | None, typer.Option(help="Stop after this many validations without improvement.")]
 KeepLast = Annotated[int, typer.Option(help="Numbered checkpoints to keep.")]
-AverageLast = Annotated[int, typer.Option(help="At the end, average the last N into checkpoint_avg.pt.")]
+AverageLast = Annotated[int, typer.Option(help="At the end, average the last N into checkpoint_avg.safetensors.")]
 MaxLen = Annotated[int, typer.Option(help="Skip training pairs longer than this many tokens.")]
 LogInterval = Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 TrainBf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="bf16 autocast on CUDA.")]
 AdamBetas = Annotated[tuple[float, float], typer.Option(help="Adam's β1 and β2.")]
 ValidBeam = Annotated[int, typer.Option(help="Beam size of the validation BLEU's translations.")]
-Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.pt.")]
+Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.safetensors.")]
 D = TrainConfig(max_steps=1)  # for the defaults
 
 
@@ -505,7 +505,7 @@ def train_student_cmd(
     their hidden states, and/or initialised from a teacher.
 
     Example: kdmt train-student --data work/data --out work/student --distilled work/distilled/train.tgt \
-    --teacher work/teacher/checkpoint_best.pt --alpha 0.5 --preset tiny --max-steps 10000
+    --teacher work/teacher/checkpoint_best.safetensors --alpha 0.5 --preset tiny --max-steps 10000
 
     Multilingual data: one teacher per pair, --teacher PAIR=CHECKPOINT; each sentence learns from its pair's;
     the distilled targets in one file or --distilled PAIR=FILE for each pair (kdmt distill of DATA/train.PAIR.src).
@@ -614,7 +614,7 @@ def soft_targets_cmd(
     Processes started with the same arguments share the shards (torchrun --nproc-per-node N -m kdmt
     soft-targets ..., or the command started several times on one machine); a killed run resumes.
 
-    Example: kdmt soft-targets -t work/teacher/checkpoint_best.pt --data work/data -o work/soft.json --topk 8
+    Example: kdmt soft-targets -t work/teacher/checkpoint_best.safetensors --data work/data -o work/soft.json --topk 8
 
     Multilingual data: one teacher per pair, -t de-en=CKPT -t fr-en=CKPT; each sentence's from its pair's.
     """
@@ -677,9 +677,9 @@ def translate_cmd(
 ) -> None:
     """Translate source sentences, one per line, from stdin (or --input) to stdout (or --output).
 
-    Example: kdmt translate -m work/teacher/checkpoint_best.pt < test.de > test.hyp.en
+    Example: kdmt translate -m work/teacher/checkpoint_best.safetensors < test.de > test.hyp.en
 
-    Multilingual: kdmt translate -m work/student/checkpoint_best.pt --pair fr-en < test.fr > test.hyp.en
+    Multilingual: kdmt translate -m work/student/checkpoint_best.safetensors --pair fr-en < test.fr > test.hyp.en
     """
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
     metas, translator = open_translator(model, device, options, bf16, threads)
@@ -748,7 +748,7 @@ def distill_cmd(
 
     With --engine ctranslate2 the teacher decodes through CTranslate2 (converted once, kept in ~/.cache/kdmt).
 
-    Example: kdmt distill -t work/teacher/checkpoint_best.pt --src work/data/train.src
+    Example: kdmt distill -t work/teacher/checkpoint_best.safetensors --src work/data/train.src
     -o work/distilled/train.tgt
     """
     if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
@@ -849,7 +849,7 @@ def eval_cmd(
 ) -> None:
     """Score checkpoints on a test set: sacreBLEU, chrF, speed and size, side by side.
 
-    Example: kdmt eval work/teacher/checkpoint_best.pt --src test.de.gz --ref test.en.gz
+    Example: kdmt eval work/teacher/checkpoint_best.safetensors --src test.de.gz --ref test.en.gz
 
     With --pair, a multilingual model translates the test set with that pair's tags (a model of one pair must
     be of that pair), and the reports name the pair: kdmt report shows a row per model and pair.
@@ -955,7 +955,7 @@ def export_cmd(
 ) -> None:
     """Write a checkpoint as a CTranslate2 or Hugging Face model directory that translates on its own.
 
-    Example: kdmt export work/student/checkpoint_best.pt -o work/student-int8 --quantization int8
+    Example: kdmt export work/student/checkpoint_best.safetensors -o work/student-int8 --quantization int8
     """
     record = export_checkpoint(checkpoint, out, fmt, quantization, force)
     size = size_on_disk(out) / 1e6
@@ -970,7 +970,7 @@ def average_cmd(
 ) -> None:
     """Average the parameters of several checkpoints (e.g. the last N of a run) into one.
 
-    Example: kdmt average work/teacher/checkpoint_[0-9]*.pt -o work/teacher/checkpoint_avg.pt
+    Example: kdmt average work/teacher/checkpoint_[0-9]*.safetensors -o work/teacher/checkpoint_avg.safetensors
     """
     average_checkpoints(checkpoints, out)
     err.print(f"averaged {len(checkpoints)} checkpoints into {out}")

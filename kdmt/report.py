@@ -27,7 +27,7 @@ def load_reports(paths: list[Path]) -> list[dict]:
 def short_names(checkpoints: list[str]) -> dict[str, str]:
     """Each checkpoint's path below the folder all of them share, without the file name when all checkpoint
     files have the same one: teacher1, student-seqkd, student-int8 (an exported directory); or
-    checkpoint_best.pt, checkpoint_avg.pt. One alone keeps its path as given."""
+    checkpoint_best.safetensors, checkpoint_avg.safetensors. One alone keeps its path as given."""
     if len(set(checkpoints)) == 1:
         return {c: c for c in checkpoints}
     paths = [os.path.abspath(c) for c in checkpoints]

@@ -49,7 +49,7 @@ class RunDir:
 
     def open(self, resume: bool) -> None:
         """Check (see check_out_dir) and create the directory. A new run first drops what a run killed before
-        its first checkpoint_last.pt wrote (metrics lines, numbered checkpoints)."""
+        its first checkpoint_last.safetensors wrote (metrics lines, numbered checkpoints)."""
         check_out_dir(self.path, resume)
         self.path.mkdir(parents=True, exist_ok=True)
         if not resume:

@@ -6,7 +6,7 @@ exact resume: optimizer, step, position in the data order, random state and trai
 
 Validation (and the numbered, best and last checkpoints) happens every `valid_interval` steps, and at the
 final step of a run bounded by --max-steps or --epochs. A run stopped by --max-time, Ctrl-C or SIGTERM
-between validations writes only checkpoint_last.pt: `--resume` then continues exactly as if it had never
+between validations writes only checkpoint_last.safetensors: `--resume` then continues exactly as if it had never
 stopped, with the same validations, patience and averaging.
 
 Under torchrun (kdmt.distributed) every process trains a replica wrapped in DistributedDataParallel. The
@@ -66,7 +66,7 @@ class TrainConfig:
     valid_beam: int = 1
     patience: int | None = None  # validations without improvement before stopping
     keep_last: int = 5  # numbered checkpoints kept for averaging
-    average_last: int = 0  # at the end, average this many numbered checkpoints into checkpoint_avg.pt
+    average_last: int = 0  # at the end, average this many numbered checkpoints into checkpoint_avg.safetensors
     max_len: int = 256  # training and validation pairs longer than this (tokens, either side) are skipped
     seed: int = 1
     log_interval: int = 50
@@ -242,7 +242,7 @@ class Trainer:
         return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
     def resume_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """The weights and training state of checkpoint_last.pt, which every process reads itself: what
+        """The weights and training state of checkpoint_last.safetensors, which every process reads itself: what
         passes between processes is decisions alone. Refuse another model, corpus or vocabulary, or
         processes that read different states; warn of other settings or another number of processes."""
         path = self.out_dir / LAST
@@ -266,7 +266,7 @@ class Trainer:
         return weights, s
 
     def read_last(self) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
-        """The weights, training state and training settings of checkpoint_last.pt, checked against this run."""
+        """The weights, training state and settings of checkpoint_last.safetensors, checked against this run."""
         path = self.out_dir / LAST
         ckpt = load_checkpoint(path)
         s = ckpt.train_state

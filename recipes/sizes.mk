@@ -6,7 +6,7 @@
 ifeq ($(SIZE),gpu)
 TEACHER := --preset base --dropout 0.3 --max-tokens 8192 --lr 7e-4 --warmup 2000 --weight-decay 0.0001 \
 	--epochs 60 --valid-interval 500 --patience 10 --keep-last 5 --average-last 5
-TEACHER_CKPT := checkpoint_avg.pt
+TEACHER_CKPT := checkpoint_avg.safetensors
 STUDENT := --preset small --dropout 0.2 --max-tokens 8192 --lr 1e-3 --warmup 2000 --valid-interval 500
 budget = --epochs 60 --patience 10
 else ifeq ($(SIZE),cpu)
@@ -14,14 +14,14 @@ TEACHER_STEPS ?= 660
 STUDENT_STEPS ?= 420
 TEACHER := --preset small --max-steps $(TEACHER_STEPS) --max-tokens 3000 --warmup 400 --lr 1e-3 \
 	--valid-interval 220 --valid-bleu-sents 300
-TEACHER_CKPT := checkpoint_best.pt
+TEACHER_CKPT := checkpoint_best.safetensors
 STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 2 --dec-layers 2 --max-tokens 3000 --warmup 300 \
 	--lr 2e-3 --valid-interval 210 --valid-bleu-sents 300
 else ifeq ($(SIZE),smoke)
 TEACHER_STEPS ?= 30
 STUDENT_STEPS ?= 20
 TEACHER := --preset tiny --max-steps $(TEACHER_STEPS) --valid-interval 15 --valid-bleu-sents 50
-TEACHER_CKPT := checkpoint_best.pt
+TEACHER_CKPT := checkpoint_best.safetensors
 STUDENT := --preset tiny --valid-interval 10 --valid-bleu-sents 50
 else
 $(error SIZE must be gpu, cpu or smoke, not "$(SIZE)")

@@ -9,8 +9,8 @@ each time), and the share of identical lines is reported. With --huggingface, ea
 transformers export translates the test set with generate() (beam 5; one run), beside kdmt's output.
 Example (2 CPU threads, beam 5):
 
-    python scripts/bench_engines.py work/demo/teacher/checkpoint_best.pt \\
-        work/demo/student-seqkd/checkpoint_best.pt \\
+    python scripts/bench_engines.py work/demo/teacher/checkpoint_best.safetensors \\
+        work/demo/student-seqkd/checkpoint_best.safetensors \\
         --src data/multi30k/test_2016_flickr.de.gz --ref data/multi30k/test_2016_flickr.en.gz --threads 2 \\
         --distill-src work/demo/data/train.src --distill-lines 2000
 """

@@ -197,7 +197,7 @@ def bench_distill(args: argparse.Namespace, root: Path, pairs: int) -> dict:
     out = root / "distill"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    teacher = root / "train-1p" / "checkpoint_last.pt"
+    teacher = root / "train-1p" / "checkpoint_last.safetensors"
     command = [sys.executable, "-m", "kdmt", "distill", "-t", teacher, "--src", root / "data" / "train.src"]
     command += ["-o", out / "train.tgt", "--beam", 1, "--shard-size", 2000, "--device", "cpu"]
     row = measure([str(c) for c in command], root / "distill.log", stop_after=args.distill_seconds)

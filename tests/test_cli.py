@@ -117,9 +117,9 @@ def test_report_table_json_and_plot(toy_model, tmp_path):
 
 
 def test_average_command(toy_model, tmp_path):
-    result = kdmt("average", toy_model, toy_model, "-o", tmp_path / "avg.pt")
+    result = kdmt("average", toy_model, toy_model, "-o", tmp_path / "avg.safetensors")
     assert result.exit_code == 0, result.stderr
-    assert kdmt("translate", "-m", tmp_path / "avg.pt", "--beam", "1", input="a b\n").stdout == "b a\n"
+    assert kdmt("translate", "-m", tmp_path / "avg.safetensors", "--beam", "1", input="a b\n").stdout == "b a\n"
 
 
 def test_train_teacher_command_runs_and_refuses_to_overwrite(tmp_path):
@@ -166,13 +166,13 @@ def test_train_teacher_command_runs_and_refuses_to_overwrite(tmp_path):
     ]
     result = kdmt(*args)
     assert result.exit_code == 0, result.stderr
-    for name in (LAST, BEST, AVERAGE, "checkpoint_2.pt", "checkpoint_3.pt"):
+    for name in (LAST, BEST, AVERAGE, "checkpoint_2.safetensors", "checkpoint_3.safetensors"):
         assert (tmp_path / "t" / name).is_file(), name
     metrics = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     assert {"valid_bleu", "valid_loss"} <= set(metrics[-1])
-    before = (tmp_path / "t" / "checkpoint_last.pt").read_bytes()
+    before = (tmp_path / "t" / "checkpoint_last.safetensors").read_bytes()
     assert_fails(kdmt(*args), "already holds a training run")
-    assert (tmp_path / "t" / "checkpoint_last.pt").read_bytes() == before
+    assert (tmp_path / "t" / "checkpoint_last.safetensors").read_bytes() == before
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_missing_input_file(tmp_path):
         prepare_de_en(tmp_path, "nope"),
         "no file",
     )
-    assert_fails(kdmt("translate", "-m", tmp_path / "missing.pt"), "no such checkpoint")
+    assert_fails(kdmt("translate", "-m", tmp_path / "missing.safetensors"), "no such checkpoint")
 
 
 def test_mismatched_line_counts(tmp_path):
@@ -225,7 +225,7 @@ def test_empty_corpus_after_cleaning(tmp_path):
 
 
 def test_corrupt_checkpoint_keeps_earlier_output(tmp_path):
-    bad = tmp_path / "bad.pt"
+    bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint at all")
     out = write(tmp_path / "out.txt", ["earlier output"])
     src = write(tmp_path / "in.txt", ["a b"])
@@ -358,7 +358,7 @@ def test_prepare_from_a_local_json_dataset(tmp_path, monkeypatch):
 def test_bad_training_options_fail_in_one_line(toy_data, tmp_path, args, message):
     result = kdmt("train-teacher", "--data", toy_data, "--out", tmp_path / "t", "--max-steps", "2", *args)
     assert_fails(result, message)
-    assert not (tmp_path / "t" / "checkpoint_last.pt").exists()
+    assert not (tmp_path / "t" / "checkpoint_last.safetensors").exists()
 
 
 @pytest.mark.parametrize("args", [["--batch-tokens", "0"], ["--max-len-a", "-1"], ["--max-src-tokens", "0"]])

@@ -220,7 +220,7 @@ def test_the_seq_inter_choice_is_the_hypothesis_filtered(tmp_path):
     nbest_of = {"a b c": ["c b a", "b b b"], "d e f": ["f f f", "f e d"]}
     src = write(tmp_path / "s", ["a b c", "d e f"])
     ref = write(tmp_path / "r", ["b b b", "f e d"])
-    teacher = write(tmp_path / "t.pt", [])
+    teacher = write(tmp_path / "t.safetensors", [])
     settings = settings_for(teacher, src, select="seq-inter", reference=str(ref), nbest=2)
     stats = distill_corpus(FixedCandidates(), settings, tmp_path / "o")
     assert read_lines(tmp_path / "o") == ["", "f e d"] and stats.filtered["repeat"] == 1

@@ -57,7 +57,7 @@ def assert_same_run(a, b, figures=("loss", "nll", "grad_norm")) -> None:
         assert ra[step]["epoch"] == rb[step]["epoch"]
         for key in figures:
             assert ra[step][key] == pytest.approx(rb[step][key], rel=1e-6), (step, key)
-    ca, cb = (load_checkpoint(out / "checkpoint_last.pt") for out in (a, b))
+    ca, cb = (load_checkpoint(out / "checkpoint_last.safetensors") for out in (a, b))
     for k, v in ca.model.state_dict().items():
         atol = STEPS * 1e-3 if k.endswith(".k.bias") else 1e-6
         torch.testing.assert_close(v, cb.model.state_dict()[k], rtol=1e-5, atol=atol, msg=k)
@@ -86,11 +86,11 @@ def test_two_processes_train_a_teacher_as_one_with_update_freq_2(teacher_2p, toy
 
 def test_two_processes_with_update_freq_2_train_a_student_as_one_with_4(teacher_2p, toy_data, tmp_path):
     """Word-KD from an online teacher, hidden-state KD through projections, gradient accumulation."""
-    teacher = teacher_2p[0] / "checkpoint_last.pt"
+    teacher = teacher_2p[0] / "checkpoint_last.safetensors"
     args = ["train-student", "--data", toy_data, "-t", teacher, *STUDENT, "--dropout", "0", *TOY]
     kdmt(*args, "--out", tmp_path / "2p", "--update-freq", "2", processes=2)
     kdmt(*args, "--out", tmp_path / "1p", "--update-freq", "4")
-    objective = load_checkpoint(tmp_path / "2p" / "checkpoint_last.pt").train_state["objective"]
+    objective = load_checkpoint(tmp_path / "2p" / "checkpoint_last.safetensors").train_state["objective"]
     assert any(k.startswith("projections.encoder") for k in objective)  # the widths differ: projections
     assert_same_run(tmp_path / "2p", tmp_path / "1p", ("loss", "nll", "grad_norm", "word_kd", "hidden_mse"))
 

@@ -35,7 +35,7 @@ def test_a_warm_up_translation_runs_before_the_timer_starts(tmp_path, monkeypatc
         device=torch.device("cpu"),
     )
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    checkpoint = tmp_path / "model.pt"
+    checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"model")
     src = [f"sentence {i}" for i in range(100)]
     report, hyps = evaluate(translator, checkpoint, tmp_path / "test.src", src, src, {}, reported.append)
@@ -94,11 +94,11 @@ def test_eval_tokenizes_bleu_for_the_models_target_language_unless_told(toy_data
         meta = {"src_lang": "src", "tgt_lang": lang}
         save_checkpoint(tmp_path / f"{lang}.pt", Checkpoint(model, vocab, vocab, meta))
     files = ["--src", write(tmp_path / "t.src", ["a b c", "d e"]), "--ref", write(tmp_path / "t.ref", ["c b a", "e d"])]
-    args = ["eval", tmp_path / "zh.pt", *files, "--beam", "1", "--device", "cpu", "--json"]
+    args = ["eval", tmp_path / "zh.safetensors", *files, "--beam", "1", "--device", "cpu", "--json"]
     for extra, tokenizer in (([], "tok:zh"), (["--tgt-lang", "th"], "tok:char")):
         result = kdmt(*args, *extra)
         assert result.exit_code == 0, result.stderr
         assert tokenizer in json.loads(result.stdout)[0]["bleu_signature"] and tokenizer in result.stderr
-    assert_fails(kdmt(*args, tmp_path / "ja.pt"), "ja.pt translates into ja, not zh: name the --tgt-lang")
-    result = kdmt(*args, tmp_path / "ja.pt", "--tgt-lang", "zh")
+    assert_fails(kdmt(*args, tmp_path / "ja.safetensors"), "ja.safetensors translates into ja, not zh: name the --tgt-lang")
+    result = kdmt(*args, tmp_path / "ja.safetensors", "--tgt-lang", "zh")
     assert result.exit_code == 0, result.stderr

@@ -61,7 +61,7 @@ def kdmt_log_probs(model: Transformer, src: list[int], tgt: list[int]) -> torch.
 
 @pytest.mark.parametrize("share_embeddings", [True, False])
 def test_ctranslate2_scores_equal_kdmts_log_probabilities(toy_data, tmp_path, share_embeddings):
-    ckpt_path = random_checkpoint(toy_data, tmp_path / "random.pt", share_embeddings)
+    ckpt_path = random_checkpoint(toy_data, tmp_path / "random.safetensors", share_embeddings)
     export_checkpoint(ckpt_path, tmp_path / "ct2", "ctranslate2")
     ckpt = load_checkpoint(ckpt_path)
     engine = CTranslate2Translator(tmp_path / "ct2", SearchOptions())
@@ -127,7 +127,7 @@ def test_huggingface_export_loads_with_auto_classes_and_generates_kdmts_outputs(
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     # the network: logits of a random model equal kdmt's (positions, norms, scaled and tied embeddings)
-    random_path = random_checkpoint(toy_data, tmp_path / "random.pt", share_embeddings=True)
+    random_path = random_checkpoint(toy_data, tmp_path / "random.safetensors", share_embeddings=True)
     result = kdmt("export", random_path, "-o", tmp_path / "hf-random", "--format", "huggingface")
     assert result.exit_code == 0, result.stderr
     hf = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf-random").eval()
@@ -192,12 +192,12 @@ def test_distill_with_ctranslate2_resumes_to_kdmts_bytes(toy_model, tmp_path, mo
 
 # --- bad input ---------------------------------------------------------------------------------
 def test_export_refuses_bad_input_and_writes_nothing(toy_model, tmp_path):
-    corrupt = tmp_path / "corrupt.pt"
+    corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a checkpoint")
     assert_fails(kdmt("export", corrupt, "-o", tmp_path / "a"), "not a readable kdmt checkpoint")
     assert_fails(kdmt("export", toy_model, "-o", tmp_path / "b", "--quantization", "int4"), "--quantization")
     assert_fails(kdmt("export", toy_model, "-o", tmp_path / "c", "--format", "onnx"), "unknown format")
-    assert [p.name for p in tmp_path.iterdir()] == ["corrupt.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["corrupt.safetensors"]
 
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -206,7 +206,7 @@ def test_export_refuses_bad_input_and_writes_nothing(toy_model, tmp_path):
     assert (existing / "keep.txt").exists()
     assert kdmt("export", toy_model, "-o", existing, "--force").exit_code == 0
     assert not (existing / "keep.txt").exists() and (existing / "model.bin").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "existing"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.safetensors", "existing"]  # no temporary left
 
 
 def test_engine_misuse_fails_in_one_line(toy_model, ct2_dir, tmp_path):
@@ -237,7 +237,7 @@ def test_without_the_export_extra_the_command_says_what_to_install(toy_model, tm
 
 def test_the_conversion_cache_is_kept_per_kdmt_and_ctranslate2_version(toy_data, tmp_path, monkeypatch):
     monkeypatch.setenv("KDMT_CACHE", str(tmp_path / "cache"))
-    teacher = random_checkpoint(toy_data, tmp_path / "teacher.pt", share_embeddings=True)
+    teacher = random_checkpoint(toy_data, tmp_path / "teacher.safetensors", share_embeddings=True)
     first = converted_teacher(teacher)
     assert converted_teacher(teacher) == first
     monkeypatch.setattr("ctranslate2.__version__", "0.0.1")
@@ -249,7 +249,7 @@ def test_the_conversion_cache_is_kept_per_kdmt_and_ctranslate2_version(toy_data,
 
 
 def test_min_len_in_the_ctranslate2_engine_as_in_kdmt(toy_data, tmp_path):
-    path = random_checkpoint(toy_data, tmp_path / "eos.pt", share_embeddings=True)
+    path = random_checkpoint(toy_data, tmp_path / "eos.safetensors", share_embeddings=True)
     ckpt = load_checkpoint(path)
     with torch.no_grad():  # the decoder's output is EOS's embedding whatever it reads: EOS comes first at every step
         ckpt.model.dec_norm.weight.zero_()
@@ -268,7 +268,7 @@ def test_min_len_in_the_ctranslate2_engine_as_in_kdmt(toy_data, tmp_path):
 def test_the_huggingface_export_stops_where_kdmts_search_does(toy_data, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
-    path = random_checkpoint(toy_data, tmp_path / "never-ends.pt", share_embeddings=True)  # max_positions 40
+    path = random_checkpoint(toy_data, tmp_path / "never-ends.safetensors", share_embeddings=True)  # max_positions 40
     ckpt = load_checkpoint(path)
     with torch.no_grad():  # EOS last at every step, whatever the decoder reads: every hypothesis is cut
         ckpt.model.dec_norm.weight.zero_()

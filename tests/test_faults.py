@@ -197,7 +197,7 @@ def test_killed_prepare_reruns_to_the_same_bytes(tmp_path):
 def test_killed_teacher_training_resumes_to_the_same_weights(toy_data, tmp_path):
     out = tmp_path / "work" / "teacher"
     args = ["train-teacher", "--data", toy_data, "--out", out, "--dropout", "0.1", *TOY]
-    # a kill before the first checkpoint_last.pt: the re-run is a new run, in a directory with metrics lines
+    # a kill before the first checkpoint_last.safetensors: the re-run is a new run, in a directory with metrics lines
     signals = {"KILL": [any_event, the_rename_of(f".{LAST}.")], "TERM": [a_step_before_the_last]}
     kill_and_rerun(out.parent, "train-teacher", lambda: args, lambda: training(out), resume_if_started(out), signals)
 
@@ -282,7 +282,7 @@ def test_a_full_disk_fails_in_one_line_and_keeps_the_earlier_outputs(toy_data, t
     assert kdmt_cli(*args).exit_code == 0
     before = tree(out)
     result = run_limited([*args, "--resume", "--max-steps", "6"], len(before[LAST]) // 2)
-    assert_one_line(result, "train-teacher", "checkpoint_last.pt: cannot write the checkpoint (a full disk?)")
+    assert_one_line(result, "train-teacher", "checkpoint_last.safetensors: cannot write the checkpoint (a full disk?)")
     # the state to resume from is intact (the smaller best and numbered checkpoints of step 6 fit: complete)
     assert (out / LAST).read_bytes() == before[LAST] and not leftovers(out)
 
@@ -310,8 +310,8 @@ def unwritable_directory(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case", ["read-only", "parent is a file", "output is a directory"])
 def test_an_unwritable_output_fails_in_one_line(teacher, tmp_path, case):
     target = {
-        "read-only": lambda: unwritable_directory(tmp_path / "ro") / "avg.pt",
-        "parent is a file": lambda: write(tmp_path / "file", ["x"]) / "avg.pt",
+        "read-only": lambda: unwritable_directory(tmp_path / "ro") / "avg.safetensors",
+        "parent is a file": lambda: write(tmp_path / "file", ["x"]) / "avg.safetensors",
         "output is a directory": lambda: tmp_path,
     }
     (tmp_path / "ro").mkdir()
@@ -323,8 +323,8 @@ def test_an_unwritable_output_fails_in_one_line(teacher, tmp_path, case):
 
 
 def test_a_missing_parent_directory_is_made(teacher, tmp_path):
-    assert kdmt_cli("average", teacher, teacher, "-o", tmp_path / "a" / "b" / "avg.pt").exit_code == 0
-    assert (tmp_path / "a" / "b" / "avg.pt").is_file()
+    assert kdmt_cli("average", teacher, teacher, "-o", tmp_path / "a" / "b" / "avg.safetensors").exit_code == 0
+    assert (tmp_path / "a" / "b" / "avg.safetensors").is_file()
 
 
 def test_atomic_writes_sync_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):

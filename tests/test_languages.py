@@ -308,7 +308,7 @@ def toy_multilingual(tmp_path_factory):
         result = kdmt(
             "distill",
             "-t",
-            root / pair / "checkpoint_best.pt",
+            root / pair / "checkpoint_best.safetensors",
             "--src",
             root / "data" / f"train.{pair}.src",
             "-o",
@@ -329,8 +329,8 @@ def toy_multilingual(tmp_path_factory):
 def toy_student(toy_multilingual):
     """A {xx}→{rv,cp} student of the two teachers: seq-KD, word-KD routed per pair, selective, pairs sampled."""
     root, train = toy_multilingual
-    teachers = ["--teacher", f"xx-rv={root / 'xx-rv' / 'checkpoint_best.pt'}"]
-    teachers += ["--teacher", f"xx-cp={root / 'xx-cp' / 'checkpoint_best.pt'}"]
+    teachers = ["--teacher", f"xx-rv={root / 'xx-rv' / 'checkpoint_best.safetensors'}"]
+    teachers += ["--teacher", f"xx-cp={root / 'xx-cp' / 'checkpoint_best.safetensors'}"]
     args = ["train-student", "--data", root / "data", "-o", root / "student", *teachers, *train, "--alpha", "0.5"]
     args += ["--distilled", root / "distilled.tgt", "--fallback-ref", "--selective-kd", "--pair-temperature", "2"]
     result = kdmt(*args, "--max-steps", "6", "--valid-interval", "3")
@@ -340,7 +340,7 @@ def toy_student(toy_multilingual):
 
 def test_a_multilingual_student_from_per_pair_teachers(toy_student):
     root, train, teachers = toy_student
-    teacher = load_meta(root / "xx-rv" / "checkpoint_best.pt")
+    teacher = load_meta(root / "xx-rv" / "checkpoint_best.safetensors")
     assert teacher["pairs"] == ["xx-rv"] and teacher["source_tags"] is False
     records = [json.loads(line) for line in (root / "student" / "metrics.jsonl").read_text().splitlines()]
     validations = [r for r in records if "valid_loss" in r]
@@ -348,7 +348,7 @@ def test_a_multilingual_student_from_per_pair_teachers(toy_student):
     for r in validations:
         assert r["valid_bleu"] == pytest.approx((r["valid_bleu_xx-rv"] + r["valid_bleu_xx-cp"]) / 2)
         assert r["word_kd_on_xx-rv"] in (0.0, 1.0) and r["word_kd_on_xx-cp"] in (0.0, 1.0)
-    meta = load_meta(root / "student" / "checkpoint_last.pt")
+    meta = load_meta(root / "student" / "checkpoint_last.safetensors")
     assert meta["pairs"] == ["xx-rv", "xx-cp"] and meta["pair_temperature"] == 2.0
     assert set(meta["selective_kd"]["teacher_bleu"]) == {"valid_bleu_xx-rv", "valid_bleu_xx-cp"}
     data = PreparedData.open(root / "data")
@@ -365,7 +365,7 @@ def test_a_multilingual_student_from_per_pair_teachers(toy_student):
 
     bad = ["train-student", "--data", root / "data", "-o", root / "bad"]
     assert_fails(
-        kdmt(*bad, "--teacher", root / "xx-rv" / "checkpoint_best.pt", *train, "--max-steps", "1"),
+        kdmt(*bad, "--teacher", root / "xx-rv" / "checkpoint_best.safetensors", *train, "--max-steps", "1"),
         "--teacher PAIR=CHECKPOINT",
     )
     swapped = [
@@ -408,7 +408,7 @@ def test_translate_eval_and_report_name_the_pair(toy_student, tmp_path, monkeypa
         return kdmt_evaluate(translator, checkpoint, test_src, src, *args)
 
     monkeypatch.setattr("kdmt.cli.evaluate", evaluate)
-    student, teacher = root / "student" / "checkpoint_best.pt", root / "xx-rv" / "checkpoint_best.pt"
+    student, teacher = root / "student" / "checkpoint_best.safetensors", root / "xx-rv" / "checkpoint_best.safetensors"
     result = kdmt("translate", "-m", student, "--pair", "xx-rv", "--beam", "1", "--device", "cpu", input="a b c\n\n")
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2 and "<" not in result.stdout and result.stdout.endswith("\n\n")
@@ -420,7 +420,7 @@ def test_translate_eval_and_report_name_the_pair(toy_student, tmp_path, monkeypa
         result = kdmt(
             "eval",
             student,
-            teacher if pair == "xx-rv" else root / "xx-cp" / "checkpoint_best.pt",
+            teacher if pair == "xx-rv" else root / "xx-cp" / "checkpoint_best.safetensors",
             *files,
             "--ref",
             write(tmp_path / f"t.{pair}", refs),
@@ -460,7 +460,7 @@ def test_the_trainer_draws_each_epoch_with_the_pair_sampler(toy_multilingual, tm
 
 def test_stored_soft_targets_come_from_each_sentences_own_teacher(toy_multilingual):
     root, _ = toy_multilingual
-    teachers = {pair: root / pair / "checkpoint_best.pt" for pair in ("xx-rv", "xx-cp")}
+    teachers = {pair: root / pair / "checkpoint_best.safetensors" for pair in ("xx-rv", "xx-cp")}
     args = ["soft-targets", "--data", root / "data", "-o", root / "soft.json", "--topk", "3", "--device", "cpu"]
     result = kdmt(*args, *[x for pair, path in teachers.items() for x in ("-t", f"{pair}={path}")])
     assert result.exit_code == 0, result.stderr
@@ -491,7 +491,8 @@ def test_distill_tags_its_sources_for_a_multilingual_teacher_and_refuses_untagge
     tagged = (root / "data" / "train.xx-rv.src").read_text().splitlines()[:8]
     assert all(line.startswith("<2rv> ") for line in tagged)
     raw = write(tmp_path / "raw.xx", [line.removeprefix("<2rv> ") for line in tagged])
-    args = ["distill", "-t", root / "xx-rv" / "checkpoint_best.pt", "--beam", "1", "--no-filter", "--device", "cpu"]
+    teacher = root / "xx-rv" / "checkpoint_best.safetensors"
+    args = ["distill", "-t", teacher, "--beam", "1", "--no-filter", "--device", "cpu"]
     assert_fails(kdmt(*args, "--src", raw, "-o", tmp_path / "a"), "name one with --pair (line 1 carries no tags")
     for name, src, pair in (("tagged", write(tmp_path / "t.xx", tagged), []), ("pair", raw, ["--pair", "xx-rv"])):
         seen.clear()
@@ -512,7 +513,7 @@ def test_distill_tags_its_sources_for_a_multilingual_teacher_and_refuses_untagge
 def test_soft_targets_refuse_a_teacher_of_another_pair(toy_multilingual, tmp_path):
     root, _ = toy_multilingual
     swapped = [("xx-rv", "xx-cp"), ("xx-cp", "xx-rv")]  # each pair named with the other pair's teacher
-    teachers = [x for pair, other in swapped for x in ("-t", f"{pair}={root / other / 'checkpoint_best.pt'}")]
+    teachers = [x for pair, other in swapped for x in ("-t", f"{pair}={root / other / 'checkpoint_best.safetensors'}")]
     result = kdmt("soft-targets", "--data", root / "data", "-o", tmp_path / "soft.json", "--device", "cpu", *teachers)
     assert_fails(result, "was not trained on xx-rv (its pairs: xx-cp)")
     assert not list(tmp_path.iterdir())  # nothing written
@@ -537,14 +538,14 @@ def test_a_resumed_multilingual_student_goes_on_with_its_switches_and_its_draw(t
     assert [runs["split"][s]["loss"] for s in range(5, 9)] == [runs["full"][s]["loss"] for s in range(5, 9)]
     assert runs["full"][4]["word_kd"] > 0 and runs["full"][5]["word_kd"] == 0  # switched off at step 4
     full, split = (
-        load_checkpoint(tmp_path / out / "checkpoint_last.pt").model.state_dict() for out in ("full", "split")
+        load_checkpoint(tmp_path / out / "checkpoint_last.safetensors").model.state_dict() for out in ("full", "split")
     )
     assert all(torch.equal(full[k], split[k]) for k in full)
 
 
 def test_a_student_of_one_pair_of_multilingual_data(toy_multilingual, tmp_path):
     root, train = toy_multilingual
-    teacher = root / "xx-cp" / "checkpoint_best.pt"
+    teacher = root / "xx-cp" / "checkpoint_best.safetensors"
     args = ["train-student", "--data", root / "data", "--pair", "xx-cp", "-t", teacher, "--alpha", "0.5", *train]
     result = kdmt(
         *args, "--distilled", root / "distilled.tgt", "--fallback-ref", "-o", tmp_path / "s", "--max-steps", "2"
@@ -552,11 +553,11 @@ def test_a_student_of_one_pair_of_multilingual_data(toy_multilingual, tmp_path):
     assert result.exit_code == 0, result.stderr
     rows = PreparedData.open(root / "data").info.pair_rows("train")
     assert f"{rows.counts[1]:,} training pairs" in result.stderr  # the xx-cp sentences alone
-    meta = load_meta(tmp_path / "s" / "checkpoint_last.pt")
+    meta = load_meta(tmp_path / "s" / "checkpoint_last.safetensors")
     assert meta["pairs"] == ["xx-cp"] and meta["corpus"]["pair"] == "xx-cp"
     records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     assert "valid_bleu" in records[-1] and not any(k.startswith("valid_bleu_") for k in records[-1])
-    wrong = ["-t", root / "xx-rv" / "checkpoint_best.pt", "-o", tmp_path / "w", "--max-steps", "1"]
+    wrong = ["-t", root / "xx-rv" / "checkpoint_best.safetensors", "-o", tmp_path / "w", "--max-steps", "1"]
     assert_fails(kdmt(*args[:5], *wrong), "was not trained on xx-cp")
     draw = ["--pair-temperature", "2", "-o", tmp_path / "d", "--max-steps", "1"]
     assert_fails(kdmt(*args[:5], *draw), "--pair-temperature draws the pairs of multilingual data")

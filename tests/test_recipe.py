@@ -37,12 +37,12 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_demo_resumes_a_teacher_stopped_midway(tmp_path):
-    """A teacher killed after its first validation has checkpoint_best.pt but no DONE: the next `make demo`
+    """A teacher killed after its first validation has checkpoint_best.safetensors but no DONE: the next `make demo`
     resumes its training instead of distilling with a half-trained model."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "prepare.json").write_text("{}")
     (tmp_path / "teacher").mkdir()
-    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+    for name in ("checkpoint_best.safetensors", "checkpoint_last.safetensors"):
         (tmp_path / "teacher" / name).write_bytes(b"")
     command = ["make", "-n", "demo", f"DEMO={tmp_path}", f"KDMT={KDMT}"]
     planned = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout

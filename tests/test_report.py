@@ -2,13 +2,13 @@ from kdmt.report import compare_with_teacher, short_names
 
 
 def test_models_are_named_below_their_common_folder():
-    names = short_names(["w/run/teacher1/checkpoint_best.pt", "w/run/student-a/checkpoint_best.pt"])
+    names = short_names(["w/run/teacher1/checkpoint_best.safetensors", "w/run/student-a/checkpoint_best.safetensors"])
     assert list(names.values()) == ["teacher1", "student-a"]
-    t_best, t_avg = "w/run/t/checkpoint_best.pt", "w/run/t/checkpoint_avg.pt"
-    s_avg = "w/run/s/checkpoint_avg.pt"
+    t_best, t_avg = "w/run/t/checkpoint_best.safetensors", "w/run/t/checkpoint_avg.safetensors"
+    s_avg = "w/run/s/checkpoint_avg.safetensors"
     names = short_names([t_best, t_avg, s_avg])
     assert list(names.values()) == [t_best[6:], t_avg[6:], s_avg[6:]]  # below w/run/
-    s_best = "w/run/s/checkpoint_best.pt"
+    s_best = "w/run/s/checkpoint_best.safetensors"
     names = short_names([t_best, s_best, "w/run/s-int8"])
     assert names == {t_best: "t", s_best: "s", "w/run/s-int8": "s-int8"}
     assert short_names([t_avg] * 2) == {t_avg: t_avg}

@@ -44,7 +44,7 @@ def test_resumed_run_equals_uninterrupted_run(toy_data, tmp_path):
 
 
 def weights(out):
-    return load_checkpoint(out / "checkpoint_last.pt").model.state_dict()
+    return load_checkpoint(out / "checkpoint_last.safetensors").model.state_dict()
 
 
 def validations(out) -> list[tuple[int, float]]:
@@ -68,13 +68,13 @@ def test_a_stop_between_validations_resumes_as_if_uninterrupted(toy_data, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train_toy(toy_data, tmp_path / "split", **settings)
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "split" / "checkpoint_last.pt").train_state["step"] == 25
+    assert load_checkpoint(tmp_path / "split" / "checkpoint_last.safetensors").train_state["step"] == 25
     assert [s for s, _ in validations(tmp_path / "split")] == [15]
     train_toy(toy_data, tmp_path / "split", resume=True, **settings)
     full, split = tmp_path / "full", tmp_path / "split"
     assert validations(split) == validations(full) and [s for s, _ in validations(full)] == [15, 30, 45]
     assert losses(split) == losses(full)
-    names = [sorted(p.name for p in out.glob("checkpoint_*.pt")) for out in (split, full)]
+    names = [sorted(p.name for p in out.glob("checkpoint_*.safetensors")) for out in (split, full)]
     assert names[0] == names[1]
     for k, v in weights(full).items():
         assert torch.equal(v, weights(split)[k]), k
@@ -92,14 +92,14 @@ def test_metrics_after_a_crash_hold_each_step_once(toy_data, tmp_path, monkeypat
     with pytest.raises(RuntimeError):
         train_toy(toy_data, tmp_path, valid_interval=15, max_steps=30)
     monkeypatch.undo()
-    # a numbered checkpoint written after the last state, as by a crash before checkpoint_last.pt was saved
-    shutil.copy(tmp_path / "checkpoint_15.pt", tmp_path / "checkpoint_20.pt")
+    # a numbered checkpoint written after the last state, as by a crash before checkpoint_last.safetensors was saved
+    shutil.copy(tmp_path / "checkpoint_15.safetensors", tmp_path / "checkpoint_20.safetensors")
     train_toy(toy_data, tmp_path, resume=True, valid_interval=15, max_steps=30)
     steps = [r["step"] for r in records(tmp_path) if "loss" in r]
     assert steps == list(range(1, 31))
     assert [s for s, _ in validations(tmp_path)] == [15, 30]
-    numbered = sorted(p.name for p in tmp_path.glob("checkpoint_[0-9]*.pt"))
-    assert numbered == ["checkpoint_15.pt", "checkpoint_30.pt"]
+    numbered = sorted(p.name for p in tmp_path.glob("checkpoint_[0-9]*.safetensors"))
+    assert numbered == ["checkpoint_15.safetensors", "checkpoint_30.safetensors"]
 
 
 def files(out) -> dict[str, bytes]:

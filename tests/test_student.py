@@ -83,7 +83,7 @@ def test_student_learns_from_soft_targets_alone(toy_model, toy_data, tmp_path):
     config = TrainConfig(max_tokens=1500, lr=1e-3, warmup=100, max_steps=500, valid_interval=500, valid_bleu_sents=0)
     Trainer(student, vocab, vocab, train, valid, tmp_path, config, torch.device("cpu"), objective).run()
     src, ref = toy_pairs(200, seed=5)
-    hyps = Translator([load_checkpoint(tmp_path / "checkpoint_last.pt")], SearchOptions(beam=1)).translate(src)
+    hyps = Translator([load_checkpoint(tmp_path / "checkpoint_last.safetensors")], SearchOptions(beam=1)).translate(src)
     assert exact_match(hyps, ref) >= 0.9
 
 
@@ -178,7 +178,7 @@ def test_train_student_command_with_every_objective(toy_model, toy_data, tmp_pat
         "5",
     )
     assert result.exit_code == 0, result.stderr
-    meta = load_checkpoint(tmp_path / "s" / "checkpoint_last.pt").meta
+    meta = load_checkpoint(tmp_path / "s" / "checkpoint_last.safetensors").meta
     assert meta["role"] == "student" and meta["word_kd"]["alpha"] == 0.5 and meta["hidden_kd"]["beta"] == 1.0
     assert meta["init_from_teacher"]["encoder_layers"] == [1] and meta["corpus"]["distilled"] == str(distilled)
     assert meta["hidden_kd"]["pairs"] == {"encoder": [0], "decoder": [0, 1]}
@@ -202,7 +202,7 @@ def test_train_student_command_with_every_objective(toy_model, toy_data, tmp_pat
     assert result.exit_code == 0, result.stderr
     result = kdmt(
         "eval",
-        tmp_path / "s" / "checkpoint_last.pt",
+        tmp_path / "s" / "checkpoint_last.safetensors",
         "--src",
         toy_data / "valid.src",
         "--ref",
