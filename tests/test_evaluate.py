@@ -99,6 +99,6 @@ def test_eval_tokenizes_bleu_for_the_models_target_language_unless_told(toy_data
         result = kdmt(*args, *extra)
         assert result.exit_code == 0, result.stderr
         assert tokenizer in json.loads(result.stdout)[0]["bleu_signature"] and tokenizer in result.stderr
-    assert_fails(kdmt(*args, tmp_path / "ja.safetensors"), "ja.safetensors translates into ja, not zh: name the --tgt-lang")
+    assert_fails(kdmt(*args, tmp_path / "ja.safetensors"), "translates into ja, not zh: name the --tgt-lang")
     result = kdmt(*args, tmp_path / "ja.safetensors", "--tgt-lang", "zh")
     assert result.exit_code == 0, result.stderr
