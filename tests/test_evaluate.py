@@ -71,7 +71,8 @@ def test_validation_bleu_is_tokenized_for_each_parts_target_language(monkeypatch
 
     monkeypatch.setattr("kdmt.train.score", spy)
     monkeypatch.setattr("kdmt.train.Translator", lambda *args: SimpleNamespace(translate=lambda src: src))
-    trainer = SimpleNamespace(config=TrainConfig(max_steps=1), device=torch.device("cpu"))
+    every_pair_fits = lambda corpus: torch.ones(4, dtype=torch.bool)  # noqa: E731
+    trainer = SimpleNamespace(config=TrainConfig(max_steps=1), device=torch.device("cpu"), fits=every_pair_fits)
     for valid, expected in (
         (ValidSet(None, ["a"] * 4, ["a"] * 4, tgt_lang="zh"), [{"valid_bleu"}, ["zh"]]),
         (ValidSet(None, ["a"] * 4, ["a"] * 4, PairRows(["de-ja", "de-en"], [2, 2])), [{"valid_bleu_de-ja"}, ["ja"]]),
@@ -92,7 +93,7 @@ def test_eval_tokenizes_bleu_for_the_models_target_language_unless_told(toy_data
     model = Transformer(make_config(len(vocab), len(vocab), "tiny", max_positions=16)).eval()
     for lang in ("zh", "ja"):
         meta = {"src_lang": "src", "tgt_lang": lang}
-        save_checkpoint(tmp_path / f"{lang}.pt", Checkpoint(model, vocab, vocab, meta))
+        save_checkpoint(tmp_path / f"{lang}.safetensors", Checkpoint(model, vocab, vocab, meta))
     files = ["--src", write(tmp_path / "t.src", ["a b c", "d e"]), "--ref", write(tmp_path / "t.ref", ["c b a", "e d"])]
     args = ["eval", tmp_path / "zh.safetensors", *files, "--beam", "1", "--device", "cpu", "--json"]
     for extra, tokenizer in (([], "tok:zh"), (["--tgt-lang", "th"], "tok:char")):
