@@ -229,11 +229,13 @@ def test_killed_soft_targets_rerun_to_the_same_bytes(teacher, toy_data, tmp_path
     hyps = write(tmp_path / "distilled.tgt", [" ".join(reversed(s.split()[1:])) for s in sources])
     work = tmp_path / "work"
     out = work / "soft.json"
-    args = ["soft-targets", "-t", teacher, "--data", toy_data, "--distilled", work / hyps.name, "--topk", "3"]
+    args = ["soft-targets", "-t", teacher, "--data", work / "data", "--distilled", work / hyps.name, "--topk", "3"]
     args += ["--shard-size", "700", "-o", out]
 
     def command() -> list:
-        """The corpus in `work` (its modification time kept), so that each run tokenizes it anew."""
+        """The data and the corpus in `work`, so that each run tokenizes the student's corpus anew (its cache is
+        in the data's directory)."""
+        shutil.copytree(toy_data, work / "data", dirs_exist_ok=True)
         shutil.copy2(hyps, work)
         return args
 

@@ -89,17 +89,20 @@ def make_batch_from(target: torch.Tensor) -> Batch:
 
 
 @torch.no_grad()
-def search_margin(model: Transformer, src: list[int], beam: int, limit: int, lenpen: float = 1.0):
+def search_margin(model: Transformer, src: list[int], beam: int, limit: int, lenpen: float = 1.0, min_len: int = 0):
     """kdmt's beam search (kdmt.search: fairseq's rule; beam 1 is greedy search) replayed for one source
     (ids, EOS included) by teacher forcing, with the margin of its decisions: the smallest gap between two
     candidates whose swap would change what the search does (which candidate becomes final, which lives
-    on), and between the best and the second final hypothesis. Returns (the best tokens, the margin): an
+    on), and between the best and the second final hypothesis; EOS only after `min_len` tokens (unless at
+    the limit). Returns (the best tokens, the margin): an
     engine or a machine whose scores differ from these by less than half the margin decides alike."""
     x, live, finals, margin = torch.tensor([src]), [([], 0.0)], [], math.inf
     for t in range(limit + 1):
         tgt_in = torch.tensor([[BOS] + tokens for tokens, _ in live])
         logp = F.log_softmax(model(x.expand(len(live), -1), tgt_in)[:, -1].float(), dim=-1)
         logp[:, [PAD, BOS]] = -math.inf
+        if t < min(min_len, limit):
+            logp[:, EOS] = -math.inf
         if t >= limit:
             logp[:, torch.arange(logp.size(1)) != EOS] = -math.inf
         scores = torch.tensor([s for _, s in live])[:, None] + logp
@@ -129,7 +132,7 @@ def decided(translator: Translator, lines: list[str], margin: float) -> list[int
         if line.strip():
             src = translator.src_vocab.encode([line])[0] + [EOS]
             limit = translator.max_output_length(len(src))
-            tokens, gap = search_margin(translator.models[0], src, o.beam, limit, o.lenpen)
+            tokens, gap = search_margin(translator.models[0], src, o.beam, limit, o.lenpen, o.min_len)
             if gap > margin and len(tokens) < limit:
                 assert translator.tgt_vocab.decode([tokens])[0] == kdmts, line  # the replay is kdmt's search
                 out.append(i)
