@@ -35,8 +35,8 @@ class CTranslate2Translator(TextTranslator):
     in groups that share their limit), PAD and BOS never generated. On the CPU, `threads` batches are decoded
     at once, one thread each (CTranslate2's advice for throughput; 0: as many as torch uses).
 
-    Both stop a sentence once `beam` hypotheses are finished (fairseq's rule; an empty one counts: CTranslate2's
-    min_decoding_length is 0), so the outputs equal kdmt's but for near ties and where the searches end
+    Both stop a sentence once `beam` hypotheses are finished (fairseq's rule) and end none before --min-len
+    tokens (CTranslate2's min_decoding_length), so the outputs equal kdmt's but for near ties and where the searches end
     differently: a hypothesis that reaches the length limit is closed by kdmt with a forced EOS and left open
     by CTranslate2; and with --lenpen 0 CTranslate2 stops once its best candidate is finished."""
 
