@@ -57,8 +57,10 @@ def summary(request):
         f"fault injection: {TALLY['injected']} kills injected ({SEEDS} seeds a command), "
         f"{TALLY['signals']} SIGTERMs, {TALLY['identical']} re-runs identical to the uninterrupted run"
     )
-    if reporter := request.config.pluginmanager.getplugin("terminalreporter"):
-        reporter.write_line("\n" + line)
+    plugins = request.config.pluginmanager
+    if reporter := plugins.getplugin("terminalreporter"):
+        with plugins.getplugin("capturemanager").global_and_fixture_disabled():  # teardown output is captured
+            reporter.write_line("\n" + line)
 
 
 def run(args: list, check: bool = True, **env: str) -> subprocess.CompletedProcess:
