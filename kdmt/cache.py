@@ -27,6 +27,22 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def tree_sha256(directory: str | Path) -> str:
+    """The sha256 of a directory's files: each one's path relative to it and its bytes' sha256, in the order
+    of the paths. Hidden files and directories (a name starting with a dot: `.git`, the `.cache` of
+    download metadata and timestamps that Hugging Face's downloader leaves) are not part of it; links are
+    followed."""
+    digest = hashlib.sha256()
+    root = Path(directory)
+    files = []
+    for parent, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(parent, name) for name in names if not name.startswith(".")]
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def content_key(paths: list[Path]) -> list[str]:
     """What a cache made from `paths` is keyed on: each file's sha256."""
     return [file_sha256(path) for path in paths]

@@ -10,15 +10,17 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import torch
 import typer
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Column, Table
 
 from kdmt import distributed
 from kdmt.checkpoint import average_checkpoints, convert_checkpoint
 from kdmt.data import PreparedData, read_parallel, stream_parallel
-from kdmt.distill import DistillRun, DistillSettings
+from kdmt.distill import DistillRun, DistillSettings, Teacher, teacher_identity
 from kdmt.engines import ENGINES, converted_teacher, open_translator
 from kdmt.errors import KdmtError
 from kdmt.evaluate import bleu_tokenizer, describe, evaluate, size_on_disk
@@ -26,7 +28,7 @@ from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair, target_language
 from kdmt.model import ModelConfig, Transformer, make_config
-from kdmt.options import check_ranges
+from kdmt.options import check_ranges, flag
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
@@ -35,6 +37,7 @@ from kdmt.shards import file_identity, launch_rank, local_device
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
 from kdmt.student import StudentOptions, build_student, load_teachers, student_corpus
+from kdmt.teacher_command import CommandTeacher
 from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.translate import SearchOptions
 
@@ -698,9 +701,19 @@ def translate_cmd(
 # --- distill -----------------------------------------------------------------------------------
 @command("distill")
 def distill_cmd(
-    teacher: Annotated[list[Path], typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for an ensemble.")],
     src: Annotated[Path, typer.Option(help="Source side of the corpus to distill (.gz allowed).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The distilled target corpus, line-aligned with --src.")],
+    teacher: Annotated[
+        list[Path] | None,
+        typer.Option("--teacher", "-t", help="Teacher checkpoint (or CTranslate2 export); repeat for an ensemble."),
+    ] = None,
+    teacher_cmd: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of -t: a shell command that reads source lines on stdin and writes one translation a "
+            "line on stdout, run once per shard."
+        ),
+    ] = None,
     nbest: Annotated[int, typer.Option(help="Also write the N best candidates with scores to OUT.nbest.")] = 1,
     select: Annotated[str | None, typer.Option(help="seq-inter: keep the n-best candidate closest to --ref.")] = None,
     select_metric: Annotated[str, typer.Option(help="Sentence metric for seq-inter: bleu or chrf.")] = "bleu",
@@ -748,38 +761,54 @@ def distill_cmd(
 
     With --engine ctranslate2 the teacher decodes through CTranslate2 (converted once, kept in ~/.cache/kdmt).
 
+    With --teacher-cmd 'CMD' any translation program is the teacher: it reads the shard's non-empty source
+    lines on stdin and writes one translation a line on stdout.
+
     Example: kdmt distill -t work/teacher/checkpoint_best.safetensors --src work/data/train.src
     -o work/distilled/train.tgt
     """
+    if bool(teacher) == (teacher_cmd is not None):
+        raise KdmtError(
+            "give the teacher as -t CHECKPOINT (repeat for an ensemble) or --teacher-cmd 'CMD': one of them"
+        )
     if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
         raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
+    if teacher_cmd is not None:
+        command_options(nbest, select)
     if nbest > beam:
         raise KdmtError(f"--nbest must be at most --beam ({beam}), not {nbest}")
     if select and nbest == 1:
         nbest = beam  # seq-inter chooses among the whole beam
     if engine not in ENGINES:
         raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
-    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
-    models = teacher
-    if engine == "ctranslate2":
-        if len(teacher) > 1:
-            raise KdmtError("CTranslate2 has no ensembles: --engine ctranslate2 takes one teacher (--engine kdmt more)")
-        models = [converted_teacher(teacher[0], quantization)]
-    elif quantization != "float32":
-        raise KdmtError("--quantization goes with --engine ctranslate2")
-    metas, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
-    tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
-    if any(t != tagging[0] for t in tagging):
-        raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
+    if teacher_cmd is not None:
+        translator: Teacher = CommandTeacher(teacher_cmd)
+        identities, meta, max_src, engine = [translator.identity], None, 0, "command"
+    else:
+        identities = [teacher_identity(t) for t in teacher]  # each teacher read once: hashed
+        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
+        models = teacher
+        if engine == "ctranslate2":
+            if len(teacher) > 1:
+                raise KdmtError("CTranslate2 has no ensembles: --engine ctranslate2 takes one teacher (kdmt, more)")
+            models = [converted_teacher(teacher[0], quantization, identities[0].partition(":")[2])]
+        elif quantization != "float32":
+            raise KdmtError("--quantization goes with --engine ctranslate2")
+        metas, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
+        tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
+        if any(t != tagging[0] for t in tagging):
+            raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
+        meta, max_src = metas[0], translator.max_src_tokens
+        engine = engine if engine == "kdmt" else f"{engine} {quantization}"
     settings = DistillSettings(
-        teachers=[str(t) for t in teacher],
+        teachers=identities,
         source=str(src),
         beam=beam,
         lenpen=lenpen,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         min_len=min_len,
-        max_src_tokens=translator.max_src_tokens,
+        max_src_tokens=max_src,
         nbest=nbest,
         select=select,
         select_metric=select_metric,
@@ -788,11 +817,11 @@ def distill_cmd(
         filter=filter_degenerate,
         max_repeat=max_repeat,
         max_len_ratio=max_len_ratio,
-        engine=engine if engine == "kdmt" else f"{engine} {quantization}",
+        engine=engine,
         pair=Pair.parse(pair).name if pair else None,
-        tgt_lang=target_language(metas[0], Pair.parse(pair) if pair else None),
+        tgt_lang=target_language(meta, Pair.parse(pair) if pair else None) if meta else None,
     )
-    run = DistillRun(translator, settings, out, metas[0])
+    run = DistillRun(translator, settings, out, meta)
     shards = -(-run.lines // shard_size)
     with ProgressLine(_progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
@@ -815,6 +844,25 @@ def distill_cmd(
         f"over-long sources{filtered}",
         soft_wrap=True,  # one line, however long the path
     )
+
+
+# The options of kdmt's own engines, which a teacher command does not take.
+ENGINE_OPTIONS = (
+    "engine", "quantization", "beam", "lenpen", "max_len_a", "max_len_b", "min_len", "batch_tokens",
+    "max_src_tokens", "device", "bf16", "threads", "pair",
+)  # fmt: skip
+
+
+def command_options(nbest: int, select: str | None) -> None:
+    """Refuse, with --teacher-cmd, the options that it does not take: those of kdmt's engines (given on the
+    command line), and n-best lists (a command gives one translation a line, with no score)."""
+    context = click.get_current_context()
+    for name in ENGINE_OPTIONS:
+        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            shown = "--bf16/--fp32" if name == "bf16" else flag(name)
+            raise KdmtError(f"{shown} is an option of kdmt's engines; --teacher-cmd runs the command as it is")
+    if nbest > 1 or select:
+        raise KdmtError("--teacher-cmd gives one translation a line, with no score: no --nbest or --select")
 
 
 # --- eval --------------------------------------------------------------------------------------

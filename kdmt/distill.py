@@ -10,6 +10,11 @@ the n-best candidate closest to the reference (sentence BLEU or chrF) is kept in
 scoring one (Kim & Rush's seq-inter). With `filter` on, a degenerate chosen hypothesis (a repetition
 loop, one cut at the search's maximum length, an outlying length ratio: kdmt.filters) is written as an
 empty line, and counted by reason.
+
+The teacher is kdmt's own engines (a TextTranslator) or any translation command
+(kdmt.teacher_command). The manifest records its identity (`teacher_identity`: a content hash, or the
+command line), not where it lies: a resume with another teacher is refused, the same one at another path
+resumes.
 """
 
 from __future__ import annotations
@@ -20,17 +25,18 @@ from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sacrebleu.metrics import CHRF
 
+from kdmt.cache import file_sha256, tree_sha256
 from kdmt.errors import KdmtError
 from kdmt.evaluate import bleu_metric
 from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
 from kdmt.shards import Manifest, ShardedRun, file_identity
-from kdmt.translate import Candidate, Progress, TextTranslator
+from kdmt.translate import Candidate, Progress
 
 
 @dataclass
@@ -41,11 +47,32 @@ class DistillStats:
     filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # reason -> empty lines
 
 
+class Teacher(Protocol):
+    """What DistillRun asks of a teacher: kdmt's engines (kdmt.translate.TextTranslator) and a translation
+    command (kdmt.teacher_command.CommandTeacher) have it."""
+
+    def translate_nbest(
+        self, lines: list[str], nbest: int = 1, progress: Progress | None = None
+    ) -> list[list[Candidate]]: ...
+
+    def length_limits(self, lines: list[str]) -> list[tuple[int, int | None]]: ...
+
+
+def teacher_identity(path: Path) -> str:
+    """What identifies a teacher on disk, wherever it lies: a file's (a checkpoint's) sha256, or a
+    directory's (an export: kdmt.cache.tree_sha256). Read once, whatever its size."""
+    if path.is_file():
+        return f"sha256:{file_sha256(path)}"
+    if path.is_dir():
+        return f"tree-sha256:{tree_sha256(path)}"
+    raise KdmtError(f"{path}: no such teacher")
+
+
 @dataclass
 class DistillSettings:
     """What a run's output depends on; a resumed run must match the manifest's."""
 
-    teachers: list[str]
+    teachers: list[str]  # their identities (teacher_identity, CommandTeacher.identity), not their paths
     source: str
     beam: int
     lenpen: float
@@ -64,7 +91,7 @@ class DistillSettings:
     min_len: int = 1  # the search's --min-len
     pair: str | None = None  # a multilingual teacher's pair, whose tags the sources are given (model_inputs)
     tgt_lang: str | None = None  # the target language: seq-inter's sentence BLEU is tokenized for it
-    inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # source, reference -> [size, mtime_ns]
 
 
 def closest(texts: list[str], reference: str, metric: str, tgt_lang: str | None = None) -> int:
@@ -76,7 +103,7 @@ def closest(texts: list[str], reference: str, metric: str, tgt_lang: str | None 
 
 
 def filter_degenerate(
-    translator: TextTranslator,
+    teacher: Teacher,
     options: FilterOptions,
     src: list[str],
     chosen: list[Candidate | None],
@@ -84,9 +111,8 @@ def filter_degenerate(
 ) -> list[Candidate | None]:
     """`chosen` with every degenerate hypothesis replaced by None (an empty line), counted in `counts`."""
     out: list[Candidate | None] = []
-    for c, src_ids in zip(chosen, translator.src_vocab.encode(src)):
-        limit = translator.max_output_length(len(src_ids) + 1)  # the search saw the source with EOS
-        reason = degenerate(c.text, c.length, len(src_ids), limit, options) if c else None
+    for c, (src_length, limit) in zip(chosen, teacher.length_limits(src)):
+        reason = degenerate(c.text, c.length, src_length, limit, options) if c else None
         if reason:
             counts[reason] += 1
         out.append(None if reason else c)
@@ -103,21 +129,31 @@ class DistillRun:
     run with these settings exist already. `meta`, the teacher's record, says which tags its sources need
     (kdmt.languages.model_inputs, with settings.pair); without it, sources are translated as they are."""
 
-    def __init__(self, translator: TextTranslator, settings: DistillSettings, out: Path, meta: dict | None = None):
+    def __init__(self, translator: Teacher, settings: DistillSettings, out: Path, meta: dict | None = None):
         if settings.select == "seq-inter" and not settings.reference:
             raise KdmtError("--select seq-inter needs --ref")
         references = [settings.reference] if settings.reference else []
-        settings.inputs = file_identity([settings.source, *settings.teachers, *references])
+        settings.inputs = file_identity([settings.source, *references])
         self.translator, self.settings, self.out, self.meta = translator, settings, out, meta
         self.record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
         self.work = ShardedRun(Path(f"{out}.shards"), self.record, lambda: self.read_stats() is not None)
-        manifest = self.work.open(self.make_plan)
+        manifest = self.work.open(self.make_plan, self.other_teacher)
         self.plan: dict[str, Any] | None = manifest["plan"] if manifest else None
         self.finished = None if manifest else self.read_stats()
 
     @property
     def lines(self) -> int:
         return self.plan["lines"] if self.plan else self.finished.lines
+
+    def other_teacher(self, found: dict[str, Any]) -> str | None:
+        """The error for a manifest of a run started with another teacher than this one's (None: the same)."""
+        if found.get("teachers") == self.record["teachers"]:
+            return None
+        before, now = ", ".join(found.get("teachers") or ["?"]), ", ".join(self.record["teachers"])
+        return (
+            f"{self.out} was started with another teacher: {before} (this run: {now}); "
+            f"remove {self.work.path} or choose another --out"
+        )
 
     def make_plan(self) -> dict[str, Any]:
         """The number of lines and the byte offset of each shard, in the source and the reference."""
@@ -180,7 +216,11 @@ class DistillRun:
         src = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
         if self.meta is not None:
             src = model_inputs(src, Pair.parse(s.pair) if s.pair else None, self.meta, lines.start + 1)
-        results = self.translator.translate_nbest(src, s.nbest, progress)
+        try:
+            results = self.translator.translate_nbest(src, s.nbest, progress)
+        except KdmtError as e:  # nothing of the shard is written or recorded
+            where = f"shard {index + 1} of {self.plan['shards']} (lines {lines.start + 1}-{lines.stop})"
+            raise KdmtError(f"{where}: {e}") from None
         if s.select == "seq-inter":
             refs = ref_reader.read(self.plan["ref_offsets"][index], len(lines), lines.start)
             chosen = [
@@ -223,7 +263,7 @@ class DistillRun:
 
 
 def distill_corpus(
-    translator: TextTranslator,
+    translator: Teacher,
     settings: DistillSettings,
     out: Path,
     progress: Progress | None = None,

@@ -144,13 +144,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdmt"
 
 
-def converted_teacher(checkpoint: Path, quantization: str = "float32") -> Path:
+def converted_teacher(checkpoint: Path, quantization: str = "float32", sha256: str | None = None) -> Path:
     """A CTranslate2 conversion of `checkpoint`, made once (kdmt.cache: by one process of those that ask at
-    once) and kept in the cache under the checkpoint's content hash, the quantization and the versions of
-    kdmt and ctranslate2 that convert (another version converts again)."""
+    once) and kept in the cache under the checkpoint's content hash (`sha256`, when the caller has it), the
+    quantization and the versions of kdmt and ctranslate2 that convert (another version converts again)."""
     if not checkpoint.is_file():
         raise KdmtError(f"{checkpoint}: no such checkpoint")
     versions = f"kdmt{__version__}-ct2{require('ctranslate2').__version__}"
-    path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}-{versions}"
+    path = cache_dir() / "ctranslate2" / f"{(sha256 or file_sha256(checkpoint))[:20]}-{quantization}-{versions}"
     convert = partial(export_checkpoint, checkpoint, path, "ctranslate2", quantization, force=True)
     return cached(path.with_name(f"{path.name}.lock"), lambda: path if is_export(path) else None, convert, str(path))

@@ -11,9 +11,11 @@ first reason, in this order, that a hypothesis is degenerate:
   as a word, and n-grams of up to 16 of them (4 words of Thai's about 4 characters) are looked for.
 - `length_limit`: the hypothesis is as long as the search allowed for its source (max_len_a·|source| +
   max_len_b tokens, |source| counting EOS, at most max_positions − 1): it was most likely cut there, its
-  EOS forced (one that ends by itself at exactly that length is counted too).
+  EOS forced (one that ends by itself at exactly that length is counted too). Not applied where the
+  limit is unknown (a teacher command's translations).
 - `ratio`: its length in target tokens over the source's (sentencepiece tokens, without EOS) is above
-  `max_len_ratio` or below its inverse (an empty hypothesis included).
+  `max_len_ratio` or below its inverse (an empty hypothesis included). A teacher command's translations
+  have no tokens: both sides are measured in words (`word_length`), as the `repeat` rule counts them.
 """
 
 from __future__ import annotations
@@ -45,20 +47,31 @@ def repeated_ngram(words: list[str], max_repeat: int, max_n: int = MAX_NGRAM) ->
     return False
 
 
+def word_length(text: str) -> int:
+    """A text's length in words, as the `repeat` rule counts them: each character of a script written
+    without spaces counts as one (kdmt.data.words_or_characters)."""
+    return len(words_or_characters(text) or text.split())
+
+
 def degenerate(
-    hypothesis: str, hyp_tokens: int, src_tokens: int, max_tokens: int, options: FilterOptions = FilterOptions()
+    hypothesis: str,
+    hyp_tokens: int,
+    src_tokens: int,
+    max_tokens: int | None,
+    options: FilterOptions = FilterOptions(),
 ) -> str | None:
     """The reason (one of REASONS, the first that applies) why `hypothesis` is degenerate, or None.
 
-    hyp_tokens: its length in target tokens, without EOS; src_tokens: the source's, without EOS;
-    max_tokens: the longest hypothesis the search allowed for that source (Translator.max_output_length).
+    hyp_tokens: its length in target tokens, without EOS; src_tokens: the source's, without EOS (both in
+    words for a teacher command's); max_tokens: the longest hypothesis the search allowed for that source
+    (Translator.max_output_length), None when unknown (no `length_limit` rule).
     """
     characters = words_or_characters(hypothesis)
     if characters is None and repeated_ngram(hypothesis.split(), options.max_repeat):
         return "repeat"
     if characters is not None and repeated_ngram(characters, options.max_repeat, MAX_CHARACTER_NGRAM):
         return "repeat"
-    if hyp_tokens >= max_tokens:
+    if max_tokens is not None and hyp_tokens >= max_tokens:
         return "length_limit"
     ratio = hyp_tokens / max(src_tokens, 1)
     if ratio > options.max_len_ratio or ratio < 1 / options.max_len_ratio:

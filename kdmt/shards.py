@@ -104,9 +104,13 @@ class ShardedRun:
             raise KdmtError(f"{path}: damaged (not a shard's record); delete it, and that shard is done again")
         return result
 
-    def open(self, plan: Callable[[], dict[str, Any]]) -> Manifest | None:
+    def open(
+        self, plan: Callable[[], dict[str, Any]], other: Callable[[dict[str, Any]], str | None] = lambda found: None
+    ) -> Manifest | None:
         """The run's manifest; the first process makes it, with `plan()` (which gives at least "shards", their
-        number). None when the outputs of a finished run with these settings exist: nothing to do."""
+        number). None when the outputs of a finished run with these settings exist: nothing to do. A manifest
+        with other settings is refused, with the error `other(its settings)` gives where it names what
+        differs (None: a general one)."""
         with locked(self.path / "lock"):
             manifest = self._head()
             if manifest is None:
@@ -118,8 +122,11 @@ class ShardedRun:
                 (self.path / "done").mkdir(exist_ok=True)
                 write_text(self.path / "manifest.json", json.dumps(manifest, indent=1))
             elif manifest.get("settings") != self.settings or "plan" not in manifest:
+                found = manifest.get("settings")
+                named = other(found) if isinstance(found, dict) else None
                 raise KdmtError(
-                    f"{self.path} holds an unfinished run with other settings or inputs; "
+                    named
+                    or f"{self.path} holds an unfinished run with other settings or inputs; "
                     "run it with the same ones, or delete that directory"
                 )
             return self.manifest()  # the records read once: a damaged one is named before any work

@@ -30,8 +30,8 @@ class Candidate:
     """A translation with its score, and its length in target tokens."""
 
     text: str
-    score: float
-    length: int  # target tokens, without EOS
+    score: float | None  # None: a teacher command's translation, which has none
+    length: int  # target tokens, without EOS (words, for a teacher command's: kdmt.filters.word_length)
 
 
 @dataclass
@@ -77,6 +77,11 @@ class TextTranslator(ABC):
         src = torch.ones(1, n_src_tokens, dtype=torch.long)  # any id but PAD
         o = self.options
         return int(max_lengths(src, o.max_len_a, o.max_len_b, self.max_positions))
+
+    def length_limits(self, lines: list[str]) -> list[tuple[int, int | None]]:
+        """Each line's length in source tokens (without EOS) and the longest hypothesis the search allows it
+        (max_output_length): what the filter of degenerate translations measures (kdmt.filters)."""
+        return [(len(ids), self.max_output_length(len(ids) + 1)) for ids in self.src_vocab.encode(lines)]
 
     def translate_nbest(
         self, lines: list[str], nbest: int = 1, progress: Progress | None = None

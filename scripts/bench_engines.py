@@ -32,7 +32,7 @@ import torch
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import read_parallel
 from kdmt.device import describe_device
-from kdmt.distill import DistillSettings, distill_corpus
+from kdmt.distill import DistillSettings, distill_corpus, teacher_identity
 from kdmt.engines import CTranslate2Translator
 from kdmt.evaluate import WARM_UP_LINES, score, size_on_disk
 from kdmt.export import export_checkpoint, huggingface_limit
@@ -145,7 +145,7 @@ def distill_rows(args, teacher: Path, work: Path) -> list[dict]:
     def run(name: str) -> list[str]:
         out = work / f"distill-{next(runs)}.tgt"
         settings = DistillSettings(
-            teachers=[str(teacher)],
+            teachers=[teacher_identity(teacher)],
             source=str(source),
             beam=args.beam,
             lenpen=1.0,

@@ -2,7 +2,6 @@
 filter of degenerate translations (and the student's fallback to the reference for them)."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 from sacrebleu.metrics import BLEU
@@ -11,7 +10,7 @@ from toy import toy_pairs
 
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
-from kdmt.distill import DistillSettings, closest, distill_corpus
+from kdmt.distill import DistillSettings, closest, distill_corpus, teacher_identity
 from kdmt.errors import KdmtError
 from kdmt.files import read_lines
 from kdmt.filters import FilterOptions, degenerate, repeated_ngram
@@ -26,7 +25,7 @@ class Killed(Exception):
 
 def settings_for(model, src, **kw) -> DistillSettings:
     base = dict(
-        teachers=[str(model)],
+        teachers=[teacher_identity(model)],
         source=str(src),
         beam=3,
         lenpen=1.0,
@@ -209,13 +208,11 @@ def test_max_output_length_is_the_search_limit(toy_model, tmp_path):
 
 def test_the_seq_inter_choice_is_the_hypothesis_filtered(tmp_path):
     class FixedCandidates:  # a Translator whose n-best lists are given
-        src_vocab = SimpleNamespace(encode=lambda lines: [line.split() for line in lines])
-
         def translate_nbest(self, lines, nbest, progress=None):
             return [[Candidate(t, -i, len(t.split())) for i, t in enumerate(nbest_of[line])] for line in lines]
 
-        def max_output_length(self, n_src_tokens):
-            return 100
+        def length_limits(self, lines):
+            return [(len(line.split()), 100) for line in lines]
 
     nbest_of = {"a b c": ["c b a", "b b b"], "d e f": ["f f f", "f e d"]}
     src = write(tmp_path / "s", ["a b c", "d e f"])
