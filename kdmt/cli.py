@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import torch
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -701,6 +699,7 @@ def translate_cmd(
 # --- distill -----------------------------------------------------------------------------------
 @command("distill")
 def distill_cmd(
+    ctx: typer.Context,
     src: Annotated[Path, typer.Option(help="Source side of the corpus to distill (.gz allowed).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The distilled target corpus, line-aligned with --src.")],
     teacher: Annotated[
@@ -774,7 +773,7 @@ def distill_cmd(
     if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
         raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
     if teacher_cmd is not None:
-        command_options(nbest, select)
+        command_options(ctx, nbest, select)
     if nbest > beam:
         raise KdmtError(f"--nbest must be at most --beam ({beam}), not {nbest}")
     if select and nbest == 1:
@@ -853,12 +852,12 @@ ENGINE_OPTIONS = (
 )  # fmt: skip
 
 
-def command_options(nbest: int, select: str | None) -> None:
+def command_options(ctx: typer.Context, nbest: int, select: str | None) -> None:
     """Refuse, with --teacher-cmd, the options that it does not take: those of kdmt's engines (given on the
     command line), and n-best lists (a command gives one translation a line, with no score)."""
-    context = click.get_current_context()
     for name in ENGINE_OPTIONS:
-        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name == "COMMANDLINE":
             shown = "--bf16/--fp32" if name == "bf16" else flag(name)
             raise KdmtError(f"{shown} is an option of kdmt's engines; --teacher-cmd runs the command as it is")
     if nbest > 1 or select:
