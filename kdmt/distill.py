@@ -78,7 +78,7 @@ class DistillSettings:
     lenpen: float
     max_len_a: float
     max_len_b: int
-    max_src_tokens: int
+    max_src_tokens: int  # 0: no limit (a teacher command)
     nbest: int
     select: str | None
     select_metric: str
@@ -87,7 +87,7 @@ class DistillSettings:
     filter: bool = True  # degenerate hypotheses become empty lines
     max_repeat: int = 3
     max_len_ratio: float = 2.0
-    engine: str = "kdmt"  # or "ctranslate2 QUANTIZATION"
+    engine: str = "kdmt"  # or "ctranslate2 QUANTIZATION", or "command" (--teacher-cmd)
     min_len: int = 1  # the search's --min-len
     pair: str | None = None  # a multilingual teacher's pair, whose tags the sources are given (model_inputs)
     tgt_lang: str | None = None  # the target language: seq-inter's sentence BLEU is tokenized for it
