@@ -784,15 +784,15 @@ def distill_cmd(
         translator: Teacher = CommandTeacher(teacher_cmd)
         identities, meta, max_src, engine = [translator.identity], None, 0, "command"
     else:
+        if engine == "ctranslate2" and len(teacher) > 1:
+            raise KdmtError("CTranslate2 has no ensembles: --engine ctranslate2 takes one teacher (--engine kdmt more)")
+        if engine != "ctranslate2" and quantization != "float32":
+            raise KdmtError("--quantization goes with --engine ctranslate2")
         identities = [teacher_identity(t) for t in teacher]  # each teacher read once: hashed
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
         models = teacher
-        if engine == "ctranslate2":
-            if len(teacher) > 1:
-                raise KdmtError("CTranslate2 has no ensembles: --engine ctranslate2 takes one teacher (kdmt, more)")
+        if engine == "ctranslate2":  # converted under the hash just made
             models = [converted_teacher(teacher[0], quantization, identities[0].partition(":")[2])]
-        elif quantization != "float32":
-            raise KdmtError("--quantization goes with --engine ctranslate2")
         metas, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
         tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
         if any(t != tagging[0] for t in tagging):
@@ -818,7 +818,7 @@ def distill_cmd(
         max_len_ratio=max_len_ratio,
         engine=engine,
         pair=Pair.parse(pair).name if pair else None,
-        tgt_lang=target_language(meta, Pair.parse(pair) if pair else None) if meta else None,
+        tgt_lang=target_language(meta, Pair.parse(pair) if pair else None) if meta is not None else None,
     )
     run = DistillRun(translator, settings, out, meta)
     shards = -(-run.lines // shard_size)
