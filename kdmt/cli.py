@@ -985,8 +985,8 @@ def report_cmd(
     for against in ("teacher", "baseline"):
         if missing := untested(rows, against):
             err.print(
-                f"no paired test against the {against} for {', '.join(missing)}: no translations in their reports "
-                "(kdmt eval before the tests, or --bootstrap-samples 0) or another test set",
+                f"no paired test against the {against} for {', '.join(missing)}: --bootstrap-samples 0, or no "
+                "translations in the reports (kdmt eval before the tests), or another test set",
                 highlight=False,
             )
     write_text(out_dir / "report.json", json.dumps([public(r) for r in rows], indent=2) + "\n")

@@ -77,9 +77,11 @@ def public(row: dict) -> dict:
 
 def paired_tests(base: dict, rows: list[dict], key: str, samples: int) -> None:
     """Set `key` of each row to its paired bootstrap test against the base row (evaluate.paired_bootstrap,
-    `samples` resamples; none when 0), where both have translations of the same references (reports of
-    kdmt eval before the tests have none)."""
+    `samples` resamples), where both have translations of the same references (reports of kdmt eval before
+    the tests have none); to None where there is no test (or `samples` is 0)."""
     testable = [r for r in rows if base["hyps"] and r["hyps"] and r["refs"] == base["refs"]]
+    for row in rows:
+        row[key] = None  # no test, unless one below
     if not samples or not testable:
         return
     test = paired_bootstrap(base["hyps"], [r["hyps"] for r in testable], base["refs"], base["tgt_lang"], samples)
@@ -129,8 +131,8 @@ def compare_with_baseline(rows: list[dict], name: str, samples: int = BOOTSTRAP_
 
 
 def untested(rows: list[dict], against: str) -> list[str]:
-    """The rows compared `against` (teacher, baseline) without a paired test."""
-    return [row["model"] for row in rows if f"bleu_vs_{against}" in row and f"vs_{against}" not in row]
+    """The rows compared `against` the teacher or baseline without a paired test."""
+    return [row["model"] for row in rows if f"vs_{against}" in row and row[f"vs_{against}"] is None]
 
 
 def difference(row: dict, metric: str, against: str) -> str:
@@ -147,7 +149,8 @@ def significance_note(test: dict) -> str:
     """What the table's differences with a paired test say, in one line."""
     return (
         f"Δ ± half the 95% confidence interval of the difference, p: sacrebleu's paired bootstrap resampling "
-        f"({test['samples']} resamples, seed {test['seed']}); * p < {SIGNIFICANT}: significant; without *: not"
+        f"({test['samples']} resamples, seed {test['seed']}); * p < {SIGNIFICANT}: significant; "
+        "without: not significant"
     )
 
 
