@@ -83,6 +83,9 @@ def test_report_tests_every_difference_against_the_teacher_and_the_baseline(tmp_
         kdmt(*args, "--baseline", "nobody"),
         "--baseline nobody: no model of that name in the reports (they have teacher, base,",
     )
+    entries[1]["bleu"] += 1  # not the score of its translations (BLEU tokenized otherwise)
+    write_text(tmp_path / "eval.json", json.dumps(entries))
+    assert_fails(kdmt(*args), "base: its translations score 36.36 BLEU, its report 37.36")
 
 
 def test_reports_of_an_older_kdmt_eval_have_no_tests(tmp_path):
