@@ -88,7 +88,7 @@ def test_report_tests_every_difference_against_the_teacher_and_the_baseline(tmp_
     assert_fails(kdmt(*args), "base: its translations score 36.36 BLEU, its report 37.36")
 
 
-def test_reports_of_an_older_kdmt_eval_have_no_tests(tmp_path):
+def test_no_test_without_translations_of_the_same_references(tmp_path):
     refs, systems = hand_made_systems(20)
     entries = [
         eval_entry("teacher", "teacher", systems["a"], refs, 100.0),
@@ -104,3 +104,10 @@ def test_reports_of_an_older_kdmt_eval_have_no_tests(tmp_path):
     assert rows[1]["bleu_vs_teacher"] == round(100 - rows[0]["bleu"], 2)
     assert rows[1]["vs_teacher"] is None and "vs_teacher" not in rows[0]
     assert "no paired test against the teacher for s: --bootstrap-samples 0, or no translations" in result.stderr
+    other_refs = [line.upper() for line in refs]  # another test set's
+    entries = [eval_entry("teacher", "teacher", refs, refs, 100.0), eval_entry("s", "student", refs, other_refs, 50.0)]
+    write_text(tmp_path / "new.json", json.dumps(entries))
+    result = kdmt("report", tmp_path / "new.json", "-o", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "report.json").read_text())[1]["vs_teacher"] is None
+    assert "no paired test against the teacher for s: " in result.stderr
