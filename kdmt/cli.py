@@ -892,12 +892,12 @@ def eval_cmd(
         if hyps_dir:
             write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
     names = short_names([r.checkpoint for r in reports])
-    if len(reports) > 1 and bootstrap_samples:
+    compared = len(reports) > 1 and bootstrap_samples > 0
+    if compared:
         first = reports[0]
         test = paired_bootstrap(first.hyps, [r.hyps for r in reports[1:]], ref_lines, languages[0], bootstrap_samples)
         for i, r in enumerate(reports[1:]):
             r.vs_first = test.against(i, names[first.checkpoint])
-    compared = len(reports) > 1 and bootstrap_samples
     table = Table(
         Column("model", overflow="fold"),
         "BLEU",
@@ -925,7 +925,8 @@ def eval_cmd(
     for r in reports:
         err.print(f"{r['checkpoint']}: {describe(r['made_with'])}", highlight=False)
     err.print(
-        f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\ndevice {reports[0]['device']}",
+        f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\n"
+        f"chrF++ {reports[0]['chrfpp_signature']}\ndevice {reports[0]['device']}",
         highlight=False,
     )
     if compared:
