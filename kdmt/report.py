@@ -22,6 +22,13 @@ def load_reports(paths: list[Path]) -> list[dict]:
             raise KdmtError(f"{path}: not a kdmt eval report ({e})") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) and "bleu" in r for r in data):
             raise KdmtError(f"{path}: not a kdmt eval report (write one with kdmt eval --report)")
+        for r in data:
+            hyps, refs = r.get("hyps", []), r.get("refs", [])
+            lines = [x for x in (hyps, refs) if isinstance(x, list) and all(isinstance(line, str) for line in x)]
+            if len(lines) < 2 or len(hyps) != len(refs):
+                raise KdmtError(
+                    f"{path}: {r.get('checkpoint')}'s translations and references are not two lists of as many lines"
+                )
         reports += data
     return reports
 

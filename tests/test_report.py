@@ -111,3 +111,9 @@ def test_no_test_without_translations_of_the_same_references(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert json.loads((tmp_path / "report.json").read_text())[1]["vs_teacher"] is None
     assert "no paired test against the teacher for s: " in result.stderr
+    entries[1]["hyps"].pop()  # a line short
+    write_text(tmp_path / "new.json", json.dumps(entries))
+    assert_fails(
+        kdmt("report", tmp_path / "new.json", "-o", tmp_path),
+        "translations and references are not two lists of as many lines",
+    )
