@@ -129,9 +129,9 @@ def paired_bootstrap(
         for i, result in enumerate(results[key][1:]):
             differences = resampled[i + 1] - resampled[0]
             _, delta_ci = estimate_ci(differences)
-            # a difference of 0 on every resample (the same translations) is none: sacrebleu's p-value is its
-            # smallest there (1 / (samples + 1): it counts resamples further from the mean than 0, of which
-            # there are none), the test's is 1
+            # a difference of 0 on every resample (the same translations) is none, p = 1; sacrebleu's p-value is
+            # its smallest there, 1 / (samples + 1): it counts the resamples whose |difference| exceeds their mean
+            # by more than the real difference, 0, and there are none
             p_value = result.p_value if differences.any() else 1.0
             comparisons[i][name] = Comparison(
                 score=round(result.score, 2),
