@@ -75,7 +75,7 @@ $(DEMO)/eval.json: $(DEMO)/teacher/DONE $(DEMO)/student-ref/DONE $(DEMO)/student
 	$(KDMT) eval $(DEMO_MODELS) --src $(TEST_SRC) --ref $(TEST_REF) --beam 5 --report $@
 
 $(DEMO)/report.json: $(DEMO)/eval.json
-	$(KDMT) report $(DEMO)/eval-greedy.json $< -o $(DEMO)
+	$(KDMT) report $(DEMO)/eval-greedy.json $< -o $(DEMO) --baseline student-ref
 
 clean-demo:
 	rm -rf $(DEMO)

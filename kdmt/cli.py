@@ -21,7 +21,7 @@ from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings, Teacher, teacher_identity
 from kdmt.engines import ENGINES, converted_teacher, open_translator
 from kdmt.errors import KdmtError
-from kdmt.evaluate import bleu_tokenizer, describe, evaluate, size_on_disk
+from kdmt.evaluate import BOOTSTRAP_SAMPLES, bleu_tokenizer, describe, evaluate, paired_bootstrap, size_on_disk
 from kdmt.export import export_checkpoint
 from kdmt.files import decode_stream, read_lines, write_lines, write_text
 from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair, target_language
@@ -29,7 +29,21 @@ from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.options import check_ranges, flag
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
 from kdmt.progress import ProgressLine
-from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
+from kdmt.report import (
+    build_rows,
+    compare_with_baseline,
+    compare_with_teacher,
+    difference,
+    load_reports,
+    markdown,
+    plot,
+    public,
+    short_names,
+    significance_note,
+    table,
+    tested_on,
+    untested,
+)
 from kdmt.run_dir import check_out_dir
 from kdmt.shards import file_identity, launch_rank, local_device
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
@@ -121,6 +135,10 @@ Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: tor
 PairOption = Annotated[
     str | None,
     typer.Option("--pair", help="The language pair SRC-TGT to translate (e.g. fr-en): a multilingual model's tags."),
+]
+BootstrapSamples = Annotated[
+    int,
+    typer.Option(help="Resamples of sacrebleu's paired bootstrap test of each difference (0: no test)."),
 ]
 
 
@@ -893,8 +911,10 @@ def eval_cmd(
             "default: --pair's target, else the one the models were trained into)."
         ),
     ] = None,
+    bootstrap_samples: BootstrapSamples = BOOTSTRAP_SAMPLES,
 ) -> None:
-    """Score checkpoints on a test set: sacreBLEU, chrF, speed and size, side by side.
+    """Score checkpoints on a test set: sacreBLEU, chrF, chrF++, speed and size, side by side, and each
+    against the first by sacrebleu's paired bootstrap test.
 
     Example: kdmt eval work/teacher/checkpoint_best.safetensors --src test.de.gz --ref test.en.gz
 
@@ -915,35 +935,50 @@ def eval_cmd(
         with ProgressLine(err, f"eval {name}", len(src_lines), "sent", transient=True) as progress:
             args = src, inputs, ref_lines, metas[0], progress.advance, pair, languages[0]
             result, hyps = evaluate(translator, path, *args)
-        reports.append(result.to_dict())
+        reports.append(result)
         if hyps_dir:
             write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
+    names = short_names([r.checkpoint for r in reports])
+    compared = len(reports) > 1 and bootstrap_samples > 0
+    if compared:
+        first = reports[0]
+        test = paired_bootstrap(first.hyps, [r.hyps for r in reports[1:]], ref_lines, languages[0], bootstrap_samples)
+        for i, r in enumerate(reports[1:]):
+            r.vs_first = test.against(i, names[first.checkpoint])
     table = Table(
         Column("model", overflow="fold"),
         "BLEU",
         "chrF",
+        "chrF++",
         "params",
         "sent/s",
         "tok/s",
+        *(["ΔBLEU", "ΔchrF"] if compared else []),
         title=f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {beam})",
     )
-    names = short_names([r["checkpoint"] for r in reports])
+    reports = [r.to_dict() for r in reports]
     for r in reports:
         table.add_row(
             names[r["checkpoint"]],
             f"{r['bleu']:.2f}",
             f"{r['chrf']:.2f}",
+            f"{r['chrfpp']:.2f}",
             f"{r['parameters']:,}",
             f"{r['sentences_per_s']:,.1f}",
             f"{r['tokens_per_s']:,.0f}",
+            *([difference(r, "bleu", "first"), difference(r, "chrf", "first")] if compared else []),
         )
     err.print(table)
     for r in reports:
         err.print(f"{r['checkpoint']}: {describe(r['made_with'])}", highlight=False)
     err.print(
-        f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\ndevice {reports[0]['device']}",
+        f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\n"
+        f"chrF++ {reports[0]['chrfpp_signature']}\ndevice {reports[0]['device']}",
         highlight=False,
     )
+    if compared:
+        err.print(f"ΔBLEU and ΔchrF are against {names[reports[0]['checkpoint']]}", highlight=False)
+        err.print(significance_note(reports[1]["vs_first"]), highlight=False)
     if note := bleu_tokenizer(languages[0])[1]:
         err.print(note, highlight=False)
     if report:
@@ -958,15 +993,26 @@ def report_cmd(
     reports: Annotated[list[Path], typer.Argument(help="JSON files written by kdmt eval --report (greedy and beam).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where report.json and report.png go.")],
     markdown_out: Annotated[bool, typer.Option("--markdown", help="Also print the table as markdown.")] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="The model (by its name in the table) every student is also compared with, e.g. a student "
+            "trained on references."
+        ),
+    ] = None,
+    bootstrap_samples: BootstrapSamples = BOOTSTRAP_SAMPLES,
 ) -> None:
-    """Teacher beside students: one table (BLEU, chrF, size, speed greedy and beam) and a plot of BLEU
-    against sentences/s, from kdmt eval reports.
+    """Teacher beside students: one table (BLEU, chrF, chrF++, size, speed greedy and beam, each model's
+    difference from the teacher and from --baseline, with sacrebleu's paired bootstrap test) and a plot of
+    BLEU against sentences/s, from kdmt eval reports.
 
-    Example: kdmt report work/eval-beam5.json work/eval-greedy.json -o work
+    Example: kdmt report work/eval-beam5.json work/eval-greedy.json -o work --baseline student-baseline
     """
     rows = build_rows(load_reports(reports))
-    teacher = compare_with_teacher(rows)
-    headers, body = table(rows)
+    teacher = compare_with_teacher(rows, bootstrap_samples)
+    if baseline:
+        compare_with_baseline(rows, baseline, bootstrap_samples)
+    headers, body = table(rows, baseline)
     if markdown_out:
         print(markdown(headers, body), end="")
     rich_table = Table(
@@ -979,8 +1025,19 @@ def report_cmd(
     err.print(rich_table)
     if teacher:
         against = "the first teacher of each pair" if any("pair" in r for r in rows) else teacher
-        err.print(f"ΔBLEU and × speed (beam {rows[0]['beam']}) are against {against}")
-    write_text(out_dir / "report.json", json.dumps(rows, indent=2) + "\n")
+        err.print(f"ΔBLEU, ΔchrF and × speed (beam {rows[0]['beam']}) are against {against}", highlight=False)
+    if baseline:
+        err.print(f"ΔBLEU and ΔchrF vs {baseline}: every student against {baseline}", highlight=False)
+    if test := next((r.get(f"vs_{k}") for r in rows for k in ("teacher", "baseline") if r.get(f"vs_{k}")), None):
+        err.print(significance_note(test), highlight=False)
+    for against in ("teacher", "baseline"):
+        if missing := untested(rows, against):
+            err.print(
+                f"no paired test against the {against} for {', '.join(missing)}: --bootstrap-samples 0, or no "
+                "translations in the reports (kdmt eval before the tests), or another test set",
+                highlight=False,
+            )
+    write_text(out_dir / "report.json", json.dumps([public(r) for r in rows], indent=2) + "\n")
     plot(rows, out_dir / "report.png")
     err.print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.png'}")
 

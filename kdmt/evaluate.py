@@ -5,23 +5,30 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics.base import Metric
+from sacrebleu.significance import PairedTest, estimate_ci
 
 from kdmt.translate import TextTranslator
 
 WARM_UP_LINES = 32  # translated untimed before the timed run, which then pays no start-up costs
+BOOTSTRAP_SAMPLES = 1000  # sacrebleu's default for its paired bootstrap test
+SIGNIFICANT = 0.05  # a difference with a p-value below this is significant
 
 
 @dataclass
 class Scores:
     bleu: float
     chrf: float
+    chrfpp: float  # chrF++: chrF with word unigrams and bigrams
     bleu_signature: str
     chrf_signature: str
+    chrfpp_signature: str
 
 
 # BLEU's tokenizer where sacrebleu's default, 13a, does not fit the target language: words split at spaces
@@ -46,18 +53,103 @@ def bleu_tokenizer(lang: str | None) -> tuple[str, str | None]:
     return ("char" if lang in _BY_CHARACTER else "13a"), None
 
 
-def bleu_metric(lang: str | None, sentence: bool = False) -> BLEU:
+def bleu_metric(lang: str | None, sentence: bool = False, references: list[list[str]] | None = None) -> BLEU:
     """sacrebleu's BLEU with the tokenizer of target language `lang` (bleu_tokenizer); for sentence scores,
-    with the effective n-gram order."""
-    return BLEU(tokenize=bleu_tokenizer(lang)[0], effective_order=sentence)
+    with the effective n-gram order; `references`: the ones every score is against, read once."""
+    return BLEU(tokenize=bleu_tokenizer(lang)[0], effective_order=sentence, references=references)
+
+
+def metrics(lang: str | None, refs: list[str] | None = None) -> dict[str, Metric]:
+    """The metrics kdmt reports, by their JSON names: BLEU tokenized for target language `lang`
+    (bleu_metric), chrF, which compares characters in any language, and chrF++ (chrF with word bigrams);
+    `refs`: the references every score is against, read once."""
+    references = None if refs is None else [refs]
+    return {
+        "bleu": bleu_metric(lang, references=references),
+        "chrf": CHRF(references=references),
+        "chrfpp": CHRF(word_order=2, references=references),
+    }
 
 
 def score(hyps: list[str], refs: list[str], lang: str | None = None) -> Scores:
-    """Corpus BLEU, tokenized for target language `lang` (bleu_metric), and chrF, which compares characters
-    in any language, of detokenized hypotheses against one reference each."""
-    bleu, chrf = bleu_metric(lang), CHRF()
-    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
-    return Scores(b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature()))
+    """Corpus BLEU, chrF and chrF++ (metrics) of detokenized hypotheses against one reference each."""
+    scores, signatures = {}, {}
+    for name, metric in metrics(lang).items():
+        scores[name] = metric.corpus_score(hyps, [refs]).score
+        signatures[f"{name}_signature"] = str(metric.get_signature())
+    return Scores(**scores, **signatures)
+
+
+@dataclass
+class Comparison:
+    """A system against a baseline on one metric, by sacrebleu's paired bootstrap resampling."""
+
+    score: float  # the system's, on the whole test set
+    mean: float  # sacrebleu's "μ ± 95% CI": the mean of the system's score over the resamples,
+    ci: float  # and half the width of its 95% interval
+    p_value: float  # sacrebleu's: the chance of a difference this large were the systems alike
+    delta: float  # the system's score minus the baseline's, on the whole test set
+    delta_ci: float  # half the width of the 95% interval of the difference over the same resamples
+    significant: bool  # p_value below SIGNIFICANT
+
+
+@dataclass
+class PairedBootstrap:
+    """Systems against a baseline: for each system, a Comparison by metric name (metrics)."""
+
+    samples: int
+    seed: str  # sacrebleu's (12345; its SACREBLEU_SEED environment variable sets another)
+    comparisons: list[dict[str, Comparison]]
+
+    def against(self, i: int, baseline: str) -> dict:
+        """System `i`'s comparisons as JSON takes them, naming the baseline and the test."""
+        tests = {name: asdict(c) for name, c in self.comparisons[i].items()}
+        return {"model": baseline, "samples": self.samples, "seed": self.seed, **tests}
+
+
+def paired_bootstrap(
+    baseline: list[str], systems: list[list[str]], refs: list[str], lang: str | None, samples: int = BOOTSTRAP_SAMPLES
+) -> PairedBootstrap:
+    """Each system's hypotheses against the baseline's, on the same references, by sacrebleu's paired
+    bootstrap test (PairedTest: `samples` resamples of the test set's lines, its seed): the score, the μ ± 95%
+    CI and the p-value that `sacrebleu REF -i BASELINE SYSTEM --paired-bs` prints (but 1 where the difference
+    is 0 on every resample); and the difference with the 95% interval of the differences over the same
+    resamples (estimate_ci, as sacrebleu's CI)."""
+    named = [("baseline", baseline), *((f"system {i}", hyps) for i, hyps in enumerate(systems))]
+    by_name = metrics(lang, refs)  # as sacrebleu's command line: the references read once, into each metric
+    test = PairedTest(named, by_name, None, test_type="bs", n_samples=samples)
+    signatures, results = test()
+    seed = next(iter(signatures.values())).info["seed"]
+    # sacrebleu's resamples: one draw of `samples` rows of line indices from its seeded generator
+    idxs = np.random.default_rng(None if seed == "none" else int(seed)).choice(len(refs), (samples, len(refs)))
+    comparisons: list[dict[str, Comparison]] = [{} for _ in systems]
+    for (name, metric), key in zip(by_name.items(), test.metrics):
+        base = results[key][0].score
+        resampled = [_resampled_scores(metric, hyps, idxs) for hyps in (baseline, *systems)]
+        for i, result in enumerate(results[key][1:]):
+            differences = resampled[i + 1] - resampled[0]
+            _, delta_ci = estimate_ci(differences)
+            # a difference of 0 on every resample (the same translations) is none, p = 1; sacrebleu's p-value is
+            # its smallest there, 1 / (samples + 1): it counts the resamples whose |difference| exceeds their mean
+            # by more than the real difference, 0, and there are none
+            p_value = result.p_value if differences.any() else 1.0
+            comparisons[i][name] = Comparison(
+                score=round(result.score, 2),
+                mean=round(float(result.mean), 2),
+                ci=round(float(result.ci), 2),
+                p_value=round(p_value, 4),
+                delta=round(result.score - base, 2),
+                delta_ci=round(float(delta_ci), 2),
+                significant=p_value < SIGNIFICANT,
+            )
+    return PairedBootstrap(test.n_samples, seed, comparisons)
+
+
+def _resampled_scores(metric: Metric, hyps: list[str], idxs: np.ndarray) -> np.ndarray:
+    """A metric's corpus score on each resample (a row of line indices) against its references, from its
+    sentence statistics."""
+    stats = np.array(metric._extract_corpus_statistics(hyps, None), dtype="float32")
+    return np.array([metric._compute_score_from_stats(stats[rows].sum(0)).score for rows in idxs])
 
 
 @dataclass
@@ -70,8 +162,10 @@ class EvalReport:
     sentences: int
     bleu: float
     chrf: float
+    chrfpp: float
     bleu_signature: str
     chrf_signature: str
+    chrfpp_signature: str
     seconds: float
     sentences_per_s: float
     tokens_per_s: float  # target sentencepiece tokens generated per second
@@ -80,10 +174,14 @@ class EvalReport:
     device: str
     made_with: dict
     pair: str | None = None  # the language pair translated (eval --pair)
+    tgt_lang: str | None = None  # BLEU's tokenizer is this language's (bleu_metric)
+    hyps: list[str] = field(default_factory=list)  # the translations and their references, for paired tests
+    refs: list[str] = field(default_factory=list)
+    vs_first: dict | None = None  # against the first model evaluated beside it (eval_cmd)
 
     def to_dict(self) -> dict:
-        """The report as JSON takes it; `pair` only when one was named (reports of one pair stay as they were)."""
-        return {key: value for key, value in asdict(self).items() if key != "pair" or value is not None}
+        """The report as JSON takes it; `pair` and `vs_first` only when there are some."""
+        return {key: value for key, value in asdict(self).items() if key not in ("pair", "vs_first") or value}
 
 
 def evaluate(
@@ -115,8 +213,10 @@ def evaluate(
         sentences=len(src),
         bleu=round(s.bleu, 2),
         chrf=round(s.chrf, 2),
+        chrfpp=round(s.chrfpp, 2),
         bleu_signature=s.bleu_signature,
         chrf_signature=s.chrf_signature,
+        chrfpp_signature=s.chrfpp_signature,
         seconds=round(seconds, 3),
         sentences_per_s=round(len(src) / seconds, 2),
         tokens_per_s=round(out_tokens / seconds, 1),
@@ -125,6 +225,9 @@ def evaluate(
         device=str(translator.device),
         made_with=made_with,
         pair=pair,
+        tgt_lang=tgt_lang,
+        hyps=hyps,
+        refs=refs,
     )
     return report, hyps
 

@@ -104,6 +104,8 @@ RANGES: dict[str, Range] = {
     "batch_tokens": COUNT,
     "max_src_tokens": COUNT,
     "threads": NONNEGATIVE_INT,  # 0: torch's default
+    # eval, report
+    "bootstrap_samples": NONNEGATIVE_INT,  # 0: no paired test
 }
 
 

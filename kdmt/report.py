@@ -8,7 +8,9 @@ from pathlib import Path
 
 from kdmt.checkpoint import LEGACY_SUFFIX, SUFFIX
 from kdmt.errors import KdmtError
-from kdmt.evaluate import describe
+from kdmt.evaluate import BOOTSTRAP_SAMPLES, SIGNIFICANT, describe, paired_bootstrap
+
+PRIVATE = ("hyps", "refs", "tgt_lang")  # what rows carry for the paired tests and report.json leaves out
 
 
 def load_reports(paths: list[Path]) -> list[dict]:
@@ -20,6 +22,13 @@ def load_reports(paths: list[Path]) -> list[dict]:
             raise KdmtError(f"{path}: not a kdmt eval report ({e})") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) and "bleu" in r for r in data):
             raise KdmtError(f"{path}: not a kdmt eval report (write one with kdmt eval --report)")
+        for r in data:
+            hyps, refs = r.get("hyps", []), r.get("refs", [])
+            lines = [x for x in (hyps, refs) if isinstance(x, list) and all(isinstance(line, str) for line in x)]
+            if len(lines) < 2 or len(hyps) != len(refs):
+                raise KdmtError(
+                    f"{path}: {r.get('checkpoint')}'s translations and references are not two lists of as many lines"
+                )
         reports += data
     return reports
 
@@ -63,13 +72,39 @@ def build_rows(reports: list[dict]) -> list[dict]:
         if r["beam"] == 1:
             row["sentences_per_s_greedy"], row["bleu_greedy"] = r["sentences_per_s"], r["bleu"]
         if r["beam"] >= row.get("beam", 0):
-            row.update(beam=r["beam"], bleu=r["bleu"], chrf=r["chrf"], sentences_per_s_beam=r["sentences_per_s"])
+            row.update(beam=r["beam"], bleu=r["bleu"], chrf=r["chrf"], chrfpp=r.get("chrfpp"))
+            row.update(sentences_per_s_beam=r["sentences_per_s"], **{key: r.get(key) for key in PRIVATE})
     return list(rows.values())
 
 
-def compare_with_teacher(rows: list[dict]) -> str | None:
-    """Add each row's BLEU difference and beam-search speed-up against the first teacher among the rows of
-    its language pair; the first such teacher's name, or None when there is no teacher."""
+def public(row: dict) -> dict:
+    """A row as report.json takes it: without the translations and references."""
+    return {key: value for key, value in row.items() if key not in PRIVATE}
+
+
+def paired_tests(base: dict, rows: list[dict], key: str, samples: int) -> None:
+    """Set `key` of each row to its paired bootstrap test against the base row (evaluate.paired_bootstrap,
+    `samples` resamples), where both have translations of the same references (reports of kdmt eval before
+    the tests have none); to None where there is no test (or `samples` is 0)."""
+    testable = [r for r in rows if base["hyps"] and r["hyps"] and r["refs"] == base["refs"]]
+    for row in rows:
+        row[key] = None  # no test, unless one below
+    if not samples or not testable:
+        return
+    test = paired_bootstrap(base["hyps"], [r["hyps"] for r in testable], base["refs"], base["tgt_lang"], samples)
+    for i, row in enumerate(testable):
+        if abs(test.comparisons[i]["bleu"].score - row["bleu"]) > 0.01:
+            raise KdmtError(
+                f"{row['model']}: its translations score {test.comparisons[i]['bleu'].score:.2f} BLEU, its report "
+                f"{row['bleu']:.2f} (BLEU's tokenizer is not the one kdmt eval had): run kdmt eval again"
+            )
+        row[key] = test.against(i, base["model"])
+
+
+def compare_with_teacher(rows: list[dict], samples: int = BOOTSTRAP_SAMPLES) -> str | None:
+    """Add each row's BLEU and chrF difference, its paired bootstrap test (paired_tests) and its beam-search
+    speed-up against the first teacher among the rows of its language pair; the first such teacher's name, or
+    None when there is no teacher."""
     teachers: dict[str | None, dict] = {}
     for row in rows:
         if row["made_with"].startswith("teacher"):
@@ -77,33 +112,81 @@ def compare_with_teacher(rows: list[dict]) -> str | None:
     for row in rows:
         if (teacher := teachers.get(row.get("pair"))) is not None:
             row["bleu_vs_teacher"] = round(row["bleu"] - teacher["bleu"], 2)
+            row["chrf_vs_teacher"] = round(row["chrf"] - teacher["chrf"], 2)
             row["speedup_vs_teacher"] = round(row["sentences_per_s_beam"] / teacher["sentences_per_s_beam"], 2)
+    for pair, teacher in teachers.items():
+        others = [r for r in rows if r.get("pair") == pair and r is not teacher]
+        paired_tests(teacher, others, "vs_teacher", samples)
     return next(iter(teachers.values()))["model"] if teachers else None
 
 
-def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def compare_with_baseline(rows: list[dict], name: str, samples: int = BOOTSTRAP_SAMPLES) -> None:
+    """Add each student's BLEU and chrF difference and its paired bootstrap test (paired_tests) against the
+    row named `name` of its language pair: every row but the teachers and the baseline itself."""
+    baselines = {row.get("pair"): row for row in rows if row["model"] == name}
+    if not baselines:
+        names = ", ".join(dict.fromkeys(row["model"] for row in rows))
+        raise KdmtError(f"--baseline {name}: no model of that name in the reports (they have {names})")
+    for pair, baseline in baselines.items():
+        students = [
+            r for r in rows if r.get("pair") == pair and r is not baseline and not r["made_with"].startswith("teacher")
+        ]
+        for row in students:
+            row["bleu_vs_baseline"] = round(row["bleu"] - baseline["bleu"], 2)
+            row["chrf_vs_baseline"] = round(row["chrf"] - baseline["chrf"], 2)
+        paired_tests(baseline, students, "vs_baseline", samples)
+
+
+def untested(rows: list[dict], against: str) -> list[str]:
+    """The rows compared `against` the teacher or baseline without a paired test."""
+    return [row["model"] for row in rows if f"vs_{against}" in row and row[f"vs_{against}"] is None]
+
+
+def difference(row: dict, metric: str, against: str) -> str:
+    """A row's difference on a metric against the teacher or baseline, as the table shows it: Δ, with a
+    paired test ± half its 95% confidence interval, the p-value, and * when significant."""
+    if (test := row.get(f"vs_{against}")) is not None:
+        c = test[metric]
+        return f"{c['delta']:+.2f} ±{c['delta_ci']:.2f} p={c['p_value']:.4f}{'*' if c['significant'] else ''}"
+    delta = row.get(f"{metric}_vs_{against}")
+    return "" if delta is None else f"{delta:+.2f}"
+
+
+def significance_note(test: dict) -> str:
+    """What the table's differences with a paired test say, in one line."""
+    return (
+        f"Δ ± half the 95% confidence interval of the difference, p: sacrebleu's paired bootstrap resampling "
+        f"({test['samples']} resamples, seed {test['seed']}); * p < {SIGNIFICANT}: significant; "
+        "without: not significant"
+    )
+
+
+def table(rows: list[dict], baseline: str | None = None) -> tuple[list[str], list[list[str]]]:
     """The report's table as text: its headers and one list of cells per row; a column of the language pair
-    when the reports name pairs (eval --pair)."""
+    when the reports name pairs (eval --pair), and the differences against the baseline when one is named."""
     pairs = any(r.get("pair") for r in rows)
-    headers = ["model", *(["pair"] if pairs else []), "BLEU", "chrF", "BLEU greedy", "params", "MB", "sent/s greedy"]
-    headers += [f"sent/s beam {rows[0]['beam']}", "ΔBLEU", "× speed"]
+    headers = ["model", *(["pair"] if pairs else []), "BLEU", "chrF", "chrF++", "BLEU greedy", "params", "MB"]
+    headers += ["sent/s greedy", f"sent/s beam {rows[0]['beam']}", "ΔBLEU", "ΔchrF", "× speed"]
+    headers += [f"ΔBLEU vs {baseline}", f"ΔchrF vs {baseline}"] if baseline else []
     body = []
     for r in rows:
         greedy = "sentences_per_s_greedy" in r
-        compared = "bleu_vs_teacher" in r
         body.append(
             [
                 r["model"],
                 *([r.get("pair") or ""] if pairs else []),
                 f"{r['bleu']:.2f}",
                 f"{r['chrf']:.2f}",
+                "" if r.get("chrfpp") is None else f"{r['chrfpp']:.2f}",
                 f"{r['bleu_greedy']:.2f}" if greedy else "",
                 f"{r['parameters']:,}",
                 f"{r['size_mb']:.1f}",
                 f"{r['sentences_per_s_greedy']:,.1f}" if greedy else "",
                 f"{r['sentences_per_s_beam']:,.1f}",
-                f"{r['bleu_vs_teacher']:+.2f}" if compared else "",
-                f"{r['speedup_vs_teacher']:.2f}" if compared else "",
+                difference(r, "bleu", "teacher"),
+                difference(r, "chrf", "teacher"),
+                f"{r['speedup_vs_teacher']:.2f}" if "speedup_vs_teacher" in r else "",
+                *([difference(r, "bleu", "baseline"), difference(r, "chrf", "baseline")] if baseline else []),
             ]
         )
     return headers, body
@@ -115,9 +198,10 @@ def tested_on(rows: list[dict]) -> str:
 
 
 def markdown(headers: list[str], body: list[list[str]]) -> str:
-    """A markdown table, numbers aligned right."""
+    """A markdown table, numbers aligned right (the * of a significant difference as it is)."""
     align = ["---"] + ["---:"] * (len(headers) - 1)
-    return "".join("| " + " | ".join(cells) + " |\n" for cells in [headers, align, *body])
+    lines = [headers, align, *([cell.replace("*", "\\*") for cell in cells] for cells in body)]
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -59,6 +59,7 @@ def test_a_reader_maps_the_cache_it_read_the_record_of_while_another_process_rew
         return paths(prefix)
 
     monkeypatch.setattr(kdmt.corpus, "_paths", pausing)
+
     def read() -> None:
         reader["corpus"] = student_corpus(data, [distilled], 0.0, 1)[0]
 

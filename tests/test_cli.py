@@ -66,7 +66,17 @@ def test_eval_reports_bleu_chrf_signature_and_speed(toy_model, tmp_path):
     )
     assert result.exit_code == 0, result.stderr
     printed, written = json.loads(result.stdout), json.loads((tmp_path / "report.json").read_text())
-    fields = {"checkpoint", "test_src", "beam", "sentences", "bleu", "chrf", "bleu_signature", "chrf_signature"}
+    fields = {
+        "checkpoint",
+        "test_src",
+        "beam",
+        "sentences",
+        "bleu",
+        "chrf",
+        "chrfpp",
+        "bleu_signature",
+        "chrf_signature",
+    }
     fields |= {"seconds", "sentences_per_s", "tokens_per_s", "parameters", "size_bytes", "device", "made_with"}
     for reports in (printed, written):
         assert len(reports) == 2 and all(fields <= set(r) for r in reports)
@@ -74,6 +84,9 @@ def test_eval_reports_bleu_chrf_signature_and_speed(toy_model, tmp_path):
     ckpt = load_checkpoint(toy_model)
     hyps = (tmp_path / "hyps" / f"{toy_model.parent.name}.{toy_model.stem}.hyp").read_text().splitlines()
     tokens = sum(len(ids) + 1 for ids in ckpt.tgt_vocab.encode(hyps))  # EOS included
+    assert [r["hyps"] for r in printed] == [hyps, hyps] and printed[0]["refs"] == ref  # for kdmt report's tests
+    same = printed[1]["vs_first"]["bleu"]  # the same model twice: no difference
+    assert "vs_first" not in printed[0] and (same["delta"], same["p_value"], same["significant"]) == (0, 1, False)
     for r in printed:
         assert r["checkpoint"] == str(toy_model) and r["test_src"] == str(tmp_path / "t.src") and r["beam"] == 5
         assert r["sentences"] == len(hyps) == 50 and r["device"] == str(resolve_device())
