@@ -31,6 +31,8 @@ from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, pre
 from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
 from kdmt.run_dir import check_out_dir
+from kdmt.search import Sampling
+from kdmt.selection import check_selection
 from kdmt.shards import file_identity, launch_rank, local_device
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
@@ -701,9 +703,32 @@ def distill_cmd(
     teacher: Annotated[list[Path], typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for an ensemble.")],
     src: Annotated[Path, typer.Option(help="Source side of the corpus to distill (.gz allowed).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The distilled target corpus, line-aligned with --src.")],
-    nbest: Annotated[int, typer.Option(help="Also write the N best candidates with scores to OUT.nbest.")] = 1,
-    select: Annotated[str | None, typer.Option(help="seq-inter: keep the n-best candidate closest to --ref.")] = None,
-    select_metric: Annotated[str, typer.Option(help="Sentence metric for seq-inter: bleu or chrf.")] = "bleu",
+    candidates: Annotated[
+        int,
+        typer.Option(
+            "--candidates",
+            "--nbest",
+            help="Candidates a source: the beam's N best, or N samples (--sampling); more than one: OUT.nbest.",
+        ),
+    ] = 1,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            help="Which candidate to keep: best, seq-inter (closest to --ref), mbr (the medoid), score "
+            "(the teacher's highest score)."
+        ),
+    ] = None,
+    select_metric: Annotated[
+        str | None, typer.Option(help="Sentence metric of seq-inter (default bleu) and mbr (default chrf).")
+    ] = None,
+    keep: Annotated[
+        int, typer.Option(help="Targets a source: the K most preferred distinct candidates; the others in OUT.keep.")
+    ] = 1,
+    sampling: Annotated[
+        str | None, typer.Option(help="Sample the candidates instead of beam search: topk:K or topp:P.")
+    ] = None,
+    sampling_temperature: Annotated[float, typer.Option(help="With --sampling: the temperature.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="With --sampling: the seed (with each line's number).")] = 0,
     ref: Annotated[Path | None, typer.Option(help="Reference target corpus, for --select seq-inter.")] = None,
     shard_size: Annotated[
         int, typer.Option(help="Lines per shard: the unit of resuming and of sharing the work among processes.")
@@ -751,15 +776,18 @@ def distill_cmd(
     Example: kdmt distill -t work/teacher/checkpoint_best.safetensors --src work/data/train.src
     -o work/distilled/train.tgt
     """
-    if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
-        raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
-    if nbest > beam:
-        raise KdmtError(f"--nbest must be at most --beam ({beam}), not {nbest}")
-    if select and nbest == 1:
-        nbest = beam  # seq-inter chooses among the whole beam
+    select_metric = select_metric or ("chrf" if select == "mbr" else "bleu")
+    check_selection(select or "best", select_metric)
+    if sampling is None and candidates > beam:
+        raise KdmtError(f"--candidates must be at most --beam ({beam}) without --sampling, not {candidates}")
+    if select not in (None, "best") and candidates == 1:
+        candidates = beam if sampling is None else 8  # a choice among the whole beam, or among 8 samples
+    if keep > candidates:
+        raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {keep}")
     if engine not in ENGINES:
         raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
-    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
+    sampler = Sampling.parse(sampling, sampling_temperature, seed) if sampling else None
+    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len, sampler)
     models = teacher
     if engine == "ctranslate2":
         if len(teacher) > 1:
@@ -780,9 +808,13 @@ def distill_cmd(
         max_len_b=max_len_b,
         min_len=min_len,
         max_src_tokens=translator.max_src_tokens,
-        nbest=nbest,
+        nbest=candidates,
         select=select,
         select_metric=select_metric,
+        keep=keep,
+        sampling=sampling,
+        sampling_temperature=sampling_temperature if sampling else 1.0,
+        seed=seed if sampling else 0,
         reference=str(ref) if ref else None,
         shard_size=shard_size,
         filter=filter_degenerate,

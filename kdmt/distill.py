@@ -5,11 +5,12 @@ shard by shard (never the whole file). Any number of processes — torchrun's, o
 several times, on one machine or several sharing a file system — claim and translate the shards
 (kdmt.shards); each finished shard is written atomically and recorded in a manifest, and the last process
 assembles the corpus. A run killed at any moment resumes, with any number of processes, where it stopped,
-and the corpus is byte-identical to that of one uninterrupted process. With `select="seq-inter"`
-the n-best candidate closest to the reference (sentence BLEU or chrF) is kept instead of the best
-scoring one (Kim & Rush's seq-inter). With `filter` on, a degenerate chosen hypothesis (a repetition
-loop, one cut at the search's maximum length, an outlying length ratio: kdmt.filters) is written as an
-empty line, and counted by reason.
+and the corpus is byte-identical to that of one uninterrupted process. Each source has `nbest`
+candidates (the beam's n-best) of which `select` (kdmt.selection: best, seq-inter, mbr, score) keeps
+the `keep` most preferred distinct ones: the first in OUT, the others in OUT.keep (`index ||| text`).
+With `filter` on, a degenerate kept hypothesis (a repetition loop, one cut at the search's maximum
+length, an outlying length ratio: kdmt.filters) is dropped, and counted by reason; a source whose kept
+candidates are all dropped gets an empty line.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sacrebleu.metrics import CHRF
-
 from kdmt.errors import KdmtError
-from kdmt.evaluate import bleu_metric
 from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
+from kdmt.selection import choose
 from kdmt.shards import Manifest, ShardedRun, file_identity
 from kdmt.translate import Candidate, Progress, TextTranslator
 
@@ -38,7 +37,8 @@ class DistillStats:
     lines: int = 0
     empty: int = 0  # empty source lines: an empty output line
     too_long: int = 0  # sources over the token limit: an empty output line
-    filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # reason -> empty lines
+    filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # reason -> dropped
+    extra_targets: int = 0  # the lines of OUT.keep (--keep)
 
 
 @dataclass
@@ -52,8 +52,8 @@ class DistillSettings:
     max_len_a: float
     max_len_b: int
     max_src_tokens: int
-    nbest: int
-    select: str | None
+    nbest: int  # candidates a source (--candidates); more than one: OUT.nbest
+    select: str | None  # kdmt.selection.SELECTIONS; None: best
     select_metric: str
     reference: str | None
     shard_size: int
@@ -64,37 +64,39 @@ class DistillSettings:
     min_len: int = 1  # the search's --min-len
     pair: str | None = None  # a multilingual teacher's pair, whose tags the sources are given (model_inputs)
     tgt_lang: str | None = None  # the target language: seq-inter's sentence BLEU is tokenized for it
+    keep: int = 1  # targets a source: the first in OUT, the others in OUT.keep
+    sampling: str | None = None  # the candidates sampled (search.Sampling.parse): topk:K or topp:P
+    sampling_temperature: float = 1.0
+    seed: int = 0  # with sampling: with each line's number, the seed of its samples
     inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
-
-
-def closest(texts: list[str], reference: str, metric: str, tgt_lang: str | None = None) -> int:
-    """The index of the text with the highest sentence-level BLEU (tokenized for `tgt_lang`:
-    kdmt.evaluate.bleu_metric) or chrF against the reference (first on ties)."""
-    scorer = bleu_metric(tgt_lang, sentence=True) if metric == "bleu" else CHRF()
-    scores = [scorer.sentence_score(text, [reference]).score for text in texts]
-    return max(range(len(texts)), key=scores.__getitem__)
 
 
 def filter_degenerate(
     translator: TextTranslator,
     options: FilterOptions,
     src: list[str],
-    chosen: list[Candidate | None],
+    chosen: list[list[Candidate]],
     counts: dict[str, int],
-) -> list[Candidate | None]:
-    """`chosen` with every degenerate hypothesis replaced by None (an empty line), counted in `counts`."""
-    out: list[Candidate | None] = []
-    for c, src_ids in zip(chosen, translator.src_vocab.encode(src)):
+) -> list[list[Candidate]]:
+    """Each source's `chosen` candidates without the degenerate ones, counted by reason in `counts`."""
+    out: list[list[Candidate]] = []
+    for kept, src_ids in zip(chosen, translator.src_vocab.encode(src)):
         limit = translator.max_output_length(len(src_ids) + 1)  # the search saw the source with EOS
-        reason = degenerate(c.text, c.length, len(src_ids), limit, options) if c else None
-        if reason:
-            counts[reason] += 1
-        out.append(None if reason else c)
+        survivors = []
+        for c in kept:
+            if reason := degenerate(c.text, c.length, len(src_ids), limit, options):
+                counts[reason] += 1
+            else:
+                survivors.append(c)
+        out.append(survivors)
     return out
 
 
-def shard_paths(work: Path, index: int) -> tuple[Path, Path]:
-    return work / f"{index:06d}.txt", work / f"{index:06d}.nbest"
+KINDS = ("txt", "nbest", "keep")  # a shard's files: OUT's lines, OUT.nbest's, OUT.keep's
+
+
+def shard_paths(work: Path, index: int) -> tuple[Path, ...]:
+    return tuple(work / f"{index:06d}.{kind}" for kind in KINDS)
 
 
 class DistillRun:
@@ -130,14 +132,18 @@ class DistillRun:
                 raise KdmtError(f"line counts differ: {s.source} has {lines}, {s.reference} has {ref_lines}")
         return plan
 
+    def outputs(self) -> list[tuple[Path, int]]:
+        """The files assembled from the shards, each with its index in shard_paths."""
+        extra = [(Path(f"{self.out}.nbest"), 1)] if self.settings.nbest > 1 else []
+        return [(self.out, 0), *extra, *([(Path(f"{self.out}.keep"), 2)] if self.settings.keep > 1 else [])]
+
     def read_stats(self) -> DistillStats | None:
         """The stats in OUT.json when the outputs of a finished run with these settings are there."""
-        nbest = [Path(f"{self.out}.nbest")] if self.settings.nbest > 1 else []
-        outputs = [self.out, Path(f"{self.out}.json"), *nbest]
+        outputs = [Path(f"{self.out}.json")] + [path for path, _ in self.outputs()]
         if not all(p.is_file() for p in outputs):
             return None
         try:
-            record = json.loads(outputs[1].read_text())
+            record = json.loads(outputs[0].read_text())
             return DistillStats(**record["stats"]) if record["settings"] == self.record else None
         except (ValueError, KeyError, TypeError):
             return None
@@ -180,40 +186,45 @@ class DistillRun:
         src = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
         if self.meta is not None:
             src = model_inputs(src, Pair.parse(s.pair) if s.pair else None, self.meta, lines.start + 1)
-        results = self.translator.translate_nbest(src, s.nbest, progress)
-        if s.select == "seq-inter":
-            refs = ref_reader.read(self.plan["ref_offsets"][index], len(lines), lines.start)
-            chosen = [
-                r[closest([c.text for c in r], ref, s.select_metric, s.tgt_lang)] if r else None
-                for r, ref in zip(results, refs)
-            ]
-        else:
-            chosen = [r[0] if r else None for r in results]
+        results = self.translator.translate_nbest(src, s.nbest, progress, first_line=lines.start)
+        refs = ref_reader.read(self.plan["ref_offsets"][index], len(lines), lines.start) if ref_reader else None
+        select = s.select or "best"
+        chosen = [
+            choose(r, select, s.select_metric, s.keep, refs[i] if refs else None, s.tgt_lang)
+            for i, r in enumerate(results)
+        ]
         filtered = dict.fromkeys(REASONS, 0)
         if s.filter:
             options = FilterOptions(s.max_repeat, s.max_len_ratio)
             chosen = filter_degenerate(self.translator, options, src, chosen, filtered)
-        best_path, nbest_path = shard_paths(self.work.path, index)
-        write_lines(best_path, [c.text if c else "" for c in chosen])
+        best_path, nbest_path, keep_path = shard_paths(self.work.path, index)
+        write_lines(best_path, [c[0].text if c else "" for c in chosen])
         if s.nbest > 1:
             write_lines(
                 nbest_path,
                 [f"{lines.start + i} ||| {c.text} ||| {c.score:.6f}" for i, r in enumerate(results) for c in r],
             )
+        if s.keep > 1:
+            write_lines(
+                keep_path, [f"{lines.start + i} ||| {c.text}" for i, kept in enumerate(chosen) for c in kept[1:]]
+            )
         empty = sum(1 for line in src if not line.strip())
-        return {"empty": empty, "too_long": sum(1 for r in results if not r) - empty, "filtered": filtered}
+        too_long = sum(1 for r in results if not r) - empty
+        extra = sum(max(len(kept) - 1, 0) for kept in chosen)
+        return {"empty": empty, "too_long": too_long, "filtered": filtered, "extra_targets": extra}
 
     def assemble(self, manifest: Manifest) -> None:
-        """Concatenate the shards into OUT (and OUT.nbest), and write OUT.json with the settings and counts."""
+        """Concatenate the shards into OUT (and OUT.nbest, OUT.keep), and write OUT.json with the settings and
+        counts."""
         done = manifest["done"].values()
         stats = DistillStats(
             manifest["plan"]["lines"],
             sum(d["empty"] for d in done),
             sum(d["too_long"] for d in done),
             {reason: sum(d["filtered"][reason] for d in done) for reason in REASONS},
+            sum(d["extra_targets"] for d in done),
         )
-        outputs = [(self.out, 0)] + ([(Path(f"{self.out}.nbest"), 1)] if self.settings.nbest > 1 else [])
-        for path, kind in outputs:
+        for path, kind in self.outputs():
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 for index in range(manifest["plan"]["shards"]):
                     with open(shard_paths(self.work.path, index)[kind], "rb") as shard:

@@ -92,7 +92,9 @@ RANGES: dict[str, Range] = {
     "pair_temperature": POSITIVE,
     "selective_margin": Range(float, -100, 100),  # a difference of BLEU scores
     "shard_size": COUNT,
-    "nbest": COUNT,
+    "candidates": COUNT,
+    "keep": COUNT,
+    "sampling_temperature": POSITIVE,
     "max_repeat": Range(int, 2),
     "max_len_ratio": Range(float, 1, lo_open=True),
     # search

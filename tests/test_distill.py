@@ -11,10 +11,11 @@ from toy import toy_pairs
 
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
-from kdmt.distill import DistillSettings, closest, distill_corpus
+from kdmt.distill import DistillSettings, distill_corpus
 from kdmt.errors import KdmtError
 from kdmt.files import read_lines
 from kdmt.filters import FilterOptions, degenerate, repeated_ngram
+from kdmt.selection import closest
 from kdmt.student import student_corpus
 from kdmt.translate import Candidate, SearchOptions, Translator
 from kdmt.vocab import EOS, Vocab
@@ -211,7 +212,7 @@ def test_the_seq_inter_choice_is_the_hypothesis_filtered(tmp_path):
     class FixedCandidates:  # a Translator whose n-best lists are given
         src_vocab = SimpleNamespace(encode=lambda lines: [line.split() for line in lines])
 
-        def translate_nbest(self, lines, nbest, progress=None):
+        def translate_nbest(self, lines, nbest, progress=None, first_line=0):
             return [[Candidate(t, -i, len(t.split())) for i, t in enumerate(nbest_of[line])] for line in lines]
 
         def max_output_length(self, n_src_tokens):
