@@ -259,7 +259,7 @@ def sample_search(
         logp = ensemble.step(tokens, states)
         if t < min_len:
             logp[t < limit[active], EOS] = float("-inf")
-        probs, order = (logp / sampling.temperature).softmax(-1).sort(-1, descending=True, stable=True)
+        probs, order = (logp / sampling.temperature).softmax(-1).sort(dim=-1, descending=True, stable=True)
         if sampling.topk:
             probs = probs[:, : sampling.topk]
         cum = probs.cumsum(-1)
