@@ -82,7 +82,7 @@ class CTranslate2Translator(TextTranslator):
         o = self.options
         if o.sampling is None:
             return self.translator, {"beam_size": o.beam}
-        require("ctranslate2").set_random_seed(o.sampling.line_seed(first_line) % 2**32)
+        require("ctranslate2").set_random_seed(o.sampling.line_seed(first_line))
         return self.load(1), {
             "beam_size": 1,
             "sampling_topk": o.sampling.topk,

@@ -52,8 +52,9 @@ class Sampling:
         raise KdmtError(f"--sampling takes topk:K (K ≥ 1) or topp:P (0 < P ≤ 1), not {text!r}")
 
     def line_seed(self, line: int) -> int:
-        """The seed of line `line`'s generator."""
-        return self.seed * 2**32 + line
+        """The seed of line `line`'s generator: 32 bits (torch's CPU generator keeps only those), distinct
+        for the lines of one seed, and far apart for seeds that differ."""
+        return (line + self.seed * 2654435761) % 2**32
 
 
 @dataclass

@@ -1,0 +1,150 @@
+"""Distillation targets: candidates sampled or from the beam, their selection (best, seq-inter, mbr,
+score), several targets a source (--keep) and the student corpus that trains on them."""
+
+import json
+
+import numpy as np
+import pytest
+from sacrebleu.metrics import CHRF
+from test_cli import kdmt, write
+from test_distill import Killed, settings_for
+from toy import toy_pairs
+
+from kdmt.checkpoint import load_checkpoint
+from kdmt.data import PreparedData
+from kdmt.distill import distill_corpus
+from kdmt.engines import CTranslate2Translator
+from kdmt.errors import KdmtError
+from kdmt.export import export_checkpoint
+from kdmt.files import read_lines
+from kdmt.search import Sampling
+from kdmt.selection import choose, mbr, mbr_utilities, pairwise_chrf
+from kdmt.student import student_corpus
+from kdmt.translate import Candidate, SearchOptions, Translator
+
+SAMPLING = Sampling(topk=5, temperature=3.0, seed=1)  # hot: the toy model is nearly certain otherwise
+
+
+def texts(results):
+    return [[c.text for c in r] for r in results]
+
+
+# --- selection ------------------------------------------------------------------------------------
+def test_mbr_selects_the_medoid():
+    candidates = [
+        "the cat sat on a mat",
+        "a dog runs in the park",  # an outlier
+        "the cat sat on the mat",  # the medoid: one word from each of the others but the outlier
+        "the dog sat on the mat",
+        "the cat sat on the rug",
+    ]
+    assert mbr(candidates) == 2 and mbr(candidates, "bleu") == 2
+    chrf = CHRF()
+    want = [chrf.sentence_score(h, [r]).score for h in candidates for r in candidates]
+    assert sum(pairwise_chrf(candidates), []) == pytest.approx(want, abs=1e-9)  # the fast path is sacrebleu's chrF
+    # duplicates count as often as they occur: two votes for "x y z w" outweigh the pair of near neighbours
+    assert mbr(["a b c d", "x y z w", "x y z w", "a b c d e"]) == 1
+    assert mbr_utilities(["only"]) == [0.0]
+
+
+def test_choose_keeps_distinct_candidates_in_order_of_preference():
+    c = [Candidate(t, s, 1) for t, s in [("x", -3.0), ("y", -1.0), ("y", -1.0), ("z", -2.0)]]
+    assert [k.text for k in choose(c, "best", "bleu", keep=3)] == ["x", "y", "z"]
+    assert [k.text for k in choose(c, "score", "bleu", keep=2)] == ["y", "z"]
+    assert [k.text for k in choose(c, "seq-inter", "chrf", keep=1, reference="z")] == ["z"]
+
+
+# --- sampling -------------------------------------------------------------------------------------
+def test_sampling_is_seeded_by_line_whatever_the_batches(toy_model):
+    lines = toy_pairs(12, seed=21)[0]
+    checkpoint = load_checkpoint(toy_model)
+
+    def sample(sampling=SAMPLING, batch_tokens=4000, subset=slice(None), first_line=0):
+        translator = Translator([checkpoint], SearchOptions(batch_tokens=batch_tokens, sampling=sampling))
+        return texts(translator.translate_nbest(lines[subset], 4, first_line=first_line))
+
+    once = sample()
+    assert sample() == once
+    assert sample(batch_tokens=9) == once  # other batches: each line's draws are its own
+    assert sample(subset=slice(5, None), first_line=5) == once[5:]  # a shard starting at line 5
+    assert any(len(set(r)) > 1 for r in once)  # samples differ from one another
+    assert sample(Sampling(topk=5, temperature=3.0, seed=2)) != once
+    greedy = Translator([checkpoint], SearchOptions(beam=1)).translate(lines)
+    assert [r[0] for r in sample(Sampling(topk=1))] == greedy  # top-1 sampling is greedy search
+    nucleus = sample(Sampling(topp=0.5, temperature=1.0))
+    assert all(len(set(r)) == 1 for r in nucleus)  # the toy model's top token holds over half the mass
+
+
+@pytest.fixture(scope="module")
+def ct2_toy(toy_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("targets") / "ct2"
+    export_checkpoint(toy_model, out, "ctranslate2")
+    return out
+
+
+@pytest.mark.parametrize("engine", ["kdmt", "ctranslate2"])
+def test_a_sampled_corpus_is_reproducible_and_resumes_to_the_same_bytes(toy_model, ct2_toy, tmp_path, engine):
+    src = write(tmp_path / "train.src", toy_pairs(21, seed=22)[0])
+
+    def translator():
+        options = SearchOptions(sampling=SAMPLING)
+        if engine == "kdmt":
+            return Translator([load_checkpoint(toy_model)], options)
+        return CTranslate2Translator(ct2_toy, options, threads=2)
+
+    settings = dict(nbest=4, keep=2, select="mbr", select_metric="chrf", sampling="topk:5", seed=1)
+    settings |= dict(sampling_temperature=3.0, filter=False)
+    full, again, resumed = tmp_path / "full", tmp_path / "again", tmp_path / "resumed"
+    distill_corpus(translator(), settings_for(toy_model, src, **settings), full)
+    distill_corpus(translator(), settings_for(toy_model, src, **settings), again)
+
+    def kill(index):
+        raise Killed
+
+    with pytest.raises(Killed):
+        distill_corpus(translator(), settings_for(toy_model, src, **settings), resumed, after_shard=kill)
+    distill_corpus(translator(), settings_for(toy_model, src, **settings), resumed)
+    for suffix in ("", ".nbest", ".keep", ".json"):
+        assert (tmp_path / f"resumed{suffix}").read_bytes() == (tmp_path / f"full{suffix}").read_bytes()
+        assert (tmp_path / f"again{suffix}").read_bytes() == (tmp_path / f"full{suffix}").read_bytes()
+    nbest = read_lines(f"{full}.nbest")
+    assert len(nbest) == 21 * 4 and len({line.split(" ||| ")[1] for line in nbest}) > 21  # varied samples
+
+
+# --- several targets a source ---------------------------------------------------------------------
+def test_keep_two_gives_each_source_two_targets(toy_model, tmp_path):
+    src_lines = toy_pairs(6, seed=23)[0] + [""]
+    src, out = write(tmp_path / "s", src_lines), tmp_path / "d"
+    args = ["distill", "-t", toy_model, "--src", src, "-o", out, "--beam", "3", "--candidates", "3", "--keep", "2"]
+    result = kdmt(*args, "--no-filter")
+    assert result.exit_code == 0, result.stderr
+    best, keep = read_lines(out), read_lines(f"{out}.keep")
+    assert len(best) == 7 and best[6] == "" and [line.split(" ||| ")[0] for line in keep] == list(map(str, range(6)))
+    nbest = [line.split(" ||| ") for line in read_lines(f"{out}.nbest")]
+    for i, line in enumerate(keep):
+        ranked = [hyp for j, hyp, _ in nbest if j == str(i)]
+        assert [best[i], line.split(" ||| ")[1]] == ranked[:2]  # the beam's two best, in order
+    assert json.loads((tmp_path / "d.json").read_text())["stats"]["extra_targets"] == 6
+    assert "--keep must be at most --candidates (1)" in kdmt(*args[:-4], "--keep", "2").stderr
+
+
+def test_the_student_corpus_repeats_each_source_with_each_kept_target(toy_data, tmp_path):
+    data = PreparedData.open(toy_data)
+    n = len(read_lines(toy_data / "train.tgt"))
+    lines = ["j"] * n
+    lines[1] = ""  # filtered
+    distilled = write(tmp_path / "d", lines)
+    write(tmp_path / "d.keep", ["0 ||| a b", "0 ||| c", "4 ||| d"])
+    corpus, record = student_corpus(data, [distilled], 0.0, 1)
+    assert record["extra_targets"] == 3 and record["dropped_empty"] == 1 and len(corpus) == n - 1 + 3
+    train = data.corpus("train")
+
+    def row(corpus, side, i):
+        return corpus.rows(side, np.array([i]))[0].tolist()
+
+    tgt = data.tgt_vocab.decode([row(corpus, "tgt", i) for i in range(7)])
+    assert tgt == ["j", "a b", "c", "j", "j", "j", "d"]
+    assert [row(corpus, "src", i) for i in (0, 1, 2, 5, 6)] == [row(train, "src", i) for i in (0, 0, 0, 4, 4)]
+    write(tmp_path / "d.keep", ["4 ||| d", "0 ||| a b"])
+    with pytest.raises(KdmtError, match="in order"):
+        student_corpus(data, [distilled], 0.0, 1)
