@@ -31,6 +31,7 @@ from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, pre
 from kdmt.progress import ProgressLine
 from kdmt.report import build_rows, compare_with_teacher, load_reports, markdown, plot, short_names, table, tested_on
 from kdmt.run_dir import check_out_dir
+from kdmt.scoring import open_scorer
 from kdmt.search import Sampling
 from kdmt.selection import check_selection
 from kdmt.shards import file_identity, launch_rank, local_device
@@ -697,6 +698,41 @@ def translate_cmd(
         sys.stdout.write("".join(h + "\n" for h in hyps))
 
 
+# --- score -------------------------------------------------------------------------------------
+@command("score")
+def score_cmd(
+    model: Annotated[
+        list[Path],
+        typer.Option("--model", "-m", help="Checkpoint (repeat for an ensemble), or a CTranslate2 export directory."),
+    ],
+    src: Annotated[Path, typer.Option(help="Source side of the pairs (the model's source language).")],
+    tgt: Annotated[Path, typer.Option(help="Target side of the pairs, line-aligned with --src.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
+    batch_tokens: BatchTokens = 4000,
+    device: Device = None,
+    threads: Threads = 0,
+) -> None:
+    """Score sentence pairs: each pair's per-token cross-entropy under the model, teacher-forced (lower is
+    better; nan: a side longer than the model's positions), one a line.
+
+    Example (a backward model scores distilled pairs): kdmt score -m backward.safetensors --src train.tgt
+    --tgt train.src > train.scores
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    scorer = open_scorer(model, device, batch_tokens, threads)
+    src_lines, tgt_lines = map(list, zip(*stream_parallel(src, tgt))) if src.stat().st_size else ([], [])
+    scores = scorer.score(src_lines, tgt_lines)
+    lines = [f"{x:.6f}" for x in scores]
+    if output:
+        write_lines(output, lines)
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    scored = [x for x in scores if x == x]
+    mean = sum(scored) / len(scored) if scored else float("nan")
+    err.print(f"scored {len(scored):,} of {len(scores):,} pairs; mean cross-entropy {mean:.4f} a token", soft_wrap=True)
+
+
 # --- distill -----------------------------------------------------------------------------------
 @command("distill")
 def distill_cmd(
@@ -730,6 +766,17 @@ def distill_cmd(
     sampling_temperature: Annotated[float, typer.Option(help="With --sampling: the temperature.")] = 1.0,
     seed: Annotated[int, typer.Option(help="With --sampling: the seed (with each line's number).")] = 0,
     ref: Annotated[Path | None, typer.Option(help="Reference target corpus, for --select seq-inter.")] = None,
+    filter_backward: Annotated[
+        Path | None,
+        typer.Option(help="A model of the other direction (checkpoint or CTranslate2 directory) scores each pair."),
+    ] = None,
+    filter_drop: Annotated[
+        float, typer.Option(help="With --filter-backward: drop the worst P percent of the pairs by its score.")
+    ] = 0.0,
+    filter_max_ce: Annotated[
+        float | None,
+        typer.Option(help="With --filter-backward: drop the pairs whose cross-entropy a token is above this."),
+    ] = None,
     shard_size: Annotated[
         int, typer.Option(help="Lines per shard: the unit of resuming and of sharing the work among processes.")
     ] = 10000,
@@ -786,6 +833,8 @@ def distill_cmd(
         raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {keep}")
     if engine not in ENGINES:
         raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
+    if bool(filter_drop or filter_max_ce is not None) != (filter_backward is not None):
+        raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
     sampler = Sampling.parse(sampling, sampling_temperature, seed) if sampling else None
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len, sampler)
     models = teacher
@@ -815,6 +864,9 @@ def distill_cmd(
         sampling=sampling,
         sampling_temperature=sampling_temperature if sampling else 1.0,
         seed=seed if sampling else 0,
+        backward=str(filter_backward) if filter_backward else None,
+        backward_drop=filter_drop,
+        backward_max_ce=filter_max_ce,
         reference=str(ref) if ref else None,
         shard_size=shard_size,
         filter=filter_degenerate,
@@ -824,7 +876,8 @@ def distill_cmd(
         pair=Pair.parse(pair).name if pair else None,
         tgt_lang=target_language(metas[0], Pair.parse(pair) if pair else None),
     )
-    run = DistillRun(translator, settings, out, metas[0])
+    backward = open_scorer([filter_backward], str(local_device(device)), batch_tokens) if filter_backward else None
+    run = DistillRun(translator, settings, out, metas[0], backward)
     shards = -(-run.lines // shard_size)
     with ProgressLine(_progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
@@ -839,7 +892,7 @@ def distill_cmd(
     reasons = ", ".join(f"{n:,} {reason}" for reason, n in stats.filtered.items())
     filtered = (
         f", {n_filtered:,} filtered translations ({n_filtered / max(stats.lines, 1):.1%} of the lines: {reasons})"
-        if filter_degenerate
+        if filter_degenerate or filter_backward
         else " (--no-filter)"
     )
     err.print(

@@ -10,12 +10,15 @@ candidates (the beam's n-best) of which `select` (kdmt.selection: best, seq-inte
 the `keep` most preferred distinct ones: the first in OUT, the others in OUT.keep (`index ||| text`).
 With `filter` on, a degenerate kept hypothesis (a repetition loop, one cut at the search's maximum
 length, an outlying length ratio: kdmt.filters) is dropped, and counted by reason; a source whose kept
-candidates are all dropped gets an empty line.
+candidates are all dropped gets an empty line. With a `backward` model (kdmt.scoring) every kept pair
+is scored in the other direction, and the worst `backward_drop` percent of them (and those above
+`backward_max_ce`) become empty lines, with their OUT.keep targets, counted as "backward".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from contextlib import ExitStack, closing
@@ -23,10 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kdmt.errors import KdmtError
-from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
+from kdmt.files import LineReader, atomic_path, line_offsets, read_lines, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
+from kdmt.scoring import PairScorer
 from kdmt.selection import choose
 from kdmt.shards import Manifest, ShardedRun, file_identity
 from kdmt.translate import Candidate, Progress, TextTranslator
@@ -68,6 +74,9 @@ class DistillSettings:
     sampling: str | None = None  # the candidates sampled (search.Sampling.parse): topk:K or topp:P
     sampling_temperature: float = 1.0
     seed: int = 0  # with sampling: with each line's number, the seed of its samples
+    backward: str | None = None  # a model of the other direction that scores the kept pairs (kdmt.scoring)
+    backward_drop: float = 0.0  # percent of the scored pairs dropped, the worst by the backward model
+    backward_max_ce: float | None = None  # pairs above this cross-entropy a token are dropped
     inputs: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
 
 
@@ -92,7 +101,7 @@ def filter_degenerate(
     return out
 
 
-KINDS = ("txt", "nbest", "keep")  # a shard's files: OUT's lines, OUT.nbest's, OUT.keep's
+KINDS = ("txt", "nbest", "keep", "scores")  # a shard's files: OUT's lines, OUT.nbest's, OUT.keep's, scores
 
 
 def shard_paths(work: Path, index: int) -> tuple[Path, ...]:
@@ -105,12 +114,22 @@ class DistillRun:
     run with these settings exist already. `meta`, the teacher's record, says which tags its sources need
     (kdmt.languages.model_inputs, with settings.pair); without it, sources are translated as they are."""
 
-    def __init__(self, translator: TextTranslator, settings: DistillSettings, out: Path, meta: dict | None = None):
+    def __init__(
+        self,
+        translator: TextTranslator,
+        settings: DistillSettings,
+        out: Path,
+        meta: dict | None = None,
+        backward: PairScorer | None = None,
+    ):
         if settings.select == "seq-inter" and not settings.reference:
             raise KdmtError("--select seq-inter needs --ref")
-        references = [settings.reference] if settings.reference else []
-        settings.inputs = file_identity([settings.source, *settings.teachers, *references])
+        if (backward is None) != (settings.backward is None):
+            raise KdmtError("the backward filter needs its model, and the model its setting")
+        others = [p for p in (settings.reference, settings.backward) if p]
+        settings.inputs = file_identity([settings.source, *settings.teachers, *others])
         self.translator, self.settings, self.out, self.meta = translator, settings, out, meta
+        self.backward = backward
         self.record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
         self.work = ShardedRun(Path(f"{out}.shards"), self.record, lambda: self.read_stats() is not None)
         manifest = self.work.open(self.make_plan)
@@ -174,6 +193,12 @@ class DistillRun:
             return None
         return self.read_stats()
 
+    def backward_drops(self, shards: range) -> np.ndarray:
+        """Which lines of the corpus the backward filter drops (worst), from the shards' scores."""
+        s = self.settings
+        scores = [float(x) for i in shards for x in read_lines(shard_paths(self.work.path, i)[3])]
+        return worst(np.array(scores, dtype=np.float64), s.backward_drop, s.backward_max_ce)
+
     def shard_range(self, index: int) -> range:
         size = self.settings.shard_size
         return range(index * size, min(self.plan["lines"], (index + 1) * size))
@@ -183,7 +208,7 @@ class DistillRun:
     ) -> dict[str, Any]:
         """Translate shard `index`, write its files, and return its counts for the manifest."""
         s, lines = self.settings, self.shard_range(index)
-        src = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
+        src = raw = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
         if self.meta is not None:
             src = model_inputs(src, Pair.parse(s.pair) if s.pair else None, self.meta, lines.start + 1)
         results = self.translator.translate_nbest(src, s.nbest, progress, first_line=lines.start)
@@ -197,7 +222,14 @@ class DistillRun:
         if s.filter:
             options = FilterOptions(s.max_repeat, s.max_len_ratio)
             chosen = filter_degenerate(self.translator, options, src, chosen, filtered)
-        best_path, nbest_path, keep_path = shard_paths(self.work.path, index)
+        best_path, nbest_path, keep_path, scores_path = shard_paths(self.work.path, index)
+        if self.backward is not None:  # the backward model: the kept target is its source
+            have = [i for i, kept in enumerate(chosen) if kept]
+            ce = self.backward.score([chosen[i][0].text for i in have], [raw[i] for i in have])
+            scores = [math.nan] * len(chosen)
+            for i, x in zip(have, ce):
+                scores[i] = x
+            write_lines(scores_path, map(repr, scores))
         write_lines(best_path, [c[0].text if c else "" for c in chosen])
         if s.nbest > 1:
             write_lines(
@@ -217,6 +249,7 @@ class DistillRun:
         """Concatenate the shards into OUT (and OUT.nbest, OUT.keep), and write OUT.json with the settings and
         counts."""
         done = manifest["done"].values()
+        shards = range(manifest["plan"]["shards"])
         stats = DistillStats(
             manifest["plan"]["lines"],
             sum(d["empty"] for d in done),
@@ -224,13 +257,39 @@ class DistillRun:
             {reason: sum(d["filtered"][reason] for d in done) for reason in REASONS},
             sum(d["extra_targets"] for d in done),
         )
+        dropped = self.backward_drops(shards) if self.settings.backward else None
+        if dropped is not None:
+            stats.filtered["backward"] = int(dropped.sum())
         for path, kind in self.outputs():
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                for index in range(manifest["plan"]["shards"]):
-                    with open(shard_paths(self.work.path, index)[kind], "rb") as shard:
-                        shutil.copyfileobj(shard, f)
+                for index in shards:
+                    shard_path = shard_paths(self.work.path, index)[kind]
+                    if dropped is None or kind == 1:
+                        with open(shard_path, "rb") as shard:
+                            shutil.copyfileobj(shard, f)
+                        continue
+                    start = self.shard_range(index).start
+                    for i, line in enumerate(read_lines(shard_path)):
+                        row = start + i if kind == 0 else int(line.partition(" ||| ")[0])
+                        if kind == 0 or not dropped[row]:
+                            f.write(("" if dropped[row] else line).encode() + b"\n")
+                        else:
+                            stats.extra_targets -= 1  # a target of a dropped line
         stats_record = {"settings": self.record, "stats": asdict(stats)}
         write_text(Path(f"{self.out}.json"), json.dumps(stats_record, indent=2) + "\n")
+
+
+def worst(scores: np.ndarray, share: float, max_ce: float | None) -> np.ndarray:
+    """Which lines the backward filter drops: of the scored ones (NaN: not scored), those above `max_ce`,
+    and the `share` percent with the highest cross-entropy (rounded down; the earlier line first among equals)."""
+    scored = ~np.isnan(scores)
+    drop = scored & (scores > max_ce) if max_ce is not None else np.zeros(len(scores), dtype=bool)
+    index = np.flatnonzero(scored)
+    n = int(len(index) * share / 100)
+    if n:
+        order = np.lexsort((index, -scores[index]))  # the highest cross-entropy first
+        drop[index[order[:n]]] = True
+    return drop
 
 
 def distill_corpus(

@@ -95,6 +95,8 @@ RANGES: dict[str, Range] = {
     "candidates": COUNT,
     "keep": COUNT,
     "sampling_temperature": POSITIVE,
+    "filter_drop": Range(float, 0, 100, hi_open=True),  # percent of the pairs
+    "filter_max_ce": NONNEGATIVE,
     "max_repeat": Range(int, 2),
     "max_len_ratio": Range(float, 1, lo_open=True),
     # search

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sacrebleu.metrics import CHRF
 from test_cli import kdmt, write
 from test_distill import Killed, settings_for
@@ -12,15 +13,17 @@ from toy import toy_pairs
 
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
-from kdmt.distill import distill_corpus
+from kdmt.distill import DistillRun, distill_corpus
 from kdmt.engines import CTranslate2Translator
 from kdmt.errors import KdmtError
 from kdmt.export import export_checkpoint
 from kdmt.files import read_lines
+from kdmt.scoring import CheckpointScorer, CTranslate2Scorer
 from kdmt.search import Sampling
 from kdmt.selection import choose, mbr, mbr_utilities, pairwise_chrf
 from kdmt.student import student_corpus
 from kdmt.translate import Candidate, SearchOptions, Translator
+from kdmt.vocab import BOS, EOS
 
 SAMPLING = Sampling(topk=5, temperature=3.0, seed=1)  # hot: the toy model is nearly certain otherwise
 
@@ -148,3 +151,68 @@ def test_the_student_corpus_repeats_each_source_with_each_kept_target(toy_data, 
     write(tmp_path / "d.keep", ["4 ||| d", "0 ||| a b"])
     with pytest.raises(KdmtError, match="in order"):
         student_corpus(data, [distilled], 0.0, 1)
+
+
+# --- backward scoring and filtering ---------------------------------------------------------------
+def test_kdmt_score_is_the_teacher_forced_cross_entropy(toy_model, ct2_toy, tmp_path):
+    src_lines, tgt_lines = toy_pairs(9, seed=24)
+    tgt_lines[2] = "a a a b"  # an unlikely pair
+    checkpoint = load_checkpoint(toy_model)
+    model, vocab = checkpoint.model.eval(), checkpoint.tgt_vocab
+    want = []
+    with torch.no_grad():
+        for s, t in zip(vocab.encode(src_lines), vocab.encode(tgt_lines)):
+            logp = torch.log_softmax(model(torch.tensor([s + [EOS]]), torch.tensor([[BOS] + t])), -1)[0]
+            want.append(-float(logp[torch.arange(len(t) + 1), t + [EOS]].mean()))
+    scorer = CheckpointScorer([toy_model], torch.device("cpu"), batch_tokens=20)  # several batches
+    assert scorer.score(src_lines, tgt_lines) == pytest.approx(want, abs=1e-5)
+    assert CTranslate2Scorer(ct2_toy).score(src_lines, tgt_lines) == pytest.approx(want, abs=1e-3)
+    assert max(want) == want[2] and want[2] > 1 > 0.1 > want[0]
+    src, tgt = write(tmp_path / "s", src_lines), write(tmp_path / "t", tgt_lines)
+    result = kdmt("score", "-m", toy_model, "--src", src, "--tgt", tgt)
+    assert result.exit_code == 0, result.stderr
+    assert [float(x) for x in result.stdout.split()] == pytest.approx(want, abs=1e-5)
+    assert "scored 9 of 9 pairs" in result.stderr
+    assert (
+        "line counts differ"
+        in kdmt("score", "-m", toy_model, "--src", src, "--tgt", write(tmp_path / "u", ["a"])).stderr
+    )
+
+
+class Planted:
+    """A translator whose candidates are given: the reversed source, or a planted wrong one."""
+
+    def __init__(self, wrong: dict[str, str]):
+        self.wrong = wrong
+
+    def translate_nbest(self, lines, nbest, progress=None, first_line=0):
+        return [[Candidate(self.wrong.get(s, " ".join(reversed(s.split()))), 0.0, 1)] for s in lines]
+
+
+def test_backward_filtering_drops_the_planted_wrong_pairs(toy_model, tmp_path):
+    src_lines = toy_pairs(20, seed=25)[0]
+    planted = {3: "a b c d e", 8: "j j i", 15: "c a f e b", 19: "d d g"}
+    wrong = {src_lines[i]: text for i, text in planted.items()}
+    src, out = write(tmp_path / "s", src_lines), tmp_path / "o"
+    scorer = CheckpointScorer([toy_model], torch.device("cpu"))  # reversal is its own inverse
+    settings = settings_for(toy_model, src, nbest=1, filter=False, backward=str(toy_model), backward_drop=20.0)
+    stats = DistillRun(Planted(wrong), settings, out, backward=scorer).run()
+    lines = read_lines(out)
+    assert [i for i, line in enumerate(lines) if not line] == sorted(planted) and stats.filtered["backward"] == 4
+    assert json.loads((tmp_path / "o.json").read_text())["stats"]["filtered"]["backward"] == 4
+    settings = settings_for(toy_model, src, nbest=1, filter=False, backward=str(toy_model), backward_max_ce=1.0)
+    stats = DistillRun(Planted(wrong), settings, tmp_path / "o2", backward=scorer).run()
+    assert [i for i, line in enumerate(read_lines(tmp_path / "o2")) if not line] == sorted(planted)
+
+
+def test_distill_filters_with_a_backward_model_from_the_command_line(toy_model, tmp_path):
+    src = write(tmp_path / "s", toy_pairs(10, seed=26)[0])
+    args = ["distill", "-t", toy_model, "--src", src, "-o", tmp_path / "o", "--beam", "2"]
+    result = kdmt(*args, "--filter-backward", toy_model, "--filter-drop", "30")
+    assert result.exit_code == 0, result.stderr
+    assert sum(1 for line in read_lines(tmp_path / "o") if not line) == 3 and "3 backward" in result.stderr
+    assert "--filter-backward goes with --filter-drop" in kdmt(*args, "--filter-drop", "30").stderr
+    assert (
+        "--filter-drop must be in [0, 100)"
+        in kdmt(*args, "--filter-backward", toy_model, "--filter-drop", "100").stderr
+    )
