@@ -20,7 +20,7 @@ from kdmt.export import export_checkpoint
 from kdmt.files import read_lines
 from kdmt.scoring import CheckpointScorer, CTranslate2Scorer
 from kdmt.search import Sampling
-from kdmt.selection import choose, mbr, mbr_utilities, pairwise_chrf
+from kdmt.selection import choose, mbr, mbr_utilities, pairwise_chrf, sacrebleu_pairwise_chrf
 from kdmt.student import student_corpus
 from kdmt.translate import Candidate, SearchOptions, Translator
 from kdmt.vocab import BOS, EOS
@@ -43,8 +43,10 @@ def test_mbr_selects_the_medoid():
     ]
     assert mbr(candidates) == 2 and mbr(candidates, "bleu") == 2
     chrf = CHRF()
-    want = [chrf.sentence_score(h, [r]).score for h in candidates for r in candidates]
-    assert sum(pairwise_chrf(candidates), []) == pytest.approx(want, abs=1e-9)  # the fast path is sacrebleu's chrF
+    edge = ["", "a", "(hi)", "我们去了学校。", "a  b"]  # empty, short, punctuation, no spaces, double spaces
+    want = [chrf.sentence_score(h, [r]).score for h in candidates + edge for r in candidates + edge]
+    assert sum(sacrebleu_pairwise_chrf(candidates + edge), []) == pytest.approx(want, abs=1e-9)
+    assert sum(pairwise_chrf(candidates + edge), []) == pytest.approx(want, abs=1e-9)  # fastchrf, where installed
     # duplicates count as often as they occur: two votes for "x y z w" outweigh the pair of near neighbours
     assert mbr(["a b c d", "x y z w", "x y z w", "a b c d e"]) == 1
     assert mbr_utilities(["only"]) == [0.0]
