@@ -721,8 +721,8 @@ def score_cmd(
     if threads:
         torch.set_num_threads(threads)
     scorer = open_scorer(model, device, batch_tokens, threads)
-    src_lines, tgt_lines = map(list, zip(*stream_parallel(src, tgt))) if src.stat().st_size else ([], [])
-    scores = scorer.score(src_lines, tgt_lines)
+    pairs = list(stream_parallel(src, tgt))
+    scores = scorer.score([s for s, _ in pairs], [t for _, t in pairs])
     lines = [f"{x:.6f}" for x in scores]
     if output:
         write_lines(output, lines)

@@ -2,6 +2,7 @@
 score), several targets a source (--keep) and the student corpus that trains on them."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -218,3 +219,20 @@ def test_distill_filters_with_a_backward_model_from_the_command_line(toy_model, 
         "--filter-drop must be in [0, 100)"
         in kdmt(*args, "--filter-backward", toy_model, "--filter-drop", "100").stderr
     )
+
+
+def test_each_kept_candidate_is_filtered_and_out_gets_the_first_that_passes(toy_model, tmp_path):
+    class Given(Planted):  # two candidates a source: a loop first
+        src_vocab = SimpleNamespace(encode=lambda lines: [line.split() for line in lines])
+
+        def translate_nbest(self, lines, nbest, progress=None, first_line=0):
+            return [[Candidate(t, 0.0, len(t.split())) for t in self.wrong[s]] for s in lines]
+
+        def max_output_length(self, n_src_tokens):
+            return 100
+
+    given = {"a b c": ["c c c c", "c b a"], "d e f": ["f e d", "f f f f"], "g h": ["h h h h", "g g g g"]}
+    src, out = write(tmp_path / "s", list(given)), tmp_path / "o"
+    stats = distill_corpus(Given(given), settings_for(toy_model, src, nbest=2, keep=2), out)
+    assert read_lines(out) == ["c b a", "f e d", ""] and read_lines(f"{out}.keep") == []
+    assert stats.filtered["repeat"] == 4 and stats.extra_targets == 0
