@@ -29,6 +29,22 @@ from kdmt.vocab import BOS, PAD, Vocab
 ENGINES = ("kdmt", "ctranslate2")
 
 
+def load_ctranslate2(
+    directory: Path, device: str = "cpu", device_index: int = 0, inter_threads: int = 1, intra_threads: int = 1
+) -> Any:
+    """A ctranslate2.Translator of `directory`; one that CTranslate2 cannot load is one line (KdmtError)."""
+    try:
+        return require("ctranslate2").Translator(
+            str(directory),
+            device=device,
+            device_index=device_index,
+            inter_threads=inter_threads,
+            intra_threads=intra_threads,
+        )
+    except (RuntimeError, ValueError) as e:
+        raise KdmtError(f"{directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
+
+
 class CTranslate2Translator(TextTranslator):
     """Translates with a CTranslate2 directory written by `kdmt export`, under kdmt's search options: the
     same batches, beam, length penalty and per-sentence length limit as kdmt's search (sentences are decoded
@@ -59,16 +75,7 @@ class CTranslate2Translator(TextTranslator):
 
     def load(self, inter_threads: int) -> Any:
         """A ctranslate2.Translator of the directory, decoding `inter_threads` batches at once."""
-        try:
-            return require("ctranslate2").Translator(
-                str(self.directory),
-                device=self.device_name,
-                device_index=self.device_index,
-                inter_threads=inter_threads,
-                intra_threads=1,
-            )
-        except (RuntimeError, ValueError) as e:
-            raise KdmtError(f"{self.directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
+        return load_ctranslate2(self.directory, self.device_name, self.device_index, inter_threads)
 
     def num_parameters(self) -> int:
         return self.record["parameters"]

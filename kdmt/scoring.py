@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import load_checkpoint
 from kdmt.device import resolve_device
-from kdmt.engines import is_export
+from kdmt.engines import is_export, load_ctranslate2
 from kdmt.errors import KdmtError
-from kdmt.export import SOURCE_SPM, TARGET_SPM, read_record, require
+from kdmt.export import SOURCE_SPM, TARGET_SPM, read_record
 from kdmt.translate import Progress
 from kdmt.vocab import BOS, EOS, Vocab
 
@@ -89,14 +89,14 @@ class CheckpointScorer(PairScorer):
 class CTranslate2Scorer(PairScorer):
     """A CTranslate2 directory written by `kdmt export`, through its Translator.score_batch."""
 
-    def __init__(self, directory: Path, device: str = "cpu", threads: int = 0, batch_tokens: int = 4000):
-        ctranslate2 = require("ctranslate2")
+    def __init__(
+        self, directory: Path, device: str = "cpu", threads: int = 0, batch_tokens: int = 4000, device_index: int = 0
+    ):
         record = read_record(directory)
         if record is None or record["format"] != "ctranslate2":
             raise KdmtError(f"{directory}: not a CTranslate2 directory written by kdmt export")
-        self.translator = ctranslate2.Translator(
-            str(directory), device=device, intra_threads=threads or torch.get_num_threads()
-        )
+        intra = threads or torch.get_num_threads()
+        self.translator = load_ctranslate2(directory, device, device_index, intra_threads=intra)
         self.src_vocab, self.tgt_vocab = Vocab.load(directory / SOURCE_SPM), Vocab.load(directory / TARGET_SPM)
         self.src_pieces, self.tgt_pieces = self.src_vocab.pieces(), self.tgt_vocab.pieces()
         self.max_positions, self.batch_tokens = record["config"]["max_positions"], batch_tokens
@@ -123,5 +123,5 @@ def open_scorer(models: list[Path], device: str | None, batch_tokens: int = 4000
     if any(is_export(m) for m in models):
         if len(models) > 1:
             raise KdmtError("CTranslate2 has no ensembles: give one exported directory, or checkpoints")
-        return CTranslate2Scorer(models[0], dev.type, threads, batch_tokens)
+        return CTranslate2Scorer(models[0], dev.type, threads, batch_tokens, dev.index or 0)
     return CheckpointScorer(models, dev, batch_tokens)
