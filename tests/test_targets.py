@@ -236,3 +236,18 @@ def test_each_kept_candidate_is_filtered_and_out_gets_the_first_that_passes(toy_
     stats = distill_corpus(Given(given), settings_for(toy_model, src, nbest=2, keep=2), out)
     assert read_lines(out) == ["c b a", "f e d", ""] and read_lines(f"{out}.keep") == []
     assert stats.filtered["repeat"] == 4 and stats.extra_targets == 0
+
+
+def test_select_score_keeps_the_most_probable_sample(toy_model, tmp_path):
+    src, out = write(tmp_path / "s", toy_pairs(8, seed=27)[0]), tmp_path / "o"
+    args = ["--candidates", "4", "--sampling", "topk:5", "--sampling-temperature", "3", "--select", "score"]
+    result = kdmt("distill", "-t", toy_model, "--src", src, "-o", out, *args, "--no-filter")
+    assert result.exit_code == 0, result.stderr
+    nbest: dict[int, list[tuple[float, str]]] = {}
+    for line in read_lines(f"{out}.nbest"):
+        i, hyp, score = line.split(" ||| ")
+        nbest.setdefault(int(i), []).append((float(score), hyp))
+    for i, line in enumerate(read_lines(out)):
+        best = max(nbest[i])
+        assert line == best[1] or any(s > best[0] - 1e-4 and h == line for s, h in nbest[i])  # near ties: either
+    assert any(max(c)[1] != c[0][1] for c in nbest.values())  # the first sample is not always the most probable
