@@ -45,6 +45,9 @@ from kdmt.report import (
     untested,
 )
 from kdmt.run_dir import check_out_dir
+from kdmt.scoring import open_scorer
+from kdmt.search import Sampling
+from kdmt.selection import check_selection
 from kdmt.shards import file_identity, launch_rank, local_device
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
@@ -714,6 +717,41 @@ def translate_cmd(
         sys.stdout.write("".join(h + "\n" for h in hyps))
 
 
+# --- score -------------------------------------------------------------------------------------
+@command("score")
+def score_cmd(
+    model: Annotated[
+        list[Path],
+        typer.Option("--model", "-m", help="Checkpoint (repeat for an ensemble), or a CTranslate2 export directory."),
+    ],
+    src: Annotated[Path, typer.Option(help="Source side of the pairs (the model's source language).")],
+    tgt: Annotated[Path, typer.Option(help="Target side of the pairs, line-aligned with --src.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
+    batch_tokens: BatchTokens = 4000,
+    device: Device = None,
+    threads: Threads = 0,
+) -> None:
+    """Score sentence pairs: each pair's per-token cross-entropy under the model, teacher-forced (lower is
+    better; nan: a side longer than the model's positions), one a line.
+
+    Example (a backward model scores distilled pairs): kdmt score -m backward.safetensors --src train.tgt
+    --tgt train.src > train.scores
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    scorer = open_scorer(model, device, batch_tokens, threads)
+    pairs = list(stream_parallel(src, tgt))
+    scores = scorer.score([s for s, _ in pairs], [t for _, t in pairs])
+    lines = [f"{x:.6f}" for x in scores]
+    if output:
+        write_lines(output, lines)
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    scored = [x for x in scores if x == x]
+    mean = sum(scored) / len(scored) if scored else float("nan")
+    err.print(f"scored {len(scored):,} of {len(scores):,} pairs; mean cross-entropy {mean:.4f} a token", soft_wrap=True)
+
+
 # --- distill -----------------------------------------------------------------------------------
 @command("distill")
 def distill_cmd(
@@ -731,10 +769,44 @@ def distill_cmd(
             "line on stdout, run once per shard."
         ),
     ] = None,
-    nbest: Annotated[int, typer.Option(help="Also write the N best candidates with scores to OUT.nbest.")] = 1,
-    select: Annotated[str | None, typer.Option(help="seq-inter: keep the n-best candidate closest to --ref.")] = None,
-    select_metric: Annotated[str, typer.Option(help="Sentence metric for seq-inter: bleu or chrf.")] = "bleu",
+    candidates: Annotated[
+        int,
+        typer.Option(
+            "--candidates",
+            "--nbest",
+            help="Candidates a source: the beam's N best, or N samples (--sampling); more than one: OUT.nbest.",
+        ),
+    ] = 1,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            help="Which candidate to keep: best, seq-inter (closest to --ref), mbr (the medoid), score "
+            "(the teacher's highest score)."
+        ),
+    ] = None,
+    select_metric: Annotated[
+        str | None, typer.Option(help="Sentence metric of seq-inter (default bleu) and mbr (default chrf).")
+    ] = None,
+    keep: Annotated[
+        int, typer.Option(help="Targets a source: the K most preferred distinct candidates; the others in OUT.keep.")
+    ] = 1,
+    sampling: Annotated[
+        str | None, typer.Option(help="Sample the candidates instead of beam search: topk:K or topp:P.")
+    ] = None,
+    sampling_temperature: Annotated[float, typer.Option(help="With --sampling: the temperature.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="With --sampling: the seed (with each line's number).")] = 0,
     ref: Annotated[Path | None, typer.Option(help="Reference target corpus, for --select seq-inter.")] = None,
+    filter_backward: Annotated[
+        Path | None,
+        typer.Option(help="A model of the other direction (checkpoint or CTranslate2 directory) scores each pair."),
+    ] = None,
+    filter_drop: Annotated[
+        float, typer.Option(help="With --filter-backward: drop the worst P percent of the pairs by its score.")
+    ] = 0.0,
+    filter_max_ce: Annotated[
+        float | None,
+        typer.Option(help="With --filter-backward: drop the pairs whose cross-entropy a token is above this."),
+    ] = None,
     shard_size: Annotated[
         int, typer.Option(help="Lines per shard: the unit of resuming and of sharing the work among processes.")
     ] = 10000,
@@ -788,16 +860,20 @@ def distill_cmd(
         raise KdmtError(
             "give the teacher as -t CHECKPOINT (repeat for an ensemble) or --teacher-cmd 'CMD': one of them"
         )
-    if select not in (None, "seq-inter") or select_metric not in ("bleu", "chrf"):
-        raise KdmtError("--select takes seq-inter, --select-metric bleu or chrf")
+    select_metric = select_metric or ("chrf" if select == "mbr" else "bleu")
+    check_selection(select or "best", select_metric)
     if teacher_cmd is not None:
-        command_options(ctx, nbest, select)
-    if nbest > beam:
-        raise KdmtError(f"--nbest must be at most --beam ({beam}), not {nbest}")
-    if select and nbest == 1:
-        nbest = beam  # seq-inter chooses among the whole beam
+        command_options(ctx, candidates, select)
+    if sampling is None and candidates > beam:
+        raise KdmtError(f"--candidates must be at most --beam ({beam}) without --sampling, not {candidates}")
+    if select not in (None, "best") and candidates == 1:
+        candidates = beam if sampling is None else 8  # a choice among the whole beam, or among 8 samples
+    if keep > candidates:
+        raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {keep}")
     if engine not in ENGINES:
         raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
+    if bool(filter_drop or filter_max_ce is not None) != (filter_backward is not None):
+        raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
     if teacher_cmd is not None:
         translator: Teacher = CommandTeacher(teacher_cmd)
         identities, meta, max_src, engine = [translator.identity], None, 0, "command"
@@ -807,7 +883,8 @@ def distill_cmd(
         if engine != "ctranslate2" and quantization != "float32":
             raise KdmtError("--quantization goes with --engine ctranslate2")
         identities = [teacher_identity(t) for t in teacher]  # each teacher read once: hashed
-        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
+        sampler = Sampling.parse(sampling, sampling_temperature, seed) if sampling else None
+        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len, sampler)
         models = teacher
         if engine == "ctranslate2":  # converted under the hash just made
             models = [converted_teacher(teacher[0], quantization, identities[0].partition(":")[2])]
@@ -826,9 +903,16 @@ def distill_cmd(
         max_len_b=max_len_b,
         min_len=min_len,
         max_src_tokens=max_src,
-        nbest=nbest,
+        nbest=candidates,
         select=select,
         select_metric=select_metric,
+        keep=keep,
+        sampling=sampling,
+        sampling_temperature=sampling_temperature if sampling else 1.0,
+        seed=seed if sampling else 0,
+        backward=str(filter_backward) if filter_backward else None,
+        backward_drop=filter_drop,
+        backward_max_ce=filter_max_ce,
         reference=str(ref) if ref else None,
         shard_size=shard_size,
         filter=filter_degenerate,
@@ -838,7 +922,8 @@ def distill_cmd(
         pair=Pair.parse(pair).name if pair else None,
         tgt_lang=target_language(meta, Pair.parse(pair) if pair else None) if meta is not None else None,
     )
-    run = DistillRun(translator, settings, out, meta)
+    backward = open_scorer([filter_backward], str(local_device(device)), batch_tokens) if filter_backward else None
+    run = DistillRun(translator, settings, out, meta, backward)
     shards = -(-run.lines // shard_size)
     with ProgressLine(_progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
@@ -853,7 +938,7 @@ def distill_cmd(
     reasons = ", ".join(f"{n:,} {reason}" for reason, n in stats.filtered.items())
     filtered = (
         f", {n_filtered:,} filtered translations ({n_filtered / max(stats.lines, 1):.1%} of the lines: {reasons})"
-        if filter_degenerate
+        if filter_degenerate or filter_backward
         else " (--no-filter)"
     )
     err.print(
@@ -866,7 +951,7 @@ def distill_cmd(
 # The options of kdmt's own engines, which a teacher command does not take.
 ENGINE_OPTIONS = (
     "engine", "quantization", "beam", "lenpen", "max_len_a", "max_len_b", "min_len", "batch_tokens",
-    "max_src_tokens", "device", "bf16", "threads", "pair",
+    "max_src_tokens", "device", "bf16", "threads", "pair", "sampling", "sampling_temperature", "seed",
 )  # fmt: skip
 
 
@@ -879,7 +964,7 @@ def command_options(ctx: typer.Context, nbest: int, select: str | None) -> None:
             shown = "--bf16/--fp32" if name == "bf16" else flag(name)
             raise KdmtError(f"{shown} is an option of kdmt's engines; --teacher-cmd runs the command as it is")
     if nbest > 1 or select:
-        raise KdmtError("--teacher-cmd gives one translation a line, with no score: no --nbest or --select")
+        raise KdmtError("--teacher-cmd gives one translation a line, with no score: no --candidates or --select")
 
 
 # --- eval --------------------------------------------------------------------------------------

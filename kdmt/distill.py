@@ -5,11 +5,14 @@ shard by shard (never the whole file). Any number of processes — torchrun's, o
 several times, on one machine or several sharing a file system — claim and translate the shards
 (kdmt.shards); each finished shard is written atomically and recorded in a manifest, and the last process
 assembles the corpus. A run killed at any moment resumes, with any number of processes, where it stopped,
-and the corpus is byte-identical to that of one uninterrupted process. With `select="seq-inter"`
-the n-best candidate closest to the reference (sentence BLEU or chrF) is kept instead of the best
-scoring one (Kim & Rush's seq-inter). With `filter` on, a degenerate chosen hypothesis (a repetition
-loop, one cut at the search's maximum length, an outlying length ratio: kdmt.filters) is written as an
-empty line, and counted by reason.
+and the corpus is byte-identical to that of one uninterrupted process. Each source has `nbest`
+candidates (the beam's n-best) of which `select` (kdmt.selection: best, seq-inter, mbr, score) keeps
+the `keep` most preferred distinct ones: the first in OUT, the others in OUT.keep (`index ||| text`).
+With `filter` on, a degenerate kept hypothesis (a repetition loop, one cut at the search's maximum
+length, an outlying length ratio: kdmt.filters) is dropped, and counted by reason; a source whose kept
+candidates are all dropped gets an empty line. With a `backward` model (kdmt.scoring) every kept pair
+is scored in the other direction, and the worst `backward_drop` percent of them (and those above
+`backward_max_ce`) become empty lines, with their OUT.keep targets, counted as "backward".
 
 The teacher is kdmt's own engines (a TextTranslator) or any translation command
 (kdmt.teacher_command). The manifest records its identity (`teacher_identity`: a content hash, or the
@@ -20,6 +23,7 @@ resumes.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from contextlib import ExitStack, closing
@@ -27,14 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sacrebleu.metrics import CHRF
+import numpy as np
 
 from kdmt.cache import file_sha256, tree_sha256
 from kdmt.errors import KdmtError
-from kdmt.evaluate import bleu_metric
-from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
+from kdmt.files import LineReader, atomic_path, line_offsets, read_lines, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
+from kdmt.scoring import PairScorer
+from kdmt.selection import choose
 from kdmt.shards import Manifest, ShardedRun, file_identity
 from kdmt.translate import Candidate, Progress
 
@@ -44,7 +49,8 @@ class DistillStats:
     lines: int = 0
     empty: int = 0  # empty source lines: an empty output line
     too_long: int = 0  # sources over the token limit: an empty output line
-    filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # reason -> empty lines
+    filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # reason -> dropped
+    extra_targets: int = 0  # the lines of OUT.keep (--keep)
 
 
 class Teacher(Protocol):
@@ -52,7 +58,7 @@ class Teacher(Protocol):
     command (kdmt.teacher_command.CommandTeacher) have it."""
 
     def translate_nbest(
-        self, lines: list[str], nbest: int = 1, progress: Progress | None = None
+        self, lines: list[str], nbest: int = 1, progress: Progress | None = None, first_line: int = 0
     ) -> list[list[Candidate]]: ...
 
     def length_limits(self, lines: list[str]) -> list[tuple[int, int | None]]: ...
@@ -79,8 +85,8 @@ class DistillSettings:
     max_len_a: float
     max_len_b: int
     max_src_tokens: int  # 0: no limit (a teacher command)
-    nbest: int
-    select: str | None
+    nbest: int  # candidates a source (--candidates); more than one: OUT.nbest
+    select: str | None  # kdmt.selection.SELECTIONS; None: best
     select_metric: str
     reference: str | None
     shard_size: int
@@ -91,36 +97,41 @@ class DistillSettings:
     min_len: int = 1  # the search's --min-len
     pair: str | None = None  # a multilingual teacher's pair, whose tags the sources are given (model_inputs)
     tgt_lang: str | None = None  # the target language: seq-inter's sentence BLEU is tokenized for it
-    inputs: dict[str, list[int]] = field(default_factory=dict)  # source, reference -> [size, mtime_ns]
-
-
-def closest(texts: list[str], reference: str, metric: str, tgt_lang: str | None = None) -> int:
-    """The index of the text with the highest sentence-level BLEU (tokenized for `tgt_lang`:
-    kdmt.evaluate.bleu_metric) or chrF against the reference (first on ties)."""
-    scorer = bleu_metric(tgt_lang, sentence=True) if metric == "bleu" else CHRF()
-    scores = [scorer.sentence_score(text, [reference]).score for text in texts]
-    return max(range(len(texts)), key=scores.__getitem__)
+    keep: int = 1  # targets a source: the first in OUT, the others in OUT.keep
+    sampling: str | None = None  # the candidates sampled (search.Sampling.parse): topk:K or topp:P
+    sampling_temperature: float = 1.0
+    seed: int = 0  # with sampling: with each line's number, the seed of its samples
+    backward: str | None = None  # a model of the other direction that scores the kept pairs (kdmt.scoring)
+    backward_drop: float = 0.0  # percent of the scored pairs dropped, the worst by the backward model
+    backward_max_ce: float | None = None  # pairs above this cross-entropy a token are dropped
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # source, reference, backward -> [size, mtime_ns]
 
 
 def filter_degenerate(
     teacher: Teacher,
     options: FilterOptions,
     src: list[str],
-    chosen: list[Candidate | None],
+    chosen: list[list[Candidate]],
     counts: dict[str, int],
-) -> list[Candidate | None]:
-    """`chosen` with every degenerate hypothesis replaced by None (an empty line), counted in `counts`."""
-    out: list[Candidate | None] = []
-    for c, (src_length, limit) in zip(chosen, teacher.length_limits(src)):
-        reason = degenerate(c.text, c.length, src_length, limit, options) if c else None
-        if reason:
-            counts[reason] += 1
-        out.append(None if reason else c)
+) -> list[list[Candidate]]:
+    """Each source's `chosen` candidates without the degenerate ones, counted by reason in `counts`."""
+    out: list[list[Candidate]] = []
+    for kept, (src_length, limit) in zip(chosen, teacher.length_limits(src)):
+        survivors = []
+        for c in kept:
+            if reason := degenerate(c.text, c.length, src_length, limit, options):
+                counts[reason] += 1
+            else:
+                survivors.append(c)
+        out.append(survivors)
     return out
 
 
-def shard_paths(work: Path, index: int) -> tuple[Path, Path]:
-    return work / f"{index:06d}.txt", work / f"{index:06d}.nbest"
+KINDS = ("txt", "nbest", "keep", "scores")  # a shard's files: OUT's lines, OUT.nbest's, OUT.keep's, scores
+
+
+def shard_paths(work: Path, index: int) -> tuple[Path, ...]:
+    return tuple(work / f"{index:06d}.{kind}" for kind in KINDS)
 
 
 class DistillRun:
@@ -129,12 +140,22 @@ class DistillRun:
     run with these settings exist already. `meta`, the teacher's record, says which tags its sources need
     (kdmt.languages.model_inputs, with settings.pair); without it, sources are translated as they are."""
 
-    def __init__(self, translator: Teacher, settings: DistillSettings, out: Path, meta: dict | None = None):
+    def __init__(
+        self,
+        translator: Teacher,
+        settings: DistillSettings,
+        out: Path,
+        meta: dict | None = None,
+        backward: PairScorer | None = None,
+    ):
         if settings.select == "seq-inter" and not settings.reference:
             raise KdmtError("--select seq-inter needs --ref")
-        references = [settings.reference] if settings.reference else []
-        settings.inputs = file_identity([settings.source, *references])
+        if (backward is None) != (settings.backward is None):
+            raise KdmtError("the backward filter needs its model, and the model its setting")
+        others = [p for p in (settings.reference, settings.backward) if p]
+        settings.inputs = file_identity([settings.source, *others])
         self.translator, self.settings, self.out, self.meta = translator, settings, out, meta
+        self.backward = backward
         self.record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
         self.work = ShardedRun(Path(f"{out}.shards"), self.record, lambda: self.read_stats() is not None)
         manifest = self.work.open(self.make_plan, self.other_teacher)
@@ -166,14 +187,18 @@ class DistillRun:
                 raise KdmtError(f"line counts differ: {s.source} has {lines}, {s.reference} has {ref_lines}")
         return plan
 
+    def outputs(self) -> list[tuple[Path, int]]:
+        """The files assembled from the shards, each with its index in shard_paths."""
+        extra = [(Path(f"{self.out}.nbest"), 1)] if self.settings.nbest > 1 else []
+        return [(self.out, 0), *extra, *([(Path(f"{self.out}.keep"), 2)] if self.settings.keep > 1 else [])]
+
     def read_stats(self) -> DistillStats | None:
         """The stats in OUT.json when the outputs of a finished run with these settings are there."""
-        nbest = [Path(f"{self.out}.nbest")] if self.settings.nbest > 1 else []
-        outputs = [self.out, Path(f"{self.out}.json"), *nbest]
+        outputs = [Path(f"{self.out}.json")] + [path for path, _ in self.outputs()]
         if not all(p.is_file() for p in outputs):
             return None
         try:
-            record = json.loads(outputs[1].read_text())
+            record = json.loads(outputs[0].read_text())
             return DistillStats(**record["stats"]) if record["settings"] == self.record else None
         except (ValueError, KeyError, TypeError):
             return None
@@ -204,6 +229,12 @@ class DistillRun:
             return None
         return self.read_stats()
 
+    def backward_drops(self, shards: range) -> np.ndarray:
+        """Which lines of the corpus the backward filter drops (worst), from the shards' scores."""
+        s = self.settings
+        scores = [float(x) for i in shards for x in read_lines(shard_paths(self.work.path, i)[3])]
+        return worst(np.array(scores, dtype=np.float64), s.backward_drop, s.backward_max_ce)
+
     def shard_range(self, index: int) -> range:
         size = self.settings.shard_size
         return range(index * size, min(self.plan["lines"], (index + 1) * size))
@@ -213,53 +244,92 @@ class DistillRun:
     ) -> dict[str, Any]:
         """Translate shard `index`, write its files, and return its counts for the manifest."""
         s, lines = self.settings, self.shard_range(index)
-        src = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
+        src = raw = src_reader.read(self.plan["offsets"][index], len(lines), lines.start)
         if self.meta is not None:
             src = model_inputs(src, Pair.parse(s.pair) if s.pair else None, self.meta, lines.start + 1)
         try:
-            results = self.translator.translate_nbest(src, s.nbest, progress)
+            results = self.translator.translate_nbest(src, s.nbest, progress, first_line=lines.start)
         except KdmtError as e:  # nothing of the shard is written or recorded
             where = f"shard {index + 1} of {self.plan['shards']} (lines {lines.start + 1}-{lines.stop})"
             raise KdmtError(f"{where}: {e}") from None
-        if s.select == "seq-inter":
-            refs = ref_reader.read(self.plan["ref_offsets"][index], len(lines), lines.start)
-            chosen = [
-                r[closest([c.text for c in r], ref, s.select_metric, s.tgt_lang)] if r else None
-                for r, ref in zip(results, refs)
-            ]
-        else:
-            chosen = [r[0] if r else None for r in results]
+        refs = ref_reader.read(self.plan["ref_offsets"][index], len(lines), lines.start) if ref_reader else None
+        select = s.select or "best"
+        chosen = [
+            choose(r, select, s.select_metric, s.keep, refs[i] if refs else None, s.tgt_lang)
+            for i, r in enumerate(results)
+        ]
         filtered = dict.fromkeys(REASONS, 0)
         if s.filter:
             options = FilterOptions(s.max_repeat, s.max_len_ratio)
             chosen = filter_degenerate(self.translator, options, src, chosen, filtered)
-        best_path, nbest_path = shard_paths(self.work.path, index)
-        write_lines(best_path, [c.text if c else "" for c in chosen])
+        best_path, nbest_path, keep_path, scores_path = shard_paths(self.work.path, index)
+        if self.backward is not None:  # the backward model: the kept target is its source
+            have = [i for i, kept in enumerate(chosen) if kept]
+            ce = self.backward.score([chosen[i][0].text for i in have], [raw[i] for i in have])
+            scores = [math.nan] * len(chosen)
+            for i, x in zip(have, ce):
+                scores[i] = x
+            write_lines(scores_path, map(repr, scores))
+        write_lines(best_path, [c[0].text if c else "" for c in chosen])
         if s.nbest > 1:
             write_lines(
                 nbest_path,
                 [f"{lines.start + i} ||| {c.text} ||| {c.score:.6f}" for i, r in enumerate(results) for c in r],
             )
+        if s.keep > 1:
+            write_lines(
+                keep_path, [f"{lines.start + i} ||| {c.text}" for i, kept in enumerate(chosen) for c in kept[1:]]
+            )
         empty = sum(1 for line in src if not line.strip())
-        return {"empty": empty, "too_long": sum(1 for r in results if not r) - empty, "filtered": filtered}
+        too_long = sum(1 for r in results if not r) - empty
+        extra = sum(max(len(kept) - 1, 0) for kept in chosen)
+        return {"empty": empty, "too_long": too_long, "filtered": filtered, "extra_targets": extra}
 
     def assemble(self, manifest: Manifest) -> None:
-        """Concatenate the shards into OUT (and OUT.nbest), and write OUT.json with the settings and counts."""
+        """Concatenate the shards into OUT (and OUT.nbest, OUT.keep), and write OUT.json with the settings and
+        counts."""
         done = manifest["done"].values()
+        shards = range(manifest["plan"]["shards"])
         stats = DistillStats(
             manifest["plan"]["lines"],
             sum(d["empty"] for d in done),
             sum(d["too_long"] for d in done),
             {reason: sum(d["filtered"][reason] for d in done) for reason in REASONS},
+            sum(d["extra_targets"] for d in done),
         )
-        outputs = [(self.out, 0)] + ([(Path(f"{self.out}.nbest"), 1)] if self.settings.nbest > 1 else [])
-        for path, kind in outputs:
+        dropped = self.backward_drops(shards) if self.settings.backward else None
+        if dropped is not None:
+            stats.filtered["backward"] = int(dropped.sum())
+        for path, kind in self.outputs():
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                for index in range(manifest["plan"]["shards"]):
-                    with open(shard_paths(self.work.path, index)[kind], "rb") as shard:
-                        shutil.copyfileobj(shard, f)
+                for index in shards:
+                    shard_path = shard_paths(self.work.path, index)[kind]
+                    if dropped is None or kind == 1:
+                        with open(shard_path, "rb") as shard:
+                            shutil.copyfileobj(shard, f)
+                        continue
+                    start = self.shard_range(index).start
+                    for i, line in enumerate(read_lines(shard_path)):
+                        row = start + i if kind == 0 else int(line.partition(" ||| ")[0])
+                        if kind == 0 or not dropped[row]:
+                            f.write(("" if dropped[row] else line).encode() + b"\n")
+                        else:
+                            stats.extra_targets -= 1  # a target of a dropped line
         stats_record = {"settings": self.record, "stats": asdict(stats)}
         write_text(Path(f"{self.out}.json"), json.dumps(stats_record, indent=2) + "\n")
+
+
+def worst(scores: np.ndarray, share: float, max_ce: float | None) -> np.ndarray:
+    """Which lines the backward filter drops: of the scored ones (NaN: not scored), those above `max_ce`,
+    and the `share` percent with the highest cross-entropy (rounded down; the earlier line first among equals)."""
+    scored = ~np.isnan(scores)
+    drop = scored & (scores > max_ce) if max_ce is not None else np.zeros(len(scores), dtype=bool)
+    index = np.flatnonzero(scored)
+    n = int(len(index) * share / 100)
+    if n:
+        order = np.lexsort((index, -scores[index]))  # the highest cross-entropy first
+        drop[index[order[:n]]] = True
+    return drop
 
 
 def distill_corpus(

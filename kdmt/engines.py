@@ -29,6 +29,22 @@ from kdmt.vocab import BOS, PAD, Vocab
 ENGINES = ("kdmt", "ctranslate2")
 
 
+def load_ctranslate2(
+    directory: Path, device: str = "cpu", device_index: int = 0, inter_threads: int = 1, intra_threads: int = 1
+) -> Any:
+    """A ctranslate2.Translator of `directory`; one that CTranslate2 cannot load is one line (KdmtError)."""
+    try:
+        return require("ctranslate2").Translator(
+            str(directory),
+            device=device,
+            device_index=device_index,
+            inter_threads=inter_threads,
+            intra_threads=intra_threads,
+        )
+    except (RuntimeError, ValueError) as e:
+        raise KdmtError(f"{directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
+
+
 class CTranslate2Translator(TextTranslator):
     """Translates with a CTranslate2 directory written by `kdmt export`, under kdmt's search options: the
     same batches, beam, length penalty and per-sentence length limit as kdmt's search (sentences are decoded
@@ -43,21 +59,11 @@ class CTranslate2Translator(TextTranslator):
     def __init__(
         self, directory: Path, options: SearchOptions, device: str = "cpu", threads: int = 0, device_index: int = 0
     ):
-        ctranslate2 = require("ctranslate2")
         self.record = read_record(directory)
         if self.record is None or self.record["format"] != "ctranslate2":
             raise KdmtError(f"{directory}: not a CTranslate2 directory written by kdmt export")
-        try:
-            threads = threads or torch.get_num_threads()
-            self.translator = ctranslate2.Translator(
-                str(directory),
-                device=device,
-                device_index=device_index,
-                inter_threads=threads if device == "cpu" else 1,
-                intra_threads=1,
-            )
-        except (RuntimeError, ValueError) as e:
-            raise KdmtError(f"{directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.directory, self.device_name, self.device_index = directory, device, device_index
+        self.translator = self.load((threads or torch.get_num_threads()) if device == "cpu" else 1)
         self.src_vocab, self.tgt_vocab = Vocab.load(directory / SOURCE_SPM), Vocab.load(directory / TARGET_SPM)
         self.src_pieces, tgt_pieces = self.src_vocab.pieces(), self.tgt_vocab.pieces()
         self.tgt_ids = {piece: i for i, piece in enumerate(tgt_pieces)}
@@ -67,13 +73,35 @@ class CTranslate2Translator(TextTranslator):
         self.max_positions = self.record["config"]["max_positions"]
         self.max_src_tokens = min(options.max_src_tokens, self.max_positions)
 
+    def load(self, inter_threads: int) -> Any:
+        """A ctranslate2.Translator of the directory, decoding `inter_threads` batches at once."""
+        return load_ctranslate2(self.directory, self.device_name, self.device_index, inter_threads)
+
     def num_parameters(self) -> int:
         return self.record["parameters"]
 
+    def sampler(self, first_line: int) -> tuple[Any, dict[str, Any]]:
+        """The translator and the search arguments of a call. With sampling, a fresh translator with one
+        worker thread after ctranslate2.set_random_seed(seed of `first_line`): a worker's generator is seeded
+        when the thread first samples, so the draws are those of a new process with that seed, and one
+        worker decodes the call's batches in order. A call's samples then depend on the seed, its first line
+        and its batches (distill: its shard), not on what the process translated before."""
+        o = self.options
+        if o.sampling is None:
+            return self.translator, {"beam_size": o.beam}
+        require("ctranslate2").set_random_seed(o.sampling.line_seed(first_line))
+        return self.load(1), {
+            "beam_size": 1,
+            "sampling_topk": o.sampling.topk,
+            "sampling_topp": o.sampling.topp,
+            "sampling_temperature": o.sampling.temperature,
+        }
+
     def translate_ids(
-        self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None
+        self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None, lines: list[int] | None = None
     ) -> list[list[Hypothesis]]:
         o = self.options
+        translator, search = self.sampler(lines[0] if lines else 0)
         lengths = torch.tensor([len(s) for s in src])
         limits = {n: self.max_output_length(n) for n in set(lengths.tolist())}
         pending = []  # all batches are queued at once: CTranslate2 decodes `threads` of them in parallel
@@ -81,9 +109,9 @@ class CTranslate2Translator(TextTranslator):
             ids = batch.tolist()  # sorted by length: the sentences that share a limit are neighbours
             for limit, group in groupby(ids, key=lambda i: limits[len(src[i])]):
                 group = list(group)
-                results = self.translator.translate_batch(
+                results = translator.translate_batch(
                     [[self.src_pieces[t] for t in src[i][:-1]] for i in group],  # the model appends EOS
-                    beam_size=o.beam,
+                    **search,
                     num_hypotheses=nbest,
                     length_penalty=o.lenpen,
                     max_decoding_length=limit,

@@ -92,7 +92,11 @@ RANGES: dict[str, Range] = {
     "pair_temperature": POSITIVE,
     "selective_margin": Range(float, -100, 100),  # a difference of BLEU scores
     "shard_size": COUNT,
-    "nbest": COUNT,
+    "candidates": COUNT,
+    "keep": COUNT,
+    "sampling_temperature": POSITIVE,
+    "filter_drop": Range(float, 0, 100, hi_open=True),  # percent of the pairs
+    "filter_max_ce": NONNEGATIVE,
     "max_repeat": Range(int, 2),
     "max_len_ratio": Range(float, 1, lo_open=True),
     # search

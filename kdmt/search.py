@@ -8,6 +8,11 @@ allow: max_positions − 1, the first position being BOS's). A hypothesis ends i
 `min_len` tokens (the commands' --min-len, 1: never an empty translation), unless the maximum length comes
 first. Done sentences leave the batch, so a step costs less as the batch finishes. There is no Python loop
 over sentences or beams in a step.
+
+Sampling (`sample_search`) draws N independent translations a sentence, from the ensemble's distribution
+at a temperature, cut to its top k tokens or its top-p nucleus. Each sentence's draws come from its own
+generator, seeded with (seed, line number) alone, so they do not depend on the batch, the shard or the
+process that translates it.
 """
 
 from __future__ import annotations
@@ -18,8 +23,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdmt.errors import KdmtError
 from kdmt.model import DecoderState, Transformer
 from kdmt.vocab import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling instead of beam search: from the top `topk` tokens (0: all) or the smallest set whose
+    probability reaches `topp` (1: all), at `temperature`; `seed` with the line number seeds each sentence."""
+
+    topk: int = 0
+    topp: float = 1.0
+    temperature: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str, temperature: float = 1.0, seed: int = 0) -> Sampling:
+        """'topk:K' or 'topp:P' (the --sampling option)."""
+        kind, _, value = text.partition(":")
+        try:
+            if kind == "topk" and int(value) >= 1:
+                return cls(topk=int(value), temperature=temperature, seed=seed)
+            if kind == "topp" and 0 < float(value) <= 1:
+                return cls(topp=float(value), temperature=temperature, seed=seed)
+        except ValueError:
+            pass
+        raise KdmtError(f"--sampling takes topk:K (K ≥ 1) or topp:P (0 < P ≤ 1), not {text!r}")
+
+    def line_seed(self, line: int) -> int:
+        """The seed of line `line`'s generator: 32 bits (torch's CPU generator keeps only those), distinct
+        for the lines of one seed, and far apart for seeds that differ."""
+        return (line + self.seed * 2654435761) % 2**32
 
 
 @dataclass
@@ -189,3 +224,65 @@ def beam_search(
             hyps.append(Hypothesis(row[:length].tolist(), float(fin_scores[i, j])))
         result.append(hyps)
     return result
+
+
+@torch.no_grad()
+def sample_search(
+    ensemble: Ensemble,
+    src: Tensor,
+    n: int,
+    sampling: Sampling,
+    seeds: list[int],
+    lenpen: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    min_len: int = 0,
+) -> list[list[Hypothesis]]:
+    """`n` samples per sentence, in the order drawn, each sentence's from a generator seeded with its
+    `seeds` entry (one uniform number a sample and step, drawn on the CPU: the same on any device). A
+    hypothesis's score is its log-probability under the ensemble (without temperature or cut) divided by
+    length**lenpen, its length counting EOS, as beam search's."""
+    b, device = src.size(0), src.device
+    limit = max_lengths(src, max_len_a, max_len_b, ensemble.max_positions).repeat_interleave(n)
+    width = int(limit.max()) + 1
+    uniform = torch.zeros(b * n, width)
+    for i, seed in enumerate(seeds):  # each sentence's draws depend on its seed and its own length limit
+        own = int(limit[i * n]) + 1
+        uniform[i * n : (i + 1) * n, :own] = torch.rand(n, own, generator=torch.Generator().manual_seed(seed))
+    uniform = uniform.to(device)
+    states = ensemble.start(src.repeat_interleave(n, 0))
+    out = torch.full((b * n, width), PAD, dtype=torch.long, device=device)
+    score = torch.zeros(b * n, device=device)
+    length = torch.zeros(b * n, dtype=torch.long, device=device)
+    active = torch.arange(b * n, device=device)
+    tokens = torch.full((b * n,), BOS, dtype=torch.long, device=device)
+    for t in range(width):
+        logp = ensemble.step(tokens, states)
+        if t < min_len:
+            logp[t < limit[active], EOS] = float("-inf")
+        probs, order = (logp / sampling.temperature).softmax(-1).sort(dim=-1, descending=True, stable=True)
+        if sampling.topk:
+            probs = probs[:, : sampling.topk]
+        cum = probs.cumsum(-1)
+        if sampling.topp < 1:
+            probs = torch.where(cum - probs < sampling.topp, probs, 0.0)  # the nucleus, its first token always in
+            cum = probs.cumsum(-1)
+        pick = torch.searchsorted(cum, (uniform[active, t] * cum[:, -1])[:, None], right=True)
+        pick = pick.clamp(max=probs.size(1) - 1)
+        pick = torch.where(probs.gather(1, pick) > 0, pick, torch.zeros_like(pick))  # never a token cut off
+        next_tokens = order.gather(1, pick).squeeze(1)
+        next_tokens[t >= limit[active]] = EOS
+        out[active, t] = next_tokens
+        score[active] += logp.gather(1, next_tokens[:, None]).squeeze(1)
+        length[active] = t + 1
+        keep = next_tokens != EOS
+        if not keep.all():
+            if not keep.any():
+                break
+            active, next_tokens = active[keep], next_tokens[keep]
+            kept = keep.nonzero().squeeze(1)
+            states = ensemble.select(states, kept, kept)
+        tokens = next_tokens
+    score = (score / length.float() ** lenpen).tolist()
+    hyps = [Hypothesis(row[: m - 1].tolist(), s) for row, m, s in zip(out.cpu(), length.tolist(), score)]
+    return [hyps[i * n : (i + 1) * n] for i in range(b)]

@@ -4,6 +4,7 @@ and the assembly of a student, its corpus and its objective from train-student's
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import tempfile
@@ -77,13 +78,16 @@ def student_corpus(
     references. `distilled` is one file line-aligned with DATA/train.src or, for several pairs, one
     PAIR=FILE for each, line-aligned with DATA/train.PAIR.src. A pair whose distilled line is empty (an
     empty, over-long or filtered line of `kdmt distill`) is dropped, or with `fallback_to_reference`
-    takes the reference target instead. On the references alone, this is DATA's own corpus; with distilled
-    files, a corpus tokenized once into DATA/student-HASH.* (kdmt.corpus; HASH names the files' paths and
-    these settings), and mapped from there while the distilled files (by content), the data and these
-    settings are the same (kdmt.cache: built once, under DATA/student-HASH.lock)."""
+    takes the reference target instead. Where FILE.keep is there (`kdmt distill --keep`), each of its
+    targets is one more pair, with its line's source, after that line's (counted as extra_targets). On the
+    references alone, this is DATA's own corpus; with distilled files, a corpus tokenized once into
+    DATA/student-HASH.* (kdmt.corpus; HASH names the files' paths and these settings), and mapped from there
+    while the distilled files (by content), the data and these settings are the same (kdmt.cache: built
+    once, under DATA/student-HASH.lock)."""
     train, pairs = data.corpus("train"), data.info.pair_rows("train")
     if not distilled:
-        counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": pairs.counts} if pairs else {})
+        counts = {"dropped_empty": 0, "fallback_ref": 0, "extra_targets": 0}
+        counts |= {"pair_rows": pairs.counts} if pairs else {}
         return train, _corpus_record(None, 1.0, len(train), counts)
     files, per_pair_rows = _distilled_files(distilled, pairs)
     for file in files:
@@ -95,10 +99,11 @@ def student_corpus(
     named = settings | {"files": [str(f.resolve()) for f in files]}
     prefix = data.root / f"student-{hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:8]}"
     key = {**settings, **vocab_key(data.src_vocab, data.tgt_vocab), "data": train.fingerprint()}
-    key["distilled"] = content_key(files)
+    key["distilled"] = content_key(files + [k for k in map(keep_file, files) if k])
 
     def build() -> None:
-        counts = {"dropped_empty": 0, "fallback_ref": 0} | ({"pair_rows": [0] * len(pairs.names)} if pairs else {})
+        counts = {"dropped_empty": 0, "fallback_ref": 0, "extra_targets": 0}
+        counts |= {"pair_rows": [0] * len(pairs.names)} if pairs else {}
         lines = _distilled_lines(files, per_pair_rows, data.root / "train.tgt", fallback_to_reference, counts)
         _write_student_corpus(prefix, key, data, train, lines, counts, settings, ", ".join(map(str, files)))
 
@@ -164,6 +169,11 @@ def _distilled_lines(
         pairs = stream_parallel(files[0], references)
     else:
         pairs = zip(_per_pair_lines(files, per_pair_rows), stream_lines(references))
+    starts = [0] + list(itertools.accumulate(per_pair_rows.counts))[:-1] if per_pair_rows else [0]
+    extras = itertools.chain.from_iterable(
+        _extra_targets(k, start) for file, start in zip(files, starts) if (k := keep_file(file))
+    )
+    extra = next(extras, None)
     for row, (hyp, ref) in enumerate(pairs):
         if hyp.strip():
             yield row, hyp
@@ -172,6 +182,30 @@ def _distilled_lines(
             yield row, ref
         else:
             counts["dropped_empty"] += 1
+        while extra is not None and extra[0] == row:
+            counts["extra_targets"] += 1
+            yield extra
+            extra = next(extras, None)
+    if extra is not None:
+        raise KdmtError(f"a --keep target of line {extra[0] + 1} is beyond the distilled lines (or out of order)")
+
+
+def keep_file(distilled: Path) -> Path | None:
+    """The more targets of a distilled file (`kdmt distill --keep`: DISTILLED.keep), where there are."""
+    path = Path(f"{distilled}.keep")
+    return path if path.is_file() else None
+
+
+def _extra_targets(path: Path, start: int) -> Iterator[tuple[int, str]]:
+    """(row, target) of each line `index ||| target` of `path` (kdmt distill's OUT.keep), the index counted
+    from row `start`; the rows must come in order."""
+    last = -1
+    for n, line in enumerate(stream_lines(path), 1):
+        index, sep, target = line.partition(" ||| ")
+        if not sep or not index.isdigit() or int(index) < last:
+            raise KdmtError(f"{path}:{n}: not a line `index ||| target` of kdmt distill --keep, in order")
+        last = int(index)
+        yield start + last, target
 
 
 def _per_pair_lines(files: list[Path], rows: PairRows) -> Iterator[str]:

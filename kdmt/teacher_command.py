@@ -43,9 +43,10 @@ class CommandTeacher:
         return [(word_length(line), None) for line in lines]
 
     def translate_nbest(
-        self, lines: list[str], nbest: int = 1, progress: Progress | None = None
+        self, lines: list[str], nbest: int = 1, progress: Progress | None = None, first_line: int = 0
     ) -> list[list[Candidate]]:
-        """One candidate (no score, its length in words) for each non-blank line; an empty list for a blank one."""
+        """One candidate (no score, its length in words) for each non-blank line; an empty list for a blank one
+        (`first_line`, the number of the first line in the corpus, is of no use to a command)."""
         if nbest != 1:
             raise KdmtError("a teacher command gives one translation a line: no n-best lists")
         todo = [i for i, line in enumerate(lines) if line.strip()]

@@ -19,7 +19,7 @@ from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
 from kdmt.errors import KdmtError
 from kdmt.languages import tag_ids
-from kdmt.search import Ensemble, Hypothesis, beam_search, greedy_search, max_lengths
+from kdmt.search import Ensemble, Hypothesis, Sampling, beam_search, greedy_search, max_lengths, sample_search
 from kdmt.vocab import EOS, Vocab
 
 Progress = Callable[[int], None]
@@ -43,6 +43,7 @@ class SearchOptions:
     batch_tokens: int = 4000  # source tokens per batch (times the beam during search)
     max_src_tokens: int = 1024  # longer sources are not translated (an empty result)
     min_len: int = 1  # target tokens before EOS may end a hypothesis (unless the maximum length is shorter)
+    sampling: Sampling | None = None  # sample the candidates instead of beam search
 
 
 class TextTranslator(ABC):
@@ -58,9 +59,10 @@ class TextTranslator(ABC):
 
     @abstractmethod
     def translate_ids(
-        self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None
+        self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None, lines: list[int] | None = None
     ) -> list[list[Hypothesis]]:
-        """The `nbest` best hypotheses for each source (token ids, EOS included), in input order."""
+        """The `nbest` best hypotheses for each source (token ids, EOS included), in input order; with
+        options.sampling, `nbest` samples, each source's seeded with its number in `lines`."""
 
     @abstractmethod
     def num_parameters(self) -> int:
@@ -84,15 +86,17 @@ class TextTranslator(ABC):
         return [(len(ids), self.max_output_length(len(ids) + 1)) for ids in self.src_vocab.encode(lines)]
 
     def translate_nbest(
-        self, lines: list[str], nbest: int = 1, progress: Progress | None = None
+        self, lines: list[str], nbest: int = 1, progress: Progress | None = None, first_line: int = 0
     ) -> list[list[Candidate]]:
-        """The `nbest` best candidates, best first, for each line. Empty lines, and lines longer than
+        """The `nbest` best candidates, best first, for each line (with options.sampling, `nbest` samples in
+        the order drawn, line i's seeded with first_line + i). Empty lines, and lines longer than
         `max_src_tokens` tokens, are not translated: their list is empty."""
         encoded = self.src_vocab.encode(lines)
         todo = [
             i for i, (line, ids) in enumerate(zip(lines, encoded)) if line.strip() and len(ids) < self.max_src_tokens
         ]
-        results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress) if todo else []
+        numbers = [first_line + i for i in todo]
+        results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress, numbers) if todo else []
         out: list[list[Candidate]] = [[] for _ in lines]
         for i, hyps in zip(todo, results):
             tokens = [[t for t in h.tokens if t not in self.tags] if self.tags else h.tokens for h in hyps]
@@ -129,14 +133,17 @@ class Translator(TextTranslator):
     def num_parameters(self) -> int:
         return sum(m.num_parameters() for m in self.models)
 
-    def search(self, x: Tensor, nbest: int) -> list[list[Hypothesis]]:
-        """Decode one padded batch; on a CUDA out-of-memory error, decode its halves instead.
+    def search(self, x: Tensor, nbest: int, seeds: list[int]) -> list[list[Hypothesis]]:
+        """Decode one padded batch (with sampling, each sentence's generator seeded with its `seeds` entry);
+        on a CUDA out-of-memory error, decode its halves instead.
 
         The halves are decoded after leaving the handler: until then the error's traceback keeps the
         failed attempt's tensors allocated."""
         o = self.options
         try:
             lengths = o.max_len_a, o.max_len_b, o.min_len
+            if o.sampling:
+                return sample_search(self.ensemble, x, nbest, o.sampling, seeds, o.lenpen, *lengths)
             if o.beam == 1:
                 return [[h] for h in greedy_search(self.ensemble, x, o.lenpen, *lengths)]
             return beam_search(self.ensemble, x, o.beam, o.lenpen, nbest, *lengths)
@@ -146,18 +153,20 @@ class Translator(TextTranslator):
         if x.is_cuda:
             torch.cuda.empty_cache()
         half = x.size(0) // 2
-        return self.search(x[:half], nbest) + self.search(x[half:], nbest)
+        return self.search(x[:half], nbest, seeds[:half]) + self.search(x[half:], nbest, seeds[half:])
 
     def translate_ids(
-        self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None
+        self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None, lines: list[int] | None = None
     ) -> list[list[Hypothesis]]:
-        """The `nbest` best hypotheses for each source (token ids, EOS included), in input order."""
+        lines = lines if lines is not None else list(range(len(src)))
+        sampling = self.options.sampling
         lengths = torch.tensor([len(s) for s in src])
         out: list[list[Hypothesis]] = [[] for _ in src]
         for batch in token_batches(lengths, lengths, self.options.batch_tokens):
             ids = batch.tolist()
             x = pad([torch.tensor(src[i]) for i in ids]).to(self.device)
-            for i, hyps in zip(ids, self.search(x, nbest)):
+            seeds = [sampling.line_seed(lines[i]) for i in ids] if sampling else []
+            for i, hyps in zip(ids, self.search(x, nbest, seeds)):
                 out[i] = hyps
             if progress:
                 progress(len(ids))

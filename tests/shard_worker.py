@@ -22,7 +22,7 @@ def log_translations(log: Path, die_at: int = 0, start: Path | None = None, proc
     translate_nbest = Translator.translate_nbest
     calls = 0
 
-    def logged(self, lines, nbest=1, progress=None):
+    def logged(self, lines, nbest=1, progress=None, first_line=0):
         nonlocal calls
         calls += 1
         if calls == 1 and start is not None:
@@ -34,7 +34,7 @@ def log_translations(log: Path, die_at: int = 0, start: Path | None = None, proc
             os.kill(os.getpid(), signal.SIGKILL)
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\t{lines[0]}\n")
-        return translate_nbest(self, lines, nbest, progress)
+        return translate_nbest(self, lines, nbest, progress, first_line)
 
     Translator.translate_nbest = logged
 

@@ -10,10 +10,11 @@ from toy import toy_pairs
 
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
-from kdmt.distill import DistillSettings, closest, distill_corpus, teacher_identity
+from kdmt.distill import DistillSettings, distill_corpus, teacher_identity
 from kdmt.errors import KdmtError
 from kdmt.files import read_lines
 from kdmt.filters import FilterOptions, degenerate, repeated_ngram
+from kdmt.selection import closest
 from kdmt.student import student_corpus
 from kdmt.translate import Candidate, SearchOptions, Translator
 from kdmt.vocab import EOS, Vocab
@@ -208,7 +209,7 @@ def test_max_output_length_is_the_search_limit(toy_model, tmp_path):
 
 def test_the_seq_inter_choice_is_the_hypothesis_filtered(tmp_path):
     class FixedCandidates:  # a Translator whose n-best lists are given
-        def translate_nbest(self, lines, nbest, progress=None):
+        def translate_nbest(self, lines, nbest, progress=None, first_line=0):
             return [[Candidate(t, -i, len(t.split())) for i, t in enumerate(nbest_of[line])] for line in lines]
 
         def length_limits(self, lines):

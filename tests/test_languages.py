@@ -270,7 +270,9 @@ def test_tags_are_dropped_from_translations(toy_model, monkeypatch, multilingual
     checkpoint.src_vocab = checkpoint.tgt_vocab = vocab
     translator = Translator([checkpoint])
     tag, words = vocab.encode(["<2en> <from_de> a dog"])[0][:2], vocab.encode(["a dog"])[0]
-    monkeypatch.setattr(translator, "translate_ids", lambda src, n, p=None: [[Hypothesis(tag + words + tag[:1], 0.0)]])
+    monkeypatch.setattr(
+        translator, "translate_ids", lambda src, n, p=None, lines=None: [[Hypothesis(tag + words + tag[:1], 0.0)]]
+    )
     assert translator.translate(["x"]) == ["a dog"]
 
 
@@ -483,9 +485,9 @@ def test_distill_tags_its_sources_for_a_multilingual_teacher_and_refuses_untagge
     seen = []
     translate_nbest = TextTranslator.translate_nbest
 
-    def spy(self, lines, *args):
+    def spy(self, lines, *args, **kw):
         seen.append(lines)
-        return translate_nbest(self, lines, *args)
+        return translate_nbest(self, lines, *args, **kw)
 
     monkeypatch.setattr(TextTranslator, "translate_nbest", spy)
     tagged = (root / "data" / "train.xx-rv.src").read_text().splitlines()[:8]

@@ -107,5 +107,7 @@ def test_the_ranges_of_the_issue_fail_in_one_line(toy_data, tmp_path):
 
 def test_a_check_relating_two_options_stays_with_its_command(tmp_path):
     args = ["distill", "-t", tmp_path / "teacher.safetensors", "--src", tmp_path / "src", "-o", tmp_path / "out"]
-    assert_fails(kdmt(*args, "--beam", "2", "--nbest", "3"), "--nbest must be at most --beam (2), not 3")
+    assert_fails(
+        kdmt(*args, "--beam", "2", "--nbest", "3"), "--candidates must be at most --beam (2) without --sampling"
+    )
     assert list(tmp_path.iterdir()) == []

@@ -117,8 +117,8 @@ def test_the_options_a_command_teacher_does_not_take_are_refused(tmp_path):
     assert_fails(kdmt("distill", "-t", src, "--teacher-cmd", "cat", "--src", src, "-o", out), "one of them")
     assert_fails(distill(src, out, "cat", "--beam", "3"), "--beam is an option of kdmt's engines")
     assert_fails(distill(src, out, "cat", "--fp32"), "--bf16/--fp32 is an option of kdmt's engines")
-    assert_fails(distill(src, out, "cat", "--nbest", "2"), "no --nbest or --select")
-    assert_fails(distill(src, out, "cat", "--select", "seq-inter", "--ref", src), "no --nbest or --select")
+    assert_fails(distill(src, out, "cat", "--nbest", "2"), "no --candidates or --select")
+    assert_fails(distill(src, out, "cat", "--select", "seq-inter", "--ref", src), "no --candidates or --select")
     assert distill(src, out, "cat", "--no-filter").exit_code == 0 and read_lines(out) == ["a"]
 
 
