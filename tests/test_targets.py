@@ -2,7 +2,6 @@
 score), several targets a source (--keep) and the student corpus that trains on them."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -223,13 +222,11 @@ def test_distill_filters_with_a_backward_model_from_the_command_line(toy_model, 
 
 def test_each_kept_candidate_is_filtered_and_out_gets_the_first_that_passes(toy_model, tmp_path):
     class Given(Planted):  # two candidates a source: a loop first
-        src_vocab = SimpleNamespace(encode=lambda lines: [line.split() for line in lines])
-
         def translate_nbest(self, lines, nbest, progress=None, first_line=0):
             return [[Candidate(t, 0.0, len(t.split())) for t in self.wrong[s]] for s in lines]
 
-        def max_output_length(self, n_src_tokens):
-            return 100
+        def length_limits(self, lines):
+            return [(len(line.split()), 100) for line in lines]
 
     given = {"a b c": ["c c c c", "c b a"], "d e f": ["f e d", "f f f f"], "g h": ["h h h h", "g g g g"]}
     src, out = write(tmp_path / "s", list(given)), tmp_path / "o"
