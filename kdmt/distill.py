@@ -84,9 +84,9 @@ def filter_degenerate(
 ) -> list[Candidate | None]:
     """`chosen` with every degenerate hypothesis replaced by None (an empty line), counted in `counts`."""
     out: list[Candidate | None] = []
-    for c, src_ids in zip(chosen, translator.src_vocab.encode(src)):
-        limit = translator.max_output_length(len(src_ids) + 1)  # the search saw the source with EOS
-        reason = degenerate(c.text, c.length, len(src_ids), limit, options) if c else None
+    for c, src_ids in zip(chosen, translator.encode(src)):
+        limit = translator.max_output_length(len(src_ids))  # the search saw the source with EOS
+        reason = degenerate(c.text, c.length, len(src_ids) - 1, limit, options) if c else None
         if reason:
             counts[reason] += 1
         out.append(None if reason else c)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdmt import __version__
-from kdmt.batching import token_batches
 from kdmt.cache import cached, file_sha256
 from kdmt.checkpoint import load_checkpoint
 from kdmt.device import resolve_device
@@ -74,26 +72,22 @@ class CTranslate2Translator(TextTranslator):
         self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None
     ) -> list[list[Hypothesis]]:
         o = self.options
-        lengths = torch.tensor([len(s) for s in src])
-        limits = {n: self.max_output_length(n) for n in set(lengths.tolist())}
         pending = []  # all batches are queued at once: CTranslate2 decodes `threads` of them in parallel
-        for batch in token_batches(lengths, lengths, o.batch_tokens):
-            ids = batch.tolist()  # sorted by length: the sentences that share a limit are neighbours
-            for limit, group in groupby(ids, key=lambda i: limits[len(src[i])]):
-                group = list(group)
-                results = self.translator.translate_batch(
-                    [[self.src_pieces[t] for t in src[i][:-1]] for i in group],  # the model appends EOS
-                    beam_size=o.beam,
-                    num_hypotheses=nbest,
-                    length_penalty=o.lenpen,
-                    max_decoding_length=limit,
-                    min_decoding_length=min(o.min_len, limit),
-                    max_input_length=0,
-                    return_scores=True,
-                    suppress_sequences=self.suppress,
-                    asynchronous=True,
-                )
-                pending.append((group, results))
+        for group in self.limit_groups(src):
+            limit = self.max_output_length(len(src[group[0]]))
+            results = self.translator.translate_batch(
+                [[self.src_pieces[t] for t in src[i][:-1]] for i in group],  # the model appends EOS
+                beam_size=o.beam,
+                num_hypotheses=nbest,
+                length_penalty=o.lenpen,
+                max_decoding_length=limit,
+                min_decoding_length=min(o.min_len, limit),
+                max_input_length=0,
+                return_scores=True,
+                suppress_sequences=self.suppress,
+                asynchronous=True,
+            )
+            pending.append((group, results))
         out: list[list[Hypothesis]] = [[] for _ in src]
         for group, results in pending:
             for i, result in zip(group, results):

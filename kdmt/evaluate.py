@@ -107,7 +107,7 @@ def evaluate(
     _synchronize(translator.device)
     seconds = time.perf_counter() - start
     s = score(hyps, refs, tgt_lang)
-    out_tokens = sum(len(ids) + 1 for ids in translator.tgt_vocab.encode(hyps))
+    out_tokens = translator.target_tokens(hyps)
     report = EvalReport(
         checkpoint=str(checkpoint),
         test_src=str(test_src),
