@@ -148,6 +148,10 @@ def open_translator(
         return [meta], translator
     if engine == "transformers":
         raise KdmtError("--engine transformers takes a Hugging Face model directory, not kdmt checkpoints")
+    if pretrained.src_lang or pretrained.source_prefix:
+        raise KdmtError(
+            "--src-lang and --source-prefix go with a Hugging Face model (or a CTranslate2 one made elsewhere)"
+        )
     if engine == "ctranslate2":
         if len(models) > 1:
             raise KdmtError(

@@ -2,7 +2,6 @@
 filter of degenerate translations (and the student's fallback to the reference for them)."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 from sacrebleu.metrics import BLEU
@@ -209,7 +208,8 @@ def test_max_output_length_is_the_search_limit(toy_model, tmp_path):
 
 def test_the_seq_inter_choice_is_the_hypothesis_filtered(tmp_path):
     class FixedCandidates:  # a Translator whose n-best lists are given
-        src_vocab = SimpleNamespace(encode=lambda lines: [line.split() for line in lines])
+        def encode(self, lines):  # source ids, EOS included
+            return [line.split() + ["</s>"] for line in lines]
 
         def translate_nbest(self, lines, nbest, progress=None):
             return [[Candidate(t, -i, len(t.split())) for i, t in enumerate(nbest_of[line])] for line in lines]
