@@ -248,12 +248,14 @@ def test_a_stranger_directory_that_asks_for_code_or_is_unsupported_is_refused(ma
     assert_fails(kdmt("translate", "-m", marian_dir, "--engine", "kdmt", input="a\n"), "--engine ctranslate2 or")
 
 
-@pytest.mark.parametrize("beam", [1, 5])
-def test_kdmts_huggingface_export_as_a_teacher_distills_as_its_checkpoint(toy_model, beam, tmp_path):
+@pytest.mark.parametrize(
+    "search", [["--beam", "1"], ["--beam", "5"], ["--beam", "1", "--max-len-a", "0", "--max-len-b", "3"]]
+)
+def test_kdmts_huggingface_export_as_a_teacher_distills_as_its_checkpoint(toy_model, search, tmp_path):
     export = tmp_path / "hf-export"
     export_checkpoint(toy_model, export, "huggingface")
-    ours = distilled(toy_model, tmp_path, "kdmt", "--beam", str(beam))
-    theirs = distilled(export, tmp_path, "export", "--beam", str(beam))
+    ours = distilled(toy_model, tmp_path, "kdmt", *search)
+    theirs = distilled(export, tmp_path, "export", *search)  # the default engine: transformers (no conversion)
     assert agree(theirs, ours) >= 0.99
 
 
