@@ -108,23 +108,27 @@ def _config(path: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) and "model_type" in config else None
 
 
+def refuse_custom_code(directory: Path) -> None:
+    """Refuse, in one line, a directory whose config or tokenizer asks for custom code (auto_map)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = directory / name
+        if not file.is_file():
+            continue
+        try:
+            settings = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise KdmtError(f"{file}: not valid JSON") from None
+        if isinstance(settings, dict) and settings.get("auto_map"):
+            raise KdmtError(f"{file}: asks for custom code (auto_map); kdmt never runs a model's own code")
+
+
 def check_safe(directory: Path) -> dict[str, Any]:
     """The config of a Hugging Face directory that is safe to open: a supported model type, no custom code
     (auto_map in the config or the tokenizer's), weights present. Refused in one line otherwise."""
     config = _config(directory)
     if config is None:
         raise KdmtError(f"{directory}: not a Hugging Face model directory (no config.json with a model_type)")
-    for name in ("config.json", "tokenizer_config.json"):
-        file = directory / name
-        if name == "tokenizer_config.json" and file.is_file():
-            try:
-                settings = json.loads(file.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise KdmtError(f"{file}: not valid JSON") from None
-        else:
-            settings = config if name == "config.json" else {}
-        if isinstance(settings, dict) and settings.get("auto_map"):
-            raise KdmtError(f"{file}: asks for custom code (auto_map); kdmt never runs a model's own code")
+    refuse_custom_code(directory)
     model_type = config["model_type"]
     if model_type not in MODEL_TYPES:
         supported = ", ".join(f"{t} ({MODEL_TYPES[t][0]})" for t in MODEL_TYPES)
@@ -613,9 +617,7 @@ def _open_foreign_ctranslate2(
         text: HuggingFaceText | SentencePieceText = SentencePieceText(directory, config, pretrained)
         positions, kind = DEFAULT_MAX_POSITIONS, "OPUS-MT (source.spm, target.spm)"
     elif (directory / "tokenizer_config.json").is_file():
-        tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-        if isinstance(tokenizer_config, dict) and tokenizer_config.get("auto_map"):
-            raise KdmtError(f"{directory}: its tokenizer asks for custom code (auto_map); kdmt never runs it")
+        refuse_custom_code(directory)
         tokenizer = load_tokenizer(directory)
         needs_languages = bool(language_codes(tokenizer))
         text = HuggingFaceText(tokenizer, needs_languages, pretrained, "many-to-many", str(directory))
