@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +20,14 @@ T = TypeVar("T")
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes, read once, a megabyte at a time."""
+    """The sha256 of a file's bytes, read a megabyte at a time; read once in a process while the file keeps
+    its inode, size and modification time (a teacher hashed for its identity and for its conversion)."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -87,3 +95,10 @@ def cached(lock: Path, read: Callable[[], T | None], build: Callable[[], None], 
     if found is None:
         raise KdmtError(f"{name}: the cache just written cannot be read back")
     return found
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $KDMT_CACHE, else $XDG_CACHE_HOME/kdmt, else ~/.cache/kdmt."""
+    if root := os.environ.get("KDMT_CACHE"):
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdmt"

@@ -19,7 +19,7 @@ from kdmt import distributed
 from kdmt.checkpoint import average_checkpoints, convert_checkpoint
 from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings, Teacher, teacher_identity
-from kdmt.engines import ENGINES, converted_teacher, open_translator
+from kdmt.engines import engine_name, open_translator
 from kdmt.errors import KdmtError
 from kdmt.evaluate import BOOTSTRAP_SAMPLES, bleu_tokenizer, describe, evaluate, paired_bootstrap, size_on_disk
 from kdmt.export import export_checkpoint
@@ -28,6 +28,7 @@ from kdmt.languages import Pair, PairRows, model_inputs, parse_pairs, per_pair, 
 from kdmt.model import ModelConfig, Transformer, make_config
 from kdmt.options import check_ranges, flag
 from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
+from kdmt.pretrained import PretrainedOptions, is_hub_id, iso_language, resolve
 from kdmt.progress import ProgressLine
 from kdmt.report import (
     build_rows,
@@ -135,6 +136,27 @@ MaxSrcTokens = Annotated[
 Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
 Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="kdmt (kdmt's search), ctranslate2 (a checkpoint or Hugging Face model converted once, cached) or "
+        "transformers (a Hugging Face model's generate()); default: kdmt for checkpoints, ctranslate2 for "
+        "Hugging Face models it converts, else transformers.",
+    ),
+]
+Quantization = Annotated[str, typer.Option(help="With --engine ctranslate2: the converted model's weights.")]
+SrcLang = Annotated[
+    str | None,
+    typer.Option(help="A many-to-many model's source language code (NLLB deu_Latn, M2M100 de, MBart de_DE)."),
+]
+TgtLang = Annotated[
+    str | None,
+    typer.Option(help="A many-to-many Hugging Face model's target language code (its token is forced first)."),
+]
+SourcePrefix = Annotated[
+    str, typer.Option(help="Prepended to every source line (T5: 'translate German to English: ', MADLAD: '<2en> ').")
+]
 PairOption = Annotated[
     str | None,
     typer.Option("--pair", help="The language pair SRC-TGT to translate (e.g. fr-en): a multilingual model's tags."),
@@ -681,7 +703,12 @@ def _report_skipped(lines: list[str], results: list, limit: int) -> None:
 def translate_cmd(
     model: Annotated[
         list[Path],
-        typer.Option("--model", "-m", help="Checkpoint (repeat for an ensemble), or a CTranslate2 export directory."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint (repeat for an ensemble), a CTranslate2 directory, or a Hugging Face model (directory "
+            "or hub id).",
+        ),
     ],
     input: Annotated[Path | None, typer.Option("--input", "-i", help="Source file (default: stdin).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
@@ -696,15 +723,23 @@ def translate_cmd(
     bf16: Bf16 = True,
     threads: Threads = 0,
     pair: PairOption = None,
+    engine: EngineOption = None,
+    quantization: Quantization = "float32",
+    src_lang: SrcLang = None,
+    tgt_lang: TgtLang = None,
+    source_prefix: SourcePrefix = "",
 ) -> None:
     """Translate source sentences, one per line, from stdin (or --input) to stdout (or --output).
 
     Example: kdmt translate -m work/teacher/checkpoint_best.safetensors < test.de > test.hyp.en
 
     Multilingual: kdmt translate -m work/student/checkpoint_best.safetensors --pair fr-en < test.fr > test.hyp.en
+
+    Pretrained: kdmt translate -m nllb-200-distilled-600M --src-lang deu_Latn --tgt-lang eng_Latn < test.de
     """
     options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
-    metas, translator = open_translator(model, device, options, bf16, threads)
+    languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
+    metas, translator = open_translator(model, device, options, bf16, threads, engine, languages)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
     lines = model_inputs(lines, Pair.parse(pair) if pair else None, metas[0])
     with ProgressLine(err, "translate", len(lines), "sent", transient=True) as progress:
@@ -760,7 +795,12 @@ def distill_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="The distilled target corpus, line-aligned with --src.")],
     teacher: Annotated[
         list[Path] | None,
-        typer.Option("--teacher", "-t", help="Teacher checkpoint (or CTranslate2 export); repeat for an ensemble."),
+        typer.Option(
+            "--teacher",
+            "-t",
+            help="Teacher checkpoint (repeat for an ensemble), a CTranslate2 directory, or a Hugging Face model "
+            "(directory or hub id).",
+        ),
     ] = None,
     teacher_cmd: Annotated[
         str | None,
@@ -824,11 +864,11 @@ def distill_cmd(
     max_len_ratio: Annotated[
         float, typer.Option(help="Filter: a target/source token ratio above this, or below its inverse.")
     ] = 2.0,
-    engine: Annotated[
-        str,
-        typer.Option(help="kdmt: kdmt's search; ctranslate2: the teacher converted (once, cached) to CTranslate2."),
-    ] = "kdmt",
-    quantization: Annotated[str, typer.Option(help="With --engine ctranslate2: the teacher's weights.")] = "float32",
+    engine: EngineOption = None,
+    quantization: Quantization = "float32",
+    src_lang: SrcLang = None,
+    tgt_lang: TgtLang = None,
+    source_prefix: SourcePrefix = "",
     beam: Beam = 5,
     lenpen: Lenpen = 1.0,
     max_len_a: MaxLenA = 1.5,
@@ -849,6 +889,8 @@ def distill_cmd(
     stopped when started again with the same arguments, with any number of processes.
 
     With --engine ctranslate2 the teacher decodes through CTranslate2 (converted once, kept in ~/.cache/kdmt).
+    A Hugging Face teacher (MarianMT, M2M100/NLLB, MBart-50, T5/MT5): -t DIR, through CTranslate2 (converted
+    once) or --engine transformers; many-to-many models need --src-lang and --tgt-lang.
 
     With --teacher-cmd 'CMD' any translation program is the teacher: it reads the shard's non-empty source
     lines on stdin and writes one translation a line on stdout.
@@ -870,30 +912,25 @@ def distill_cmd(
         candidates = beam if sampling is None else 8  # a choice among the whole beam, or among 8 samples
     if keep > candidates:
         raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {keep}")
-    if engine not in ENGINES:
-        raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
     if bool(filter_drop or filter_max_ce is not None) != (filter_backward is not None):
         raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
     if teacher_cmd is not None:
         translator: Teacher = CommandTeacher(teacher_cmd)
-        identities, meta, max_src, engine = [translator.identity], None, 0, "command"
+        identities, meta, max_src, engine_used = [translator.identity], None, 0, "command"
     else:
-        if engine == "ctranslate2" and len(teacher) > 1:
-            raise KdmtError("CTranslate2 has no ensembles: --engine ctranslate2 takes one teacher (--engine kdmt more)")
-        if engine != "ctranslate2" and quantization != "float32":
-            raise KdmtError("--quantization goes with --engine ctranslate2")
+        teacher = [resolve(t) if is_hub_id(t) else t for t in teacher]  # a hub id: its snapshot's directory
         identities = [teacher_identity(t) for t in teacher]  # each teacher read once: hashed
         sampler = Sampling.parse(sampling, sampling_temperature, seed) if sampling else None
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len, sampler)
-        models = teacher
-        if engine == "ctranslate2":  # converted under the hash just made
-            models = [converted_teacher(teacher[0], quantization, identities[0].partition(":")[2])]
-        metas, translator = open_translator(models, str(local_device(device)), options, bf16, threads)
+        languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
+        metas, translator = open_translator(
+            teacher, str(local_device(device)), options, bf16, threads, engine, languages
+        )
         tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
         if any(t != tagging[0] for t in tagging):
             raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
         meta, max_src = metas[0], translator.max_src_tokens
-        engine = engine if engine == "kdmt" else f"{engine} {quantization}"
+        engine_used = engine_name(meta, engine, quantization)
     settings = DistillSettings(
         teachers=identities,
         source=str(src),
@@ -918,7 +955,7 @@ def distill_cmd(
         filter=filter_degenerate,
         max_repeat=max_repeat,
         max_len_ratio=max_len_ratio,
-        engine=engine,
+        engine=engine_used,
         pair=Pair.parse(pair).name if pair else None,
         tgt_lang=target_language(meta, Pair.parse(pair) if pair else None) if meta is not None else None,
     )
@@ -952,6 +989,7 @@ def distill_cmd(
 ENGINE_OPTIONS = (
     "engine", "quantization", "beam", "lenpen", "max_len_a", "max_len_b", "min_len", "batch_tokens",
     "max_src_tokens", "device", "bf16", "threads", "pair", "sampling", "sampling_temperature", "seed",
+    "src_lang", "tgt_lang", "source_prefix",
 )  # fmt: skip
 
 
@@ -971,7 +1009,11 @@ def command_options(ctx: typer.Context, nbest: int, select: str | None) -> None:
 @command("eval")
 def eval_cmd(
     checkpoints: Annotated[
-        list[Path], typer.Argument(help="Checkpoints or CTranslate2 export directories to evaluate, side by side.")
+        list[Path],
+        typer.Argument(
+            help="Checkpoints, CTranslate2 directories or Hugging Face models (directories, hub ids) to evaluate, "
+            "side by side."
+        ),
     ],
     src: Annotated[Path, typer.Option(help="Test source file (.gz allowed).")],
     ref: Annotated[Path, typer.Option(help="Test reference file, line-aligned with --src.")],
@@ -993,10 +1035,15 @@ def eval_cmd(
         str | None,
         typer.Option(
             help="The test set's target language, for BLEU's tokenizer (zh, ja, th… by character or word; "
-            "default: --pair's target, else the one the models were trained into)."
+            "default: --pair's target, else the one the models were trained into); a many-to-many Hugging Face "
+            "model's target language code (NLLB eng_Latn, M2M100 en, MBart en_XX)."
         ),
     ] = None,
     bootstrap_samples: BootstrapSamples = BOOTSTRAP_SAMPLES,
+    engine: EngineOption = None,
+    quantization: Quantization = "float32",
+    src_lang: SrcLang = None,
+    source_prefix: SourcePrefix = "",
 ) -> None:
     """Score checkpoints on a test set: sacreBLEU, chrF, chrF++, speed and size, side by side, and each
     against the first by sacrebleu's paired bootstrap test.
@@ -1010,10 +1057,12 @@ def eval_cmd(
     language_pair = Pair.parse(pair) if pair else None
     reports, languages = [], []
     for path in checkpoints:
+        path = resolve(path) if is_hub_id(path) else path  # a hub id: its snapshot's directory
         options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
-        metas, translator = open_translator([path], device, options, bf16, threads)
+        model_languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
+        metas, translator = open_translator([path], device, options, bf16, threads, engine, model_languages)
         inputs = model_inputs(src_lines, language_pair, metas[0])
-        languages.append(tgt_lang or target_language(metas[0], language_pair))
+        languages.append(iso_language(tgt_lang) or target_language(metas[0], language_pair))
         if languages[-1] != languages[0]:
             raise KdmtError(f"{path} translates into {languages[-1]}, not {languages[0]}: name the --tgt-lang")
         name = path.name if path.is_dir() else f"{path.parent.name}.{path.stem}"

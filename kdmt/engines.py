@@ -1,32 +1,31 @@
-"""The engines that translate: kdmt's own search over checkpoints, or CTranslate2 over an exported directory.
+"""The engines that translate: kdmt's own search over checkpoints, CTranslate2 over an exported directory,
+and (kdmt.pretrained) Hugging Face models and CTranslate2 directories made elsewhere.
 
-`open_translator` takes what the user named — checkpoints, or a CTranslate2 directory written by
-`kdmt export` — and returns a TextTranslator. `converted_teacher` converts a checkpoint to CTranslate2
+`open_translator` takes what the user named — checkpoints, a CTranslate2 directory written by `kdmt export`,
+a Hugging Face model — and returns a TextTranslator. `converted_teacher` converts a checkpoint to CTranslate2
 once and caches it, for `kdmt distill --engine ctranslate2`.
 """
 
 from __future__ import annotations
 
-import os
 from functools import partial
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdmt import __version__
-from kdmt.batching import token_batches
-from kdmt.cache import cached, file_sha256
+from kdmt.cache import cache_dir, cached, file_sha256
 from kdmt.checkpoint import load_checkpoint
 from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
 from kdmt.export import SOURCE_SPM, TARGET_SPM, export_checkpoint, read_record, require
+from kdmt.pretrained import PretrainedOptions, is_foreign_ctranslate2, is_hub_id, is_huggingface, open_pretrained
 from kdmt.search import Hypothesis
 from kdmt.translate import Progress, SearchOptions, TextTranslator, Translator
 from kdmt.vocab import BOS, PAD, Vocab
 
-ENGINES = ("kdmt", "ctranslate2")
+ENGINES = ("kdmt", "ctranslate2", "transformers")
 
 
 def load_ctranslate2(
@@ -102,26 +101,22 @@ class CTranslate2Translator(TextTranslator):
     ) -> list[list[Hypothesis]]:
         o = self.options
         translator, search = self.sampler(lines[0] if lines else 0)
-        lengths = torch.tensor([len(s) for s in src])
-        limits = {n: self.max_output_length(n) for n in set(lengths.tolist())}
         pending = []  # all batches are queued at once: CTranslate2 decodes `threads` of them in parallel
-        for batch in token_batches(lengths, lengths, o.batch_tokens):
-            ids = batch.tolist()  # sorted by length: the sentences that share a limit are neighbours
-            for limit, group in groupby(ids, key=lambda i: limits[len(src[i])]):
-                group = list(group)
-                results = translator.translate_batch(
-                    [[self.src_pieces[t] for t in src[i][:-1]] for i in group],  # the model appends EOS
-                    **search,
-                    num_hypotheses=nbest,
-                    length_penalty=o.lenpen,
-                    max_decoding_length=limit,
-                    min_decoding_length=min(o.min_len, limit),
-                    max_input_length=0,
-                    return_scores=True,
-                    suppress_sequences=self.suppress,
-                    asynchronous=True,
-                )
-                pending.append((group, results))
+        for group in self.limit_groups(src):
+            limit = self.max_output_length(len(src[group[0]]))
+            results = translator.translate_batch(
+                [[self.src_pieces[t] for t in src[i][:-1]] for i in group],  # the model appends EOS
+                **search,
+                num_hypotheses=nbest,
+                length_penalty=o.lenpen,
+                max_decoding_length=limit,
+                min_decoding_length=min(o.min_len, limit),
+                max_input_length=0,
+                return_scores=True,
+                suppress_sequences=self.suppress,
+                asynchronous=True,
+            )
+            pending.append((group, results))
         out: list[list[Hypothesis]] = [[] for _ in src]
         for group, results in pending:
             for i, result in zip(group, results):
@@ -141,44 +136,84 @@ def is_export(path: Path) -> bool:
 
 
 def open_translator(
-    models: list[Path], device: str | None, options: SearchOptions, bf16: bool = True, threads: int = 0
+    models: list[Path],
+    device: str | None,
+    options: SearchOptions,
+    bf16: bool = True,
+    threads: int = 0,
+    engine: str | None = None,
+    pretrained: PretrainedOptions | None = None,
 ) -> tuple[list[dict[str, Any]], TextTranslator]:
-    """A translator for checkpoints (an ensemble when several; bf16 on CUDA unless not `bf16`) or for one
-    CTranslate2 directory, with each model's record of how it was made. `threads` (0: as many as torch
-    uses) sets the CPU threads of either engine."""
+    """A translator for what the user named, with each model's record of how it was made: kdmt checkpoints
+    (an ensemble when several; bf16 on CUDA unless not `bf16`), through kdmt's search or (`engine`
+    ctranslate2, one checkpoint) converted to CTranslate2; a CTranslate2 directory (kdmt's export, or one
+    made elsewhere); a Hugging Face model directory or hub id (kdmt.pretrained: `engine` ctranslate2 or
+    transformers, by default ctranslate2 where it converts the model). `threads` (0: as many as torch uses)
+    sets the CPU threads of any engine."""
+    if engine is not None and engine not in ENGINES:
+        raise KdmtError(f"--engine is one of {', '.join(ENGINES)}, not {engine!r}")
+    pretrained = pretrained or PretrainedOptions()
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    foreign = [m for m in models if is_hub_id(m) or is_huggingface(m) or is_foreign_ctranslate2(m)]
     records = [read_record(m) if m.is_dir() else None for m in models]
-    exported = [(m, r) for m, r in zip(models, records) if r is not None]
-    if exported:
+    if foreign or any(r is not None for r in records):
         if len(models) > 1:
-            raise KdmtError("CTranslate2 has no ensembles: give one exported directory, or checkpoints")
-        path, record = exported[0]
-        if record["format"] != "ctranslate2":
-            raise KdmtError(f"{path}: a {record['format']} export; kdmt translates CTranslate2 exports")
-        translator = CTranslate2Translator(path, options, dev.type, threads, dev.index or 0)
+            raise KdmtError(
+                "ensembles are of kdmt checkpoints (CTranslate2 has no ensembles): give one model directory"
+            )
+        record = records[0]
+        if options.sampling is not None and (record is None or record["format"] == "huggingface"):
+            raise KdmtError("--sampling goes with kdmt checkpoints and kdmt's CTranslate2 exports, not this model")
+        if record is None or record["format"] == "huggingface":
+            meta, translator = open_pretrained(models[0], engine, options, pretrained, dev, bf16, threads)
+            return [meta], translator
+        if engine not in (None, "ctranslate2") or pretrained.quantization != "float32":
+            raise KdmtError(
+                f"{models[0]}: a CTranslate2 export translates as it is (--engine ctranslate2, no --quantization)"
+            )
+        translator = CTranslate2Translator(models[0], options, dev.type, threads, dev.index or 0)
         meta = {**record["meta"], "export": {"format": "ctranslate2", "quantization": record["quantization"]}}
         return [meta], translator
+    if engine == "transformers":
+        raise KdmtError("--engine transformers takes a Hugging Face model directory, not kdmt checkpoints")
+    if pretrained.src_lang or pretrained.source_prefix:
+        raise KdmtError(
+            "--src-lang and --source-prefix go with a Hugging Face model (or a CTranslate2 one made elsewhere)"
+        )
+    if engine == "ctranslate2":
+        if len(models) > 1:
+            raise KdmtError(
+                "CTranslate2 has no ensembles: --engine ctranslate2 takes one checkpoint (--engine kdmt more)"
+            )
+        path = converted_teacher(models[0], pretrained.quantization)
+        translator = CTranslate2Translator(path, options, dev.type, threads, dev.index or 0)
+        return [read_record(path)["meta"]], translator
+    if pretrained.quantization != "float32":
+        raise KdmtError("--quantization goes with --engine ctranslate2")
     checkpoints = [load_checkpoint(m, dev) for m in models]
     dtype = torch.bfloat16 if dev.type == "cuda" and bf16 else None
     return [c.meta for c in checkpoints], Translator(checkpoints, options, dtype)
 
 
-def cache_dir() -> Path:
-    """Where converted models are kept: $KDMT_CACHE, else $XDG_CACHE_HOME/kdmt, else ~/.cache/kdmt."""
-    if root := os.environ.get("KDMT_CACHE"):
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdmt"
-
-
-def converted_teacher(checkpoint: Path, quantization: str = "float32", sha256: str | None = None) -> Path:
+def converted_teacher(checkpoint: Path, quantization: str = "float32") -> Path:
     """A CTranslate2 conversion of `checkpoint`, made once (kdmt.cache: by one process of those that ask at
-    once) and kept in the cache under the checkpoint's content hash (`sha256`, when the caller has it), the
-    quantization and the versions of kdmt and ctranslate2 that convert (another version converts again)."""
+    once) and kept in the cache under the checkpoint's content hash, the quantization and the versions of
+    kdmt and ctranslate2 that convert (another version converts again)."""
     if not checkpoint.is_file():
         raise KdmtError(f"{checkpoint}: no such checkpoint")
     versions = f"kdmt{__version__}-ct2{require('ctranslate2').__version__}"
-    path = cache_dir() / "ctranslate2" / f"{(sha256 or file_sha256(checkpoint))[:20]}-{quantization}-{versions}"
+    path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}-{versions}"
     convert = partial(export_checkpoint, checkpoint, path, "ctranslate2", quantization, force=True)
     return cached(path.with_name(f"{path.name}.lock"), lambda: path if is_export(path) else None, convert, str(path))
+
+
+def engine_name(meta: dict[str, Any], engine: str | None, quantization: str = "float32") -> str:
+    """How a model opened by open_translator with `engine` decodes, as distill records it: kdmt,
+    "ctranslate2 QUANTIZATION" or transformers."""
+    if pretrained := meta.get("pretrained"):
+        return pretrained["engine"]
+    if export := meta.get("export"):
+        return f"ctranslate2 {export['quantization']}"
+    return "kdmt" if engine in (None, "kdmt") else f"{engine} {quantization}"

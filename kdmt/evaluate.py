@@ -205,7 +205,7 @@ def evaluate(
     _synchronize(translator.device)
     seconds = time.perf_counter() - start
     s = score(hyps, refs, tgt_lang)
-    out_tokens = sum(len(ids) + 1 for ids in translator.tgt_vocab.encode(hyps))
+    out_tokens = translator.target_tokens(hyps)
     report = EvalReport(
         checkpoint=str(checkpoint),
         test_src=str(test_src),
@@ -247,6 +247,15 @@ def _synchronize(device: torch.device) -> None:
 
 def describe(meta: dict) -> str:
     """How a model was made, in one line, from its checkpoint's record."""
+    if pretrained := meta.get("pretrained"):  # a model made elsewhere (kdmt.pretrained)
+        languages = "-".join(pretrained[k] for k in ("src_lang", "tgt_lang") if pretrained.get(k))
+        kind = pretrained["type"] + (f" {languages}" if languages else "")
+        made = f"{meta.get('role', 'model')} (pretrained {kind}, through {pretrained['engine']})"
+        return (
+            made
+            if "preset" not in meta
+            else f"{made}; exported from kdmt: " + describe({k: v for k, v in meta.items() if k != "pretrained"})
+        )
     parts = [f"{meta.get('role', 'model')} ({meta.get('preset', '?')} preset)"]
     if meta.get("pairs"):
         parts.append("pairs " + ", ".join(meta["pairs"]))

@@ -8,9 +8,10 @@ kdmt.engines.CTranslate2Translator with an exported CTranslate2 model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import groupby
 
 import torch
 from torch import Tensor
@@ -47,8 +48,9 @@ class SearchOptions:
 
 
 class TextTranslator(ABC):
-    """Translation of text with sentencepiece vocabularies and an engine's `translate_ids`; language tags
-    (kdmt.languages) are dropped from the translations."""
+    """Translation of text with an engine's `translate_ids`. Text becomes token ids and back with kdmt's
+    sentencepiece vocabularies (`encode`, `decode`, `target_tokens`: engines with other tokenizers override
+    them, kdmt.pretrained); language tags (kdmt.languages) are dropped from the translations."""
 
     src_vocab: Vocab
     tgt_vocab: Vocab
@@ -83,24 +85,46 @@ class TextTranslator(ABC):
     def length_limits(self, lines: list[str]) -> list[tuple[int, int | None]]:
         """Each line's length in source tokens (without EOS) and the longest hypothesis the search allows it
         (max_output_length): what the filter of degenerate translations measures (kdmt.filters)."""
-        return [(len(ids), self.max_output_length(len(ids) + 1)) for ids in self.src_vocab.encode(lines)]
+        return [(len(ids) - 1, self.max_output_length(len(ids))) for ids in self.encode(lines)]
+
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        """Each line's source token ids as `translate_ids` takes them (EOS included)."""
+        return [ids + [EOS] for ids in self.src_vocab.encode(lines)]
+
+    def decode(self, tokens: list[list[int]]) -> list[str]:
+        """The text of hypotheses' target tokens (EOS excluded), language tags dropped."""
+        tags = self.tags
+        return self.tgt_vocab.decode([[t for t in ids if t not in tags] for ids in tokens] if tags else tokens)
+
+    def target_tokens(self, texts: list[str]) -> int:
+        """The target tokens of `texts`, EOS counted (a speed in tokens/s)."""
+        return sum(len(ids) + 1 for ids in self.tgt_vocab.encode(texts))
+
+    def limit_groups(self, src: list[list[int]]) -> Iterator[list[int]]:
+        """The indices of `src` in batches of options.batch_tokens source tokens (kdmt.batching), each cut
+        where the length limit changes (max_output_length): for engines that take one limit per call."""
+        lengths = torch.tensor([len(s) for s in src])
+        limits = {n: self.max_output_length(n) for n in set(lengths.tolist())}
+        for batch in token_batches(lengths, lengths, self.options.batch_tokens):
+            ids = batch.tolist()  # sorted by length: the sentences that share a limit are neighbours
+            for _, group in groupby(ids, key=lambda i: limits[len(src[i])]):
+                yield list(group)
 
     def translate_nbest(
         self, lines: list[str], nbest: int = 1, progress: Progress | None = None, first_line: int = 0
     ) -> list[list[Candidate]]:
         """The `nbest` best candidates, best first, for each line (with options.sampling, `nbest` samples in
         the order drawn, line i's seeded with first_line + i). Empty lines, and lines longer than
-        `max_src_tokens` tokens, are not translated: their list is empty."""
-        encoded = self.src_vocab.encode(lines)
+        `max_src_tokens` tokens (EOS counted), are not translated: their list is empty."""
+        encoded = self.encode(lines)
         todo = [
-            i for i, (line, ids) in enumerate(zip(lines, encoded)) if line.strip() and len(ids) < self.max_src_tokens
+            i for i, (line, ids) in enumerate(zip(lines, encoded)) if line.strip() and len(ids) <= self.max_src_tokens
         ]
         numbers = [first_line + i for i in todo]
-        results = self.translate_ids([encoded[i] + [EOS] for i in todo], nbest, progress, numbers) if todo else []
+        results = self.translate_ids([encoded[i] for i in todo], nbest, progress, numbers) if todo else []
         out: list[list[Candidate]] = [[] for _ in lines]
         for i, hyps in zip(todo, results):
-            tokens = [[t for t in h.tokens if t not in self.tags] if self.tags else h.tokens for h in hyps]
-            texts = self.tgt_vocab.decode(tokens)
+            texts = self.decode([h.tokens for h in hyps])
             out[i] = [Candidate(text, h.score, len(h.tokens)) for text, h in zip(texts, hyps)]
         if progress and len(todo) < len(lines):
             progress(len(lines) - len(todo))

@@ -38,7 +38,7 @@ def test_a_warm_up_translation_runs_before_the_timer_starts(tmp_path, monkeypatc
 
     translator = SimpleNamespace(
         translate=translate,
-        tgt_vocab=SimpleNamespace(encode=lambda lines: [line.split() for line in lines]),
+        target_tokens=lambda lines: sum(len(line.split()) + 1 for line in lines),
         options=SearchOptions(beam=1),
         num_parameters=lambda: 0,
         device=torch.device("cpu"),

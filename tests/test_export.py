@@ -217,8 +217,6 @@ def test_engine_misuse_fails_in_one_line(toy_model, ct2_dir, tmp_path):
     quantized = ["--quantization", "int8"]
     assert_fails(kdmt("distill", "-t", toy_model, "--src", src, "-o", tmp_path / "o", *quantized), "--engine")
     assert_fails(kdmt("translate", "-m", ct2_dir, "-m", ct2_dir, input="a\n"), "ensembles")
-    export_checkpoint(toy_model, tmp_path / "hf", "huggingface")
-    assert_fails(kdmt("translate", "-m", tmp_path / "hf", input="a\n"), "huggingface export")
     (ct2_dir.parent / "broken").mkdir()
     (ct2_dir.parent / "broken" / "kdmt_export.json").write_text("{")
     assert_fails(kdmt("translate", "-m", ct2_dir.parent / "broken", input="a\n"), "not a valid kdmt export record")
