@@ -87,3 +87,10 @@ def cached(lock: Path, read: Callable[[], T | None], build: Callable[[], None], 
     if found is None:
         raise KdmtError(f"{name}: the cache just written cannot be read back")
     return found
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $KDMT_CACHE, else $XDG_CACHE_HOME/kdmt, else ~/.cache/kdmt."""
+    if root := os.environ.get("KDMT_CACHE"):
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdmt"

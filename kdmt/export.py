@@ -92,7 +92,7 @@ def export_checkpoint(
         "parameters": ckpt.model.num_parameters(),
         "meta": ckpt.meta,
     }
-    with _staged(out) as tmp:
+    with staged(out) as tmp:
         (tmp / SOURCE_SPM).write_bytes(ckpt.src_vocab.proto)
         (tmp / TARGET_SPM).write_bytes(ckpt.tgt_vocab.proto)
         if fmt == "ctranslate2":
@@ -104,7 +104,7 @@ def export_checkpoint(
 
 
 @contextmanager
-def _staged(out: Path) -> Iterator[Path]:
+def staged(out: Path) -> Iterator[Path]:
     """A temporary directory beside `out` that becomes `out` when the block succeeds, and is removed when
     it fails; an earlier `out` is removed only after the rename."""
     out.parent.mkdir(parents=True, exist_ok=True)
