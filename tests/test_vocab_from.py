@@ -1,0 +1,207 @@
+"""Word-level KD from a pretrained MarianMT teacher (kdmt.pretrained_kd): `prepare --vocab-from` gives the
+teacher's segmentation and ids; stored soft targets are the teacher's own top-k log-probabilities; online
+word-KD trains; a teacher of another vocabulary is refused in one line.
+
+The teachers are tiny MarianMT models with random weights (teacher-forced distributions need no training)
+in OPUS-MT's layout, built as tests/test_pretrained.py builds them: sentencepiece with unk 0, <s> 1, </s> 2,
+and a vocab.json of the pieces of both models with <pad> last."""
+
+import json
+import random
+
+import pytest
+import sentencepiece as spm
+import torch
+from test_cli import assert_fails, kdmt, write
+
+from kdmt.data import PreparedData
+from kdmt.pretrained import load_model, load_tokenizer
+from kdmt.soft_targets import SoftTargetStore
+from kdmt.student import student_corpus
+
+transformers = pytest.importorskip("transformers")
+
+
+def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Sentences of 3 to 8 words of 1 to 4 letters; the target: the words in reverse order, each reversed."""
+    rng = random.Random(seed)
+    src = [
+        " ".join("".join(rng.choices("abcdefghij", k=rng.randint(1, 4))) for _ in range(rng.randint(3, 8)))
+        for _ in range(n)
+    ]
+    return src, [" ".join(w[::-1] for w in reversed(s.split())) for s in src]
+
+
+def train_spm(path, lines: list[str], size: int) -> None:
+    with open(path, "wb") as f:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=f,
+            vocab_size=size,
+            model_type="unigram",
+            minloglevel=2,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+        )
+
+
+def marian(root, joint: bool):
+    """A random MarianMT model with its tokenizer in OPUS-MT's layout, in root/hf; with `joint`, one
+    sentencepiece model for both sides, else one each (and vocab.json the union of their pieces)."""
+    src, tgt = pairs(400, seed=7)
+    train_spm(root / "source.spm", src + tgt if joint else src, 40)
+    if joint:
+        (root / "target.spm").write_bytes((root / "source.spm").read_bytes())
+    else:
+        train_spm(root / "target.spm", tgt, 36)
+    vocab: dict[str, int] = {}
+    for name in ("source.spm", "target.spm"):
+        sp = spm.SentencePieceProcessor(model_file=str(root / name))
+        for i in range(sp.get_piece_size()):
+            vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = transformers.MarianTokenizer(
+        str(root / "source.spm"), str(root / "target.spm"), str(root / "vocab.json")
+    )
+    config = transformers.MarianConfig(
+        vocab_size=len(vocab),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        init_std=0.5,  # distributions far from uniform: top-k without near ties
+        pad_token_id=vocab["<pad>"],
+        eos_token_id=vocab["</s>"],
+        decoder_start_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(0)
+    out = root / "hf"
+    transformers.MarianMTModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vocab_from_text")
+    for split, (n, seed) in {"train": (300, 1), "valid": (20, 2)}.items():
+        src, tgt = pairs(n, seed)
+        write(root / f"{split}.src", src)
+        write(root / f"{split}.tgt", tgt)
+    return root
+
+
+@pytest.fixture(scope="session", params=[False, True], ids=["separate", "joint"])
+def teacher(request, tmp_path_factory):
+    return marian(tmp_path_factory.mktemp("marian"), request.param)
+
+
+@pytest.fixture(scope="session")
+def data(teacher, corpus):
+    out = teacher.parent / "data"
+    args = ["--src", "src", "--tgt", "tgt", "--train", corpus / "train", "--valid", corpus / "valid"]
+    result = kdmt("prepare", *args, "-o", out, "--vocab-from", teacher)
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_prepare_vocab_from_gives_the_teachers_segmentation_and_ids(teacher, data):
+    prepared = PreparedData.open(data)
+    tokenizer = load_tokenizer(teacher)
+    src, tgt = prepared.text("train")
+    assert prepared.info.joint_vocab == ((teacher / "source.spm").read_bytes() == (teacher / "target.spm").read_bytes())
+    for lines, vocab, theirs in (
+        (src, prepared.src_vocab, tokenizer(src)["input_ids"]),
+        (tgt, prepared.tgt_vocab, tokenizer(text_target=tgt)["input_ids"]),
+    ):
+        pieces = [[vocab.sp.id_to_piece(i) for i in ids] for ids in vocab.encode(lines)]
+        assert pieces == [tokenizer.convert_ids_to_tokens(ids[:-1]) for ids in theirs]
+        assert any(len(p) > 1 for ids in pieces for p in ids)  # pieces of several letters: a real segmentation
+    corpus = prepared.corpus("train")
+    mapping = json.loads((data / prepared.info.vocab_from["mapping"]).read_text())
+    for i in (0, 7, len(src) - 1):  # the stored ids, mapped, are the teacher tokenizer's
+        s, t = corpus.pair(i)
+        assert [mapping["src"][k] for k in s.tolist()] == tokenizer(src[i])["input_ids"]
+        assert [mapping["tgt"][k] for k in t.tolist()] == tokenizer(text_target=tgt[i])["input_ids"]
+
+
+def test_stored_soft_targets_are_the_teachers_own_top_k(teacher, data, tmp_path):
+    result = kdmt("soft-targets", "-t", teacher, "--data", data, "-o", tmp_path / "soft.json", "--topk", "4")
+    assert result.exit_code == 0, result.stderr
+    store = SoftTargetStore.load(tmp_path / "soft.json")
+    prepared = PreparedData.open(data)
+    corpus, _ = student_corpus(prepared, None, 0.0, 1)
+    model, tokenizer = load_model(teacher, torch.device("cpu")), load_tokenizer(teacher)
+    kdmt_id = {t: k for k, t in enumerate(json.loads((data / "teacher-vocab.json").read_text())["tgt"])}
+    src, tgt = prepared.text("train")
+    for i in (0, 5, 11, len(src) - 1):
+        labels = tokenizer(text_target=tgt[i])["input_ids"]
+        start = model.config.decoder_start_token_id
+        with torch.no_grad():
+            logits = model(
+                input_ids=torch.tensor([tokenizer(src[i])["input_ids"]]),
+                decoder_input_ids=torch.tensor([[start] + labels[:-1]]),
+            ).logits[0]
+        logp, ids = logits.log_softmax(-1).topk(4, dim=-1)
+        rows = slice(store.offsets[i], store.offsets[i + 1])
+        assert store.index[rows].tolist() == [[kdmt_id[t] for t in row] for row in ids.tolist()]
+        stored = torch.from_numpy(store.logprobs[rows].astype("float32"))
+        assert torch.allclose(stored, logp.half().float(), rtol=0, atol=1e-5 + 2**-10 * logp.abs().max().item())
+
+
+def test_online_word_kd_from_the_pretrained_teacher_trains(teacher, data, tmp_path):
+    args = ["--preset", "tiny", "--dim", "32", "--max-tokens", "400", "--lr", "3e-3", "--warmup", "5"]
+    result = kdmt(
+        "train-student",
+        "--data",
+        data,
+        "-o",
+        tmp_path,
+        "-t",
+        teacher,
+        "--alpha",
+        "0.5",
+        "--topk",
+        "4",
+        *args,
+        "--max-steps",
+        "24",
+        "--log-interval",
+        "8",
+        "--valid-interval",
+        "24",
+        "--valid-bleu-sents",
+        "0",
+    )
+    assert result.exit_code == 0, result.stderr
+    steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    assert steps[-1]["word_kd"] < steps[0]["word_kd"] and steps[-1]["loss"] < steps[0]["loss"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--alpha", "0.5"], ["--hidden-kd", "encoder"], ["--init-from-teacher"]],
+    ids=["word-kd", "hidden-kd", "init"],
+)
+def test_a_pretrained_teacher_of_another_vocabulary_is_refused(teacher, toy_data, tmp_path, options):
+    result = kdmt(
+        "train-student", "--data", toy_data, "-o", tmp_path / "s", "-t", teacher, *options, "--max-steps", "1"
+    )
+    assert_fails(result, f"the teacher's vocabulary is not the prepared data's: prepare with --vocab-from {teacher}")
+    assert not (tmp_path / "s").exists()
+    if options[0] == "--alpha":  # stored soft targets too
+        result = kdmt("soft-targets", "-t", teacher, "--data", toy_data, "-o", tmp_path / "soft.json")
+        assert_fails(result, "prepare with --vocab-from")
+
+
+def test_hidden_kd_and_init_from_a_pretrained_teacher_are_refused_even_in_its_vocabulary(teacher, data, tmp_path):
+    result = kdmt("train-student", "--data", data, "-o", tmp_path / "s", "-t", teacher, "--hidden-kd", "both")
+    assert_fails(result, "--hidden-kd and --selective-kd take kdmt teachers")
