@@ -18,6 +18,7 @@ from kdmt.data import PreparedData
 from kdmt.pretrained import load_model, load_tokenizer
 from kdmt.soft_targets import SoftTargetStore
 from kdmt.student import student_corpus
+from kdmt.vocab import UNK
 
 transformers = pytest.importorskip("transformers")
 
@@ -133,13 +134,19 @@ def test_prepare_vocab_from_gives_the_teachers_segmentation_and_ids(teacher, dat
 
 
 def test_stored_soft_targets_are_the_teachers_own_top_k(teacher, data, tmp_path):
+    """Each teacher id's probability is its kdmt piece's: with one spm model, every teacher id has one, and
+    the stored top-k are the teacher's own; with two, the ids of source pieces alone fall to kdmt's <unk>."""
     result = kdmt("soft-targets", "-t", teacher, "--data", data, "-o", tmp_path / "soft.json", "--topk", "4")
     assert result.exit_code == 0, result.stderr
     store = SoftTargetStore.load(tmp_path / "soft.json")
     prepared = PreparedData.open(data)
     corpus, _ = student_corpus(prepared, None, 0.0, 1)
     model, tokenizer = load_model(teacher, torch.device("cpu")), load_tokenizer(teacher)
-    kdmt_id = {t: k for k, t in enumerate(json.loads((data / "teacher-vocab.json").read_text())["tgt"])}
+    tgt_ids = json.loads((data / "teacher-vocab.json").read_text())["tgt"]
+    piece = {t: k for k, t in enumerate(tgt_ids) if t != tgt_ids[UNK] or k == UNK}  # teacher id -> kdmt id
+    size = model.config.vocab_size
+    assert (len(piece) == size) == prepared.info.joint_vocab
+    to_kdmt = torch.tensor([piece.get(t, UNK) for t in range(size)])
     src, tgt = prepared.text("train")
     for i in (0, 5, 11, len(src) - 1):
         labels = tokenizer(text_target=tgt[i])["input_ids"]
@@ -149,15 +156,34 @@ def test_stored_soft_targets_are_the_teachers_own_top_k(teacher, data, tmp_path)
                 input_ids=torch.tensor([tokenizer(src[i])["input_ids"]]),
                 decoder_input_ids=torch.tensor([[start] + labels[:-1]]),
             ).logits[0]
-        logp, ids = logits.log_softmax(-1).topk(4, dim=-1)
+        probs = torch.zeros(len(labels), len(tgt_ids)).index_add_(-1, to_kdmt, logits.softmax(-1))
+        logp, ids = probs.log().topk(4, dim=-1)
+        if prepared.info.joint_vocab:  # the teacher's own top-k, ids mapped
+            own, own_ids = logits.log_softmax(-1).topk(4, dim=-1)
+            assert torch.equal(ids, to_kdmt[own_ids]) and torch.allclose(logp, own, atol=1e-5)
         rows = slice(store.offsets[i], store.offsets[i + 1])
-        assert store.index[rows].tolist() == [[kdmt_id[t] for t in row] for row in ids.tolist()]
-        stored = torch.from_numpy(store.logprobs[rows].astype("float32"))
-        assert torch.allclose(stored, logp.half().float(), rtol=0, atol=1e-5 + 2**-10 * logp.abs().max().item())
+        assert store.index[rows].tolist() == ids.tolist()
+        stored = torch.from_numpy(store.logprobs[rows].astype("float32"))  # float16: within half a step
+        assert torch.allclose(stored, logp, rtol=2**-11, atol=1e-5)
 
 
 def test_online_word_kd_from_the_pretrained_teacher_trains(teacher, data, tmp_path):
-    args = ["--preset", "tiny", "--dim", "32", "--max-tokens", "400", "--lr", "3e-3", "--warmup", "5"]
+    args = [
+        "--d-model",
+        "32",
+        "--d-ff",
+        "64",
+        "--enc-layers",
+        "1",
+        "--dec-layers",
+        "1",
+        "--max-tokens",
+        "400",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "5",
+    ]
     result = kdmt(
         "train-student",
         "--data",
@@ -202,6 +228,10 @@ def test_a_pretrained_teacher_of_another_vocabulary_is_refused(teacher, toy_data
         assert_fails(result, "prepare with --vocab-from")
 
 
-def test_hidden_kd_and_init_from_a_pretrained_teacher_are_refused_even_in_its_vocabulary(teacher, data, tmp_path):
-    result = kdmt("train-student", "--data", data, "-o", tmp_path / "s", "-t", teacher, "--hidden-kd", "both")
+@pytest.mark.parametrize("options", [["--hidden-kd", "both"], ["--init-from-teacher"]], ids=["hidden-kd", "init"])
+def test_hidden_kd_and_init_from_a_pretrained_teacher_are_refused_even_in_its_vocabulary(
+    teacher, data, tmp_path, options
+):
+    result = kdmt("train-student", "--data", data, "-o", tmp_path / "s", "-t", teacher, *options, "--max-steps", "1")
     assert_fails(result, "--hidden-kd and --selective-kd take kdmt teachers")
+    assert not (tmp_path / "s").exists()
