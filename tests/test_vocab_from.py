@@ -8,6 +8,8 @@ and a vocab.json of the pieces of both models with <pad> last."""
 
 import json
 import random
+import shutil
+from collections import Counter
 
 import pytest
 import sentencepiece as spm
@@ -62,6 +64,10 @@ def marian(root, joint: bool):
         sp = spm.SentencePieceProcessor(model_file=str(root / name))
         for i in range(sp.get_piece_size()):
             vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    if not joint:  # a target piece that vocab.json lacks: the teacher's tokenizer makes it <unk>
+        counts = Counter(p for ids in sp.encode(tgt, out_type=str) for p in ids if len(p) > 2)
+        del vocab[counts.most_common(1)[0][0]]
+        vocab = {p: i for i, p in enumerate(vocab)}
     vocab["<pad>"] = len(vocab)
     (root / "vocab.json").write_text(json.dumps(vocab))
     tokenizer = transformers.MarianTokenizer(
@@ -119,12 +125,14 @@ def test_prepare_vocab_from_gives_the_teachers_segmentation_and_ids(teacher, dat
     src, tgt = prepared.text("train")
     assert prepared.info.joint_vocab == ((teacher / "source.spm").read_bytes() == (teacher / "target.spm").read_bytes())
     for lines, vocab, theirs in (
-        (src, prepared.src_vocab, tokenizer(src)["input_ids"]),
-        (tgt, prepared.tgt_vocab, tokenizer(text_target=tgt)["input_ids"]),
+        (src, prepared.src_vocab, tokenizer.spm_source),
+        (tgt, prepared.tgt_vocab, tokenizer.spm_target),
     ):
         pieces = [[vocab.sp.id_to_piece(i) for i in ids] for ids in vocab.encode(lines)]
-        assert pieces == [tokenizer.convert_ids_to_tokens(ids[:-1]) for ids in theirs]
+        assert pieces == theirs.encode(lines, out_type=str)
         assert any(len(p) > 1 for ids in pieces for p in ids)  # pieces of several letters: a real segmentation
+    unk = tokenizer.unk_token_id  # two models: a target piece that vocab.json lacks is the teacher's <unk>
+    assert prepared.info.joint_vocab or unk in {i for ids in tokenizer(text_target=tgt)["input_ids"] for i in ids}
     corpus = prepared.corpus("train")
     mapping = json.loads((data / prepared.info.vocab_from["mapping"]).read_text())
     for i in (0, 7, len(src) - 1):  # the stored ids, mapped, are the teacher tokenizer's
@@ -148,7 +156,7 @@ def test_stored_soft_targets_are_the_teachers_own_top_k(teacher, data, tmp_path)
     assert (len(piece) == size) == prepared.info.joint_vocab
     to_kdmt = torch.tensor([piece.get(t, UNK) for t in range(size)])
     src, tgt = prepared.text("train")
-    for i in (0, 5, 11, len(src) - 1):
+    for i in range(len(src)):
         labels = tokenizer(text_target=tgt[i])["input_ids"]
         start = model.config.decoder_start_token_id
         with torch.no_grad():
@@ -235,3 +243,16 @@ def test_hidden_kd_and_init_from_a_pretrained_teacher_are_refused_even_in_its_vo
     result = kdmt("train-student", "--data", data, "-o", tmp_path / "s", "-t", teacher, *options, "--max-steps", "1")
     assert_fails(result, "--hidden-kd and --selective-kd take kdmt teachers")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_marian_teacher_of_other_ids_than_the_data_was_prepared_with_is_refused(teacher, data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(teacher, other)
+    vocab = json.loads((other / "vocab.json").read_text())
+    a, b = list(vocab)[5:7]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "vocab.json").write_text(json.dumps(vocab))
+    result = kdmt(
+        "train-student", "--data", data, "-o", tmp_path / "s", "-t", other, "--alpha", "0.5", "--max-steps", "1"
+    )
+    assert_fails(result, f"the teacher's vocabulary is not the prepared data's: prepare with --vocab-from {other}")
