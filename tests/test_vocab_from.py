@@ -4,7 +4,7 @@ word-KD trains; a teacher of another vocabulary is refused in one line.
 
 The teachers are tiny MarianMT models with random weights (teacher-forced distributions need no training)
 in OPUS-MT's layout, built as tests/test_pretrained.py builds them: sentencepiece with unk 0, <s> 1, </s> 2,
-and a vocab.json of the pieces of both models with <pad> last."""
+and a vocab.json of the pieces of both models in other ids: </s> 0, <unk> 1, ..., <pad> last."""
 
 import json
 import random
@@ -59,11 +59,12 @@ def marian(root, joint: bool):
         (root / "target.spm").write_bytes((root / "source.spm").read_bytes())
     else:
         train_spm(root / "target.spm", tgt, 36)
-    vocab: dict[str, int] = {}
+    vocab = {"</s>": 0, "<unk>": 1}  # OPUS-MT's ids, not the spm models' (and no <s>)
     for name in ("source.spm", "target.spm"):
         sp = spm.SentencePieceProcessor(model_file=str(root / name))
         for i in range(sp.get_piece_size()):
-            vocab.setdefault(sp.id_to_piece(i), len(vocab))
+            if not sp.is_control(i):
+                vocab.setdefault(sp.id_to_piece(i), len(vocab))
     if not joint:  # a target piece that vocab.json lacks: the teacher's tokenizer makes it <unk>
         counts = Counter(p for ids in sp.encode(tgt, out_type=str) for p in ids if len(p) > 2)
         del vocab[counts.most_common(1)[0][0]]
