@@ -257,3 +257,26 @@ def test_a_marian_teacher_of_other_ids_than_the_data_was_prepared_with_is_refuse
         "train-student", "--data", data, "-o", tmp_path / "s", "-t", other, "--alpha", "0.5", "--max-steps", "1"
     )
     assert_fails(result, f"the teacher's vocabulary is not the prepared data's: prepare with --vocab-from {other}")
+
+
+def test_prepare_vocab_from_is_refused_where_the_teachers_tokenizer_splits_otherwise(teacher, corpus, tmp_path):
+    """Marian's tokenizer takes a leading >>fr<< whole, its sentencepiece model does not."""
+    src, tgt = pairs(50, seed=3)
+    write(tmp_path / "t.src", [">>fr<< " + src[0], *src[1:]])
+    write(tmp_path / "t.tgt", tgt)
+    args = [
+        "--src",
+        "src",
+        "--tgt",
+        "tgt",
+        "--train",
+        tmp_path / "t",
+        "--valid",
+        corpus / "valid",
+        "-o",
+        tmp_path / "d",
+    ]
+    result = kdmt("prepare", *args, "--vocab-from", teacher)
+    assert_fails(result, "its tokenizer splits 1 of 50 sampled source sentences otherwise than its sentencepiece model")
+    assert not (tmp_path / "d").exists()
+    assert_fails(kdmt("prepare", *args, "--vocab-from", corpus), "not a Hugging Face model directory")
