@@ -184,10 +184,13 @@ class TeacherVocab:
         protos = [(directory / name).read_bytes() for name in OPUS_SPM]
         try:
             src, tgt = (Vocab(kdmt_model(p)) for p in protos)
-        except (ValueError, IndexError, UnicodeDecodeError):
+        except (ValueError, IndexError, AttributeError, UnicodeDecodeError):
             raise KdmtError(f"{directory}: source.spm or target.spm is not a sentencepiece model") from None
         if "<unk>" not in vocab:
             raise KdmtError(f"{directory / 'vocab.json'}: no <unk>")
+        for key in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+            if not isinstance(config.get(key), int):
+                raise KdmtError(f"{directory / 'config.json'}: no {key}")
 
         def ids(v: Vocab) -> list[int]:
             mapped = [vocab.get(piece, vocab["<unk>"]) for piece in v.pieces()]

@@ -280,3 +280,6 @@ def test_prepare_vocab_from_is_refused_where_the_teachers_tokenizer_splits_other
     assert_fails(result, "its tokenizer splits 1 of 50 sampled source sentences otherwise than its sentencepiece model")
     assert not (tmp_path / "d").exists()
     assert_fails(kdmt("prepare", *args, "--vocab-from", corpus), "not a Hugging Face model directory")
+    shutil.copytree(teacher, tmp_path / "damaged")
+    (tmp_path / "damaged" / "source.spm").write_bytes(b"not a sentencepiece model")
+    assert_fails(kdmt("prepare", *args, "--vocab-from", tmp_path / "damaged"), "is not a sentencepiece model")
