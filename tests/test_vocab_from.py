@@ -176,49 +176,24 @@ def test_stored_soft_targets_are_the_teachers_own_top_k(teacher, data, tmp_path)
         assert torch.allclose(stored, logp, rtol=2**-11, atol=1e-5)
 
 
-def test_online_word_kd_from_the_pretrained_teacher_trains(teacher, data, tmp_path):
-    args = [
-        "--d-model",
-        "32",
-        "--d-ff",
-        "64",
-        "--enc-layers",
-        "1",
-        "--dec-layers",
-        "1",
-        "--max-tokens",
-        "400",
-        "--lr",
-        "3e-3",
-        "--warmup",
-        "5",
-    ]
-    result = kdmt(
-        "train-student",
-        "--data",
-        data,
-        "-o",
-        tmp_path,
-        "-t",
-        teacher,
-        "--alpha",
-        "0.5",
-        "--topk",
-        "4",
-        *args,
-        "--max-steps",
-        "24",
-        "--log-interval",
-        "8",
-        "--valid-interval",
-        "24",
-        "--valid-bleu-sents",
-        "0",
-    )
+def student_steps(data, out, *kd: str) -> list[dict]:
+    """The logged training steps of a small student trained on `data` with the word-KD options `kd`."""
+    size = ["--d-model", "32", "--d-ff", "64", "--enc-layers", "1", "--dec-layers", "1", "--max-tokens", "400"]
+    schedule = ["--lr", "3e-3", "--warmup", "5", "--max-steps", "24", "--log-interval", "8", "--valid-interval", "24"]
+    result = kdmt("train-student", "--data", data, "-o", out, *kd, *size, *schedule, "--valid-bleu-sents", "0")
     assert result.exit_code == 0, result.stderr
-    steps = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert len(steps) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
-    assert steps[-1]["word_kd"] < steps[0]["word_kd"] and steps[-1]["loss"] < steps[0]["loss"]
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_online_word_kd_from_the_pretrained_teacher_trains_as_offline_does(teacher, data, tmp_path):
+    online = student_steps(data, tmp_path / "online", "-t", teacher, "--alpha", "0.5", "--topk", "4")
+    assert len(online) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in online)
+    assert online[-1]["word_kd"] < online[0]["word_kd"] and online[-1]["loss"] < online[0]["loss"]
+    result = kdmt("soft-targets", "-t", teacher, "--data", data, "-o", tmp_path / "soft.json", "--topk", "4")
+    assert result.exit_code == 0, result.stderr
+    offline = student_steps(data, tmp_path / "offline", "--alpha", "0.5", "--soft-targets", tmp_path / "soft.json")
+    for a, b in zip(online, offline):  # the same loss, but for the stored log-probabilities' float16
+        assert a["word_kd"] == pytest.approx(b["word_kd"], rel=1e-3)
 
 
 @pytest.mark.parametrize(
