@@ -291,6 +291,8 @@ def load_pretrained_teacher(directory: Path, data: PreparedData, device: torch.d
         src_ids, tgt_ids = mapping["src"], mapping["tgt"]
         if (len(src_ids), len(tgt_ids)) != (len(data.src_vocab), len(data.tgt_vocab)):
             raise ValueError("its sizes are not the vocabularies'")
+        if not all(isinstance(i, int) for i in src_ids + tgt_ids):
+            raise ValueError("not lists of ids")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise KdmtError(f"{file}: missing or damaged ({e}); prepare again with --vocab-from {directory}") from None
     model = load_model(directory, device)
