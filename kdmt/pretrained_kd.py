@@ -262,6 +262,12 @@ class PretrainedTeacher(nn.Module):
         """Logits (B, T, kdmt's target vocabulary) of teacher-forced `tgt_in` (BOS first) after `src`."""
         if hidden is not None:
             raise KdmtError("a Hugging Face teacher gives no hidden states to kdmt")
+        limit = self.model.config.max_position_embeddings
+        if max(src.size(1), tgt_in.size(1)) > limit:
+            raise KdmtError(
+                f"a sentence of {max(src.size(1), tgt_in.size(1))} tokens exceeds the teacher's {limit} positions: "
+                "prepare with a smaller --max-words"
+            )
         decoder_in = self.tgt_ids[tgt_in]
         decoder_in[:, 0] = self.start
         logits = self.model(

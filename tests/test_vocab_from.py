@@ -17,7 +17,9 @@ import torch
 from test_cli import assert_fails, kdmt, write
 
 from kdmt.data import PreparedData
+from kdmt.errors import KdmtError
 from kdmt.pretrained import load_model, load_tokenizer
+from kdmt.pretrained_kd import load_pretrained_teacher
 from kdmt.soft_targets import SoftTargetStore
 from kdmt.student import student_corpus
 from kdmt.vocab import UNK
@@ -258,3 +260,12 @@ def test_prepare_vocab_from_is_refused_where_the_teachers_tokenizer_splits_other
     shutil.copytree(teacher, tmp_path / "damaged")
     (tmp_path / "damaged" / "source.spm").write_bytes(b"not a sentencepiece model")
     assert_fails(kdmt("prepare", *args, "--vocab-from", tmp_path / "damaged"), "is not a sentencepiece model")
+
+
+def test_a_sentence_beyond_the_teachers_positions_is_refused(teacher, data):
+    checkpoint = load_pretrained_teacher(teacher, PreparedData.open(data), torch.device("cpu"))
+    limit = checkpoint.model.model.config.max_position_embeddings
+    fits = torch.full((1, limit), 5)
+    assert checkpoint.model(fits, fits).shape == (1, limit, len(checkpoint.tgt_vocab))
+    with pytest.raises(KdmtError, match=f"a sentence of {limit + 1} tokens exceeds the teacher's {limit} positions"):
+        checkpoint.model(torch.full((1, limit + 1), 5), fits)
