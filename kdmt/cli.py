@@ -237,6 +237,13 @@ def prepare_cmd(
         int, typer.Option(help="Sentences sentencepiece is trained on: a random sample of the cleaned corpus.")
     ] = SPM_SAMPLE,
     workers: Annotated[int, typer.Option(help="Processes that tokenize the corpus.")] = 1,
+    vocab_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="A MarianMT (Hugging Face) teacher's directory: write the data in its vocabulary instead of "
+            "training sentencepiece, for word-level KD from it."
+        ),
+    ] = None,
 ) -> None:
     """Clean a parallel corpus, train a sentencepiece model and write the tokenized corpus, streaming.
 
@@ -278,10 +285,14 @@ def prepare_cmd(
         train_pairs = dataset_pairs(dataset, train_split, p.src, p.tgt, dataset_config, files, **columns)
         valid_pairs = dataset_pairs(dataset, valid_split, p.src, p.tgt, dataset_config, files, **columns)
         corpora = [PairCorpus(p, train_pairs, valid_pairs)]
+    if vocab_from is not None and len(corpora) > 1:
+        raise KdmtError("--vocab-from takes one pair (a MarianMT teacher's)")
     with err.status("prepare") as status:
         if len(corpora) == 1:
             c = corpora[0]
-            prepared = prepare(out, c.pair.src, c.pair.tgt, c.train, c.valid, clean, vocab, workers, status.update)
+            prepared = prepare(
+                out, c.pair.src, c.pair.tgt, c.train, c.valid, clean, vocab, workers, status.update, vocab_from
+            )
         else:
             prepared = prepare_multilingual(out, corpora, clean, vocab, source_tags, workers, status.update)
     table = Table("split", *prepared.stats["train"].keys(), title=f"kdmt prepare → {out}")
@@ -455,7 +466,14 @@ def _data_record(data: PreparedData, preset: str, pair: str | None = None) -> di
     return record
 
 
-Teachers = Annotated[list[Path] | None, typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")]
+Teachers = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--teacher",
+        "-t",
+        help="Teacher checkpoint (or a MarianMT directory: data prepared with --vocab-from it); repeat for several.",
+    ),
+]
 TeacherWeights = Annotated[
     list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
 ]
@@ -631,7 +649,14 @@ def _progress_console() -> Console:
 
 @command("soft-targets")
 def soft_targets_cmd(
-    teacher: Annotated[list[Path], typer.Option("--teacher", "-t", help="Teacher checkpoint; repeat for several.")],
+    teacher: Annotated[
+        list[Path],
+        typer.Option(
+            "--teacher",
+            "-t",
+            help="Teacher checkpoint or MarianMT directory (data prepared with --vocab-from it); repeat for several.",
+        ),
+    ],
     data: Data,
     out: Annotated[
         Path,

@@ -176,6 +176,7 @@ class Prepared:
     stats: dict[str, dict] = field(default_factory=dict)
     pairs: list[dict] | None = None  # several pairs: each one's name and counts, in the order of their rows
     source_tags: bool | None = None  # several pairs: whether sources carry the source language's tag too
+    vocab_from: dict[str, str] | None = None  # prepared in a pretrained teacher's vocabulary (kdmt.pretrained_kd)
 
     def pair_rows(self, split: str) -> PairRows | None:
         """The rows each pair holds in a split (train, valid); None for the data of one pair."""

@@ -19,6 +19,7 @@ from kdmt.data import PREPARED_MARKER, CleanStats, Prepared, clean_stream, corpu
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path
 from kdmt.languages import Pair, pair_weights, symbols, tag_source
+from kdmt.pretrained_kd import SEGMENTATION_SAMPLE, TeacherVocab
 from kdmt.vocab import Vocab, train_vocab
 
 SPM_SAMPLE = 500_000  # sentences sentencepiece is trained on, at most: about 0.8 GB for a unigram model
@@ -80,20 +81,25 @@ def prepare(
     vocab: VocabOptions,
     workers: int = 1,
     report: Report | None = None,
+    vocab_from: Path | None = None,
 ) -> Prepared:
     """Clean `train` and `valid` as they are read, train the vocabulary on a sample of the cleaned training
     text and tokenize both splits in `workers` processes. Writes out/{train,valid}.{src,tgt} (the cleaned
     text), the tokenized corpora (kdmt.corpus: {split}.{src,tgt}.{ids,off}.npy, {split}.ids.json), the spm
-    models and, last, prepare.json. A failure leaves no half-written file, and no directory it created."""
+    models and, last, prepare.json. A failure leaves no half-written file, and no directory it created.
+    With `vocab_from` (a MarianMT directory), the vocabulary is the teacher's (kdmt.pretrained_kd), checked
+    on a sample of the cleaned pairs; `vocab`'s options are not used."""
     if src_lang == tgt_lang:
         raise KdmtError("source and target languages must differ")
     report = report or (lambda _: None)
+    teacher = TeacherVocab.read(vocab_from) if vocab_from is not None else None
     with _removed_on_failure(out):
         out.mkdir(parents=True, exist_ok=True)
         (out / PREPARED_MARKER).unlink(missing_ok=True)  # the directory counts as prepared only once complete
         with ExitStack() as stack:
             text = {name: stack.enter_context(atomic_path(out / name)) for name in _text_files()}
-            sample = Reservoir(vocab.sample // 2 if vocab.joint else vocab.sample, SAMPLE_SEED)
+            size = vocab.sample // 2 if vocab.joint else vocab.sample
+            sample = Reservoir(SEGMENTATION_SAMPLE if teacher else size, SAMPLE_SEED)
             with _open_split(text, "train") as files:
                 train_stats = _clean_into(train, "train", files, "", clean, sample, workers, report)
             _check_not_empty("training", train_stats)
@@ -101,9 +107,18 @@ def prepare(
                 valid_stats = _clean_into(valid, "valid", files, "", replace(clean, dedup=False), None, 1, report)
             _check_not_empty("validation", valid_stats)
             stats = {"train": asdict(train_stats), "valid": asdict(valid_stats)}
-            prepared = Prepared(src_lang, tgt_lang, vocab.joint, vocab.size, stats)
-            report(f"training sentencepiece on {len(sample.items) * (2 if vocab.joint else 1):,} sentences")
-            src_vocab, tgt_vocab = _train_vocabs(out, prepared, sample.items, vocab)
+            if teacher is None:
+                prepared = Prepared(src_lang, tgt_lang, vocab.joint, vocab.size, stats)
+                report(f"training sentencepiece on {len(sample.items) * (2 if vocab.joint else 1):,} sentences")
+                src_vocab, tgt_vocab = _train_vocabs(out, prepared, sample.items, vocab)
+            else:
+                prepared = Prepared(
+                    src_lang, tgt_lang, teacher.joint, len(teacher.tgt), stats, vocab_from=teacher.record()
+                )
+                report(f"checking the teacher's segmentation on {len(sample.items):,} pairs")
+                teacher.check_segmentation(sample.items)
+                teacher.write(out, prepared.src_vocab_path(out), prepared.tgt_vocab_path(out))
+                src_vocab, tgt_vocab = teacher.src, teacher.tgt
             _tokenize(out, text, src_vocab, tgt_vocab, workers, report)
         save_prepared(out, prepared)  # last: after the files above are in place
     return prepared

@@ -26,6 +26,8 @@ from kdmt.languages import PairRows, PairSampler, per_pair
 from kdmt.model import ModelConfig, Transformer
 from kdmt.objectives import Distillation, SelectiveKD
 from kdmt.parallel import chunks
+from kdmt.pretrained import is_huggingface
+from kdmt.pretrained_kd import PretrainedTeacher, load_pretrained_teacher
 from kdmt.soft_targets import SoftTargetStore
 from kdmt.vocab import Vocab
 
@@ -40,10 +42,14 @@ def check_vocabulary(teachers: list[tuple[Path, Checkpoint]], src_vocab: Vocab, 
 def load_teachers(
     data: PreparedData, paths: Sequence[Path], pairs: Sequence[str], device: torch.device, topk: int | None = None
 ) -> list[tuple[Path, Checkpoint]]:
-    """The teachers' checkpoints, each with the data's sentencepiece models (check_vocabulary) and, where
+    """The teachers' checkpoints, each with the data's sentencepiece models (check_vocabulary; a Hugging
+    Face directory: the data prepared with --vocab-from it, kdmt.pretrained_kd) and, where
     `pairs` names the pair each one teaches (none: one pair), trained on that pair; each with at least `topk`
     pieces in its target vocabulary (word-KD keeps its `topk` most probable)."""
-    teachers = [(path, load_checkpoint(path, device)) for path in paths]
+    teachers = [
+        (path, load_pretrained_teacher(path, data, device) if is_huggingface(path) else load_checkpoint(path, device))
+        for path in paths
+    ]
     check_vocabulary(teachers, data.src_vocab, data.tgt_vocab)
     for name, (path, teacher) in zip(pairs, teachers):
         if name not in teacher.meta.get("pairs", [name]):
@@ -360,6 +366,13 @@ def build_student(
     paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
     trained_on = names or ([o.pair] * len(paths) if o.pair else [])  # the pair each teacher must know
     teachers = load_teachers(data, paths, trained_on, device, o.topk)
+    if (o.init_from_teacher or o.hidden_kd != "none" or o.selective) and any(
+        isinstance(c.model, PretrainedTeacher) for _, c in teachers
+    ):
+        raise KdmtError(
+            "--init-from-teacher, --hidden-kd and --selective-kd take kdmt teachers; a Hugging Face teacher "
+            "teaches word-level KD (--alpha) and sequence-level KD (kdmt distill)"
+        )
     corpus, corpus_record = student_corpus(data, o.distilled, o.ref_share, seed, o.fallback_ref)
     if o.pair is not None:
         corpus = corpus.subset(PairRows(all_pairs, corpus_record["pair_rows"]).rows(o.pair))
