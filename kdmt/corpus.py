@@ -18,7 +18,7 @@ import torch
 
 from kdmt.arrays import NpyAppender
 from kdmt.errors import KdmtError
-from kdmt.files import atomic_path, read_json, record_json, write_text
+from kdmt.files import atomic_path, not_directories, read_json, record_json, write_text
 from kdmt.parallel import chunks, ordered_map
 from kdmt.vocab import EOS, Vocab
 
@@ -152,7 +152,9 @@ def record_path(prefix: Path) -> Path:
 def write_corpus(prefix: Path, dtype: np.dtype, key: dict, info: dict | None = None) -> Iterator[CorpusSink]:
     """Write a corpus under `prefix` through the sink yielded: to temporary files, renamed when the block
     succeeds, then the record with `key` and `info`. The old record goes first: a crash leaves no record."""
-    record_path(prefix).unlink(missing_ok=True)
+    record = record_path(prefix)
+    not_directories(record, *_paths(prefix).values())
+    record.unlink(missing_ok=True)
     with ExitStack() as stack:
         arrays = {}
         for name, path in _paths(prefix).items():
@@ -161,9 +163,9 @@ def write_corpus(prefix: Path, dtype: np.dtype, key: dict, info: dict | None = N
         sink = CorpusSink(arrays)
         yield sink
     tokens = {side: arrays[f"{side}.ids"].length for side in SIDES}
-    record = dict(format=FORMAT, pairs=sink.pairs, dtype=np.dtype(dtype).name, tokens=tokens)
-    record |= dict(fingerprint=sink.digest.hexdigest(), key=key, info=info or {})
-    write_text(record_path(prefix), record_json(record))
+    fields = dict(format=FORMAT, pairs=sink.pairs, dtype=np.dtype(dtype).name, tokens=tokens)
+    fields |= dict(fingerprint=sink.digest.hexdigest(), key=key, info=info or {})
+    write_text(record, record_json(fields))
 
 
 def open_corpus(prefix: Path, key: dict) -> tuple[TokenizedCorpus, dict] | None:
@@ -204,8 +206,6 @@ def _open_corpus(prefix: Path, key: dict) -> tuple[TokenizedCorpus, dict] | None
         record["fingerprint"],
         (lengths["src"], lengths["tgt"]),
     )
-    if min(corpus.src_len.min(), corpus.tgt_len.min()) < 1:
-        return None
     return corpus, record["info"]
 
 
@@ -222,10 +222,14 @@ def read_chunks(array: np.memmap) -> Iterator[np.ndarray]:
 
 
 def read_lengths(offsets: np.memmap) -> np.ndarray:
-    """The sentence lengths (int32) of a mapped offsets file, read a chunk at a time (read_chunks)."""
+    """The sentence lengths (int32) of a mapped offsets file, read a chunk at a time (read_chunks);
+    ValueError unless the offsets increase, by less than 2³¹ (the lengths, with the first offset, are
+    then the offsets)."""
     lengths, done, last = np.empty(len(offsets) - 1, dtype=np.int32), 0, None
     for chunk in read_chunks(offsets):
         steps = np.diff(chunk if last is None else np.concatenate((last, chunk)))
+        if len(steps) and (steps.min() < 1 or steps.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{offsets.filename}: offsets that do not increase, or by 2³¹ or more")
         lengths[done : done + len(steps)] = steps
         done, last = done + len(steps), chunk[-1:]
     return lengths

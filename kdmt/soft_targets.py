@@ -107,12 +107,14 @@ class SoftTargetStore:
     @classmethod
     def _mapped(cls, path: Path, record: dict[str, Any]) -> SoftTargetStore | None:
         """The arrays of a record of this FORMAT, mapped; None when their kinds or shapes are not the record's."""
+        again = f"delete {path} and run kdmt soft-targets again"
         for name, array in array_paths(path).items():
-            if file_sha256(array) != record["sha256_arrays"][name]:
-                raise KdmtError(
-                    f"{array}: damaged (not the sha256 that {path.name} records): "
-                    f"delete {path} and run kdmt soft-targets again"
-                )
+            try:
+                digest = file_sha256(array)
+            except OSError as e:
+                raise KdmtError(f"{array}: cannot be read ({e.strerror}): {again}") from None
+            if digest != record["sha256_arrays"][name]:
+                raise KdmtError(f"{array}: damaged (not the sha256 that {path.name} records): {again}")
         ids, logp, offsets = (np.load(p, mmap_mode="r") for p in array_paths(path).values())
         kinds = (ids.dtype, logp.dtype, offsets.dtype) == (np.int32, np.float16, np.int64)
         shape = (record["tokens"], record["settings"]["topk"])
