@@ -40,11 +40,8 @@ def work(toy_data, toy_model, tmp_path_factory) -> Path:
     corpus, a CTranslate2 export and an unfinished distillation (every shard done, none assembled)."""
     root = tmp_path_factory.mktemp("corrupt")
     shutil.copytree(toy_data, root / "data", ignore=shutil.ignore_patterns("student-*", "*.lock"))
-    (root / "soft").mkdir()
-    made = [
-        kdmt("soft-targets", "-t", toy_model, "--data", root / "data", "-o", root / "soft" / "soft.json", "--topk", "2"),
-        kdmt("export", toy_model, "-o", root / "ct2"),
-    ]
+    soft = ["soft-targets", "-t", toy_model, "--data", root / "data", "-o", root / "soft" / "soft.json", "--topk", "2"]
+    made = [kdmt(*soft), kdmt("export", toy_model, "-o", root / "ct2")]
     write(root / "src.txt", toy_pairs(12, seed=31)[0])
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ShardedRun, "finish", lambda self, assemble: False)
