@@ -3,11 +3,12 @@ directory), read by the command that reads it: one line naming the file, exit 2,
 changed; or, for a cache kdmt makes from text (the tokenized corpus), the cache made again, as it was
 (where a directory took its place, kdmt refuses to remove it)."""
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
-from test_cli import kdmt, write
+from test_cli import assert_fails, kdmt, write
 from toy import toy_pairs
 
 from kdmt.shards import ShardedRun
@@ -107,3 +108,16 @@ def test_a_damaged_file_is_refused_in_one_line_or_made_again(work, toy_model, tm
     assert result.exit_code == 2 and len(lines) == 1 and Path(file).name in lines[0], result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert snapshot(home) == damaged and not (tmp_path / "run").exists()
+
+
+def test_soft_targets_of_an_older_kdmt_are_refused_until_made_again(work, toy_model, tmp_path):
+    home = tmp_path / "soft"
+    shutil.copytree(work / "soft", home)
+    record = json.loads((home / "soft.json").read_text())
+    older = {k: v for k, v in record.items() if k not in ("sha256", "sha256_arrays")}
+    older["format"] = "kdmt-soft-targets-2"
+    (home / "soft.json").write_text(json.dumps(older))
+    assert_fails(kdmt(*student(work, toy_model, home, tmp_path)), "older kdmt (kdmt-soft-targets-2)")
+    soft = ["soft-targets", "-t", toy_model, "--data", work / "data", "-o", home / "soft.json", "--topk", "2"]
+    assert kdmt(*soft).exit_code == 0  # as the message says: made again, not taken as finished
+    assert snapshot(home) == snapshot(work / "soft")
