@@ -24,6 +24,7 @@ from typing import Any
 
 from sacrebleu.metrics import CHRF
 
+from kdmt.cache import file_sha256
 from kdmt.errors import KdmtError
 from kdmt.evaluate import bleu_metric
 from kdmt.files import LineReader, atomic_path, line_offsets, write_lines, write_text
@@ -201,10 +202,27 @@ class DistillRun:
                 [f"{lines.start + i} ||| {c.text} ||| {c.score:.6f}" for i, r in enumerate(results) for c in r],
             )
         empty = sum(1 for line in src if not line.strip())
-        return {"empty": empty, "too_long": sum(1 for r in results if not r) - empty, "filtered": filtered}
+        files = [best_path, nbest_path][: 2 if s.nbest > 1 else 1]
+        counts = {"empty": empty, "too_long": sum(1 for r in results if not r) - empty, "filtered": filtered}
+        return counts | {"files_sha256": [file_sha256(path) for path in files]}
+
+    def check_shard(self, index: int, record: dict[str, Any]) -> None:
+        """Refuse a shard whose files are not those its record describes (by sha256; a record of an older
+        kdmt has none)."""
+        again = f"delete {self.work.path / 'done' / f'{index:06d}.json'}, and that shard is translated again"
+        for path, digest in zip(shard_paths(self.work.path, index), record.get("files_sha256", [])):
+            try:
+                found = file_sha256(path)
+            except OSError as e:
+                raise KdmtError(f"{path}: cannot be read ({e.strerror}): {again}") from None
+            if found != digest:
+                raise KdmtError(f"{path}: damaged (not the sha256 of its record): {again}")
 
     def assemble(self, manifest: Manifest) -> None:
-        """Concatenate the shards into OUT (and OUT.nbest), and write OUT.json with the settings and counts."""
+        """Concatenate the shards into OUT (and OUT.nbest), each checked first, and write OUT.json with the
+        settings and counts."""
+        for index, record in manifest["done"].items():
+            self.check_shard(int(index), record)
         done = manifest["done"].values()
         stats = DistillStats(
             manifest["plan"]["lines"],

@@ -156,6 +156,7 @@ def _record_digest(record: dict[str, Any]) -> str:
 def record_json(record: dict[str, Any], indent: int | None = 2) -> str:
     """`record` as JSON text, with the sha256 of its content (RECORD_HASH), which `read_json` checks: a
     record damaged into other valid JSON (a digit changed) is refused, not used."""
+    assert RECORD_HASH not in record, f"a record's own member {RECORD_HASH!r} holds its sha256"
     record = json.loads(json.dumps(record))  # as it reads back: tuples are lists, keys are strings
     return json.dumps(record | {RECORD_HASH: _record_digest(record)}, indent=indent) + "\n"
 

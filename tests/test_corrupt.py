@@ -86,6 +86,7 @@ KINDS = {
     "soft-target offsets": ("soft", "soft.offsets.npy", student, False),
     "shard manifest": ("distill", "out.tgt.shards/manifest.json", distill, False),
     "shard record": ("distill", "out.tgt.shards/done/000001.json", distill, False),
+    "shard output": ("distill", "out.tgt.shards/000001.txt", distill, False),
     "export record": ("ct2", "kdmt_export.json", translate, False),
 }
 
