@@ -18,7 +18,7 @@ import torch
 
 from kdmt.arrays import NpyAppender
 from kdmt.errors import KdmtError
-from kdmt.files import atomic_path, not_directories, read_json, record_json, write_text
+from kdmt.files import atomic_path, read_json, record_json, write_text
 from kdmt.parallel import chunks, ordered_map
 from kdmt.vocab import EOS, Vocab
 
@@ -153,7 +153,9 @@ def write_corpus(prefix: Path, dtype: np.dtype, key: dict, info: dict | None = N
     """Write a corpus under `prefix` through the sink yielded: to temporary files, renamed when the block
     succeeds, then the record with `key` and `info`. The old record goes first: a crash leaves no record."""
     record = record_path(prefix)
-    not_directories(record, *_paths(prefix).values())
+    for path in (record, *_paths(prefix).values()):
+        if path.is_dir():
+            raise KdmtError(f"{path} is a directory, where kdmt keeps a tokenized corpus's file: remove it")
     record.unlink(missing_ok=True)
     with ExitStack() as stack:
         arrays = {}

@@ -104,20 +104,12 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def not_directories(*paths: Path) -> None:
-    """Refuse, before any work, to write files where directories are."""
-    for path in paths:
-        if path.is_dir():
-            raise KdmtError(f"{path} is a directory, where kdmt writes a file: remove it, or choose another path")
-
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. The file is
     synced before the rename and the directory after it, so a crash of the machine leaves the old file or
-    the complete new one. A directory at `path` is refused before any work."""
+    the complete new one."""
     path = Path(path)
-    not_directories(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

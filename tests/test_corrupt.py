@@ -77,6 +77,7 @@ def distill(work: Path, toy_model: Path, home: Path, tmp_path: Path) -> list:
 # makes the file again from text)
 KINDS = {
     "prepare.json": ("data", "prepare.json", teacher, False),
+    "sentencepiece model": ("data", "spm.model", teacher, False),
     "corpus ids": ("data", "train.src.ids.npy", teacher, True),
     "corpus offsets": ("data", "train.tgt.off.npy", teacher, True),
     "corpus record": ("data", "train.ids.json", teacher, True),
