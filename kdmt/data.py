@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kdmt.arrays import HashSet
-from kdmt.cache import cached, content_key, file_sha256
+from kdmt.cache import cached, content_key
 from kdmt.corpus import TokenizedCorpus, open_corpus, vocab_key, write_tokenized
 from kdmt.errors import KdmtError
 from kdmt.files import read_json, read_lines, record_json, stream_lines, write_text
@@ -189,30 +189,15 @@ class Prepared:
         return root / ("spm.model" if self.joint_vocab else f"spm.{self.tgt_lang}.model")
 
 
-SPM_HASHES = "spm_sha256"  # the member of prepare.json with the sha256 of each sentencepiece model
-
-
 def load_prepared(root: str | Path) -> Prepared:
-    """The record of a prepared directory, after checking its sentencepiece models against the sha256 it
-    holds of them (a record of an older kdmt has none)."""
     root = Path(root)
     marker = root / PREPARED_MARKER
     if not marker.is_file():
         raise KdmtError(f"{root} is not a prepared data directory (no {PREPARED_MARKER}; run kdmt prepare)")
     try:
-        record = read_json(marker)
-        hashes = record.pop(SPM_HASHES, {})
-        prepared = Prepared(**record)
-    except (AttributeError, ValueError, TypeError) as e:
+        return Prepared(**read_json(marker))
+    except (ValueError, TypeError) as e:
         raise KdmtError(f"{marker} is damaged ({str(e).splitlines()[0][:200]}): run kdmt prepare again") from None
-    for name, digest in hashes.items():
-        try:
-            found = file_sha256(root / name)
-        except OSError as e:
-            raise KdmtError(f"{root / name}: cannot be read ({e.strerror}): run kdmt prepare again") from None
-        if found != digest:
-            raise KdmtError(f"{root / name}: damaged (not the sha256 {marker.name} records): run kdmt prepare again")
-    return prepared
 
 
 @dataclass
@@ -243,10 +228,7 @@ class PreparedData:
 
 
 def save_prepared(root: Path, prepared: Prepared) -> None:
-    """Write prepare.json: the record, and the sha256 of the sentencepiece models (load_prepared checks)."""
     record = {key: value for key, value in asdict(prepared).items() if value is not None}  # one pair: as before
-    models = dict.fromkeys((prepared.src_vocab_path(root), prepared.tgt_vocab_path(root)))
-    record[SPM_HASHES] = {path.name: file_sha256(path) for path in models}
     write_text(root / PREPARED_MARKER, record_json(record))
 
 

@@ -90,10 +90,12 @@ KINDS = {
     "shard output": ("distill", "out.tgt.shards/000001.txt", distill, False),
     "export record": ("ct2", "kdmt_export.json", translate, False),
 }
+# A sentencepiece model with a byte flipped may still be a valid model: kdmt takes it as a new one, as it
+# takes edited text (the tokenized corpus is keyed on both, and made again: test_prepare).
+CASES = [(kind, how) for kind in KINDS for how in DAMAGES if (kind, how) != ("sentencepiece model", "flip")]
 
 
-@pytest.mark.parametrize("how", DAMAGES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind, how", CASES)
 def test_a_damaged_file_is_refused_in_one_line_or_made_again(work, toy_model, tmp_path, kind, how):
     name, file, command, derived = KINDS[kind]
     home = tmp_path / name
