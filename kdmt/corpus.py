@@ -217,10 +217,7 @@ def read_chunks(array: np.memmap) -> Iterator[np.ndarray]:
     with open(array.filename, "rb") as f:
         f.seek(array.offset)
         for start in range(0, len(array), LENGTH_CHUNK):
-            chunk = np.fromfile(f, dtype=array.dtype, count=min(LENGTH_CHUNK, len(array) - start))
-            if len(chunk) == 0:
-                raise ValueError(f"{array.filename}: shorter than its header says")
-            yield chunk
+            yield np.fromfile(f, dtype=array.dtype, count=min(LENGTH_CHUNK, len(array) - start))
 
 
 def read_lengths(offsets: np.memmap) -> np.ndarray:
