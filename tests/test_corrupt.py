@@ -92,7 +92,16 @@ KINDS = {
 }
 # A sentencepiece model with a byte flipped may still be a valid model: kdmt takes it as a new one, as it
 # takes edited text (the tokenized corpus is keyed on both, and made again: test_prepare).
+HOMES = [("data", teacher), ("soft", student), ("distill", distill), ("ct2", translate)]
 CASES = [(kind, how) for kind in KINDS for how in DAMAGES if (kind, how) != ("sentencepiece model", "flip")]
+
+
+@pytest.mark.parametrize("name, command", HOMES)
+def test_the_files_undamaged_are_read(work, toy_model, tmp_path, name, command):
+    """The control: each command succeeds on the copies, so the failures below are the damage's."""
+    shutil.copytree(work / name, tmp_path / name, symlinks=True)
+    result = kdmt(*command(work, toy_model, tmp_path / name, tmp_path), input="a b c\n")
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.mark.parametrize("kind, how", CASES)
