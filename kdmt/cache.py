@@ -10,7 +10,6 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,14 +19,7 @@ T = TypeVar("T")
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes, read a megabyte at a time; read once in a process while the file keeps
-    its inode, size and modification time (a teacher hashed for its identity and for its conversion)."""
-    st = os.stat(path)
-    return _file_sha256(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=256)
-def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    """The sha256 of a file's bytes, read once, a megabyte at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

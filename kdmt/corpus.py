@@ -8,7 +8,6 @@ P.ids.json, the record (pairs, dtype, fingerprint, the key it was made for), wri
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from itertools import chain
@@ -19,14 +18,14 @@ import torch
 
 from kdmt.arrays import NpyAppender
 from kdmt.errors import KdmtError
-from kdmt.files import atomic_path
+from kdmt.files import atomic_path, read_json, record_json, write_text
 from kdmt.parallel import chunks, ordered_map
 from kdmt.vocab import EOS, Vocab
 
 FORMAT = "kdmt-ids-1"
 SIDES = ("src", "tgt")
 CHUNK_PAIRS = 20_000  # pairs a tokenization worker encodes at a time
-LENGTH_CHUNK = 1 << 18  # offsets read at a time for the sentence lengths
+LENGTH_CHUNK = 1 << 18  # values of an array read at a time (the lengths, the fingerprint)
 
 Encoded = tuple[np.ndarray, np.ndarray]  # flat ids with EOS after each sentence (int32), lengths (int64)
 
@@ -153,7 +152,11 @@ def record_path(prefix: Path) -> Path:
 def write_corpus(prefix: Path, dtype: np.dtype, key: dict, info: dict | None = None) -> Iterator[CorpusSink]:
     """Write a corpus under `prefix` through the sink yielded: to temporary files, renamed when the block
     succeeds, then the record with `key` and `info`. The old record goes first: a crash leaves no record."""
-    record_path(prefix).unlink(missing_ok=True)
+    record = record_path(prefix)
+    for path in (record, *_paths(prefix).values()):
+        if path.is_dir():
+            raise KdmtError(f"{path} is a directory, where kdmt keeps a tokenized corpus's file: remove it")
+    record.unlink(missing_ok=True)
     with ExitStack() as stack:
         arrays = {}
         for name, path in _paths(prefix).items():
@@ -162,15 +165,15 @@ def write_corpus(prefix: Path, dtype: np.dtype, key: dict, info: dict | None = N
         sink = CorpusSink(arrays)
         yield sink
     tokens = {side: arrays[f"{side}.ids"].length for side in SIDES}
-    record = dict(format=FORMAT, pairs=sink.pairs, dtype=np.dtype(dtype).name, tokens=tokens)
-    record |= dict(fingerprint=sink.digest.hexdigest(), key=key, info=info or {})
-    with atomic_path(record_path(prefix)) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    fields = dict(format=FORMAT, pairs=sink.pairs, dtype=np.dtype(dtype).name, tokens=tokens)
+    fields |= dict(fingerprint=sink.digest.hexdigest(), key=key, info=info or {})
+    write_text(record, record_json(fields))
 
 
 def open_corpus(prefix: Path, key: dict) -> tuple[TokenizedCorpus, dict] | None:
     """The corpus under `prefix`, mapped, and its record's info; None when it is missing, incomplete or
-    damaged (a truncated file, sizes that disagree), or was made for another `key`."""
+    damaged (a truncated file, sizes that disagree, ids or offsets whose fingerprint is not the record's),
+    or was made for another `key`. Checking the fingerprint reads the arrays once, a chunk at a time."""
     try:
         return _open_corpus(prefix, key)
     except (OSError, ValueError, KeyError, TypeError):
@@ -178,7 +181,7 @@ def open_corpus(prefix: Path, key: dict) -> tuple[TokenizedCorpus, dict] | None:
 
 
 def _open_corpus(prefix: Path, key: dict) -> tuple[TokenizedCorpus, dict] | None:
-    record = json.loads(record_path(prefix).read_text())
+    record = read_json(record_path(prefix))
     if record.get("format") != FORMAT or record.get("key") != key or record["pairs"] < 1:
         return None
     # the offsets copy-on-write, so that torch takes them as they are (never written, never copied)
@@ -191,28 +194,43 @@ def _open_corpus(prefix: Path, key: dict) -> tuple[TokenizedCorpus, dict] | None
             return None
         if offsets[0] != 0 or offsets[-1] != len(ids) or len(ids) != record["tokens"][side]:
             return None
+    lengths, digest = {}, CorpusHash()
+    for side in SIDES:
+        lengths[side] = read_lengths(maps[f"{side}.off"])
+        digest.update(side, (np.empty(0, np.int32), lengths[side]))
+        for chunk in read_chunks(maps[f"{side}.ids"]):
+            digest.update(side, (chunk, np.empty(0, np.int64)))
+    if digest.hexdigest() != record["fingerprint"]:
+        return None
     corpus = TokenizedCorpus(
         {side: np.asarray(maps[f"{side}.ids"]) for side in SIDES},
         {side: np.asarray(maps[f"{side}.off"]) for side in SIDES},
         record["fingerprint"],
-        (read_lengths(maps["src.off"]), read_lengths(maps["tgt.off"])),
+        (lengths["src"], lengths["tgt"]),
     )
-    if min(corpus.src_len.min(), corpus.tgt_len.min()) < 1:
-        return None
     return corpus, record["info"]
 
 
+def read_chunks(array: np.memmap) -> Iterator[np.ndarray]:
+    """The values of a mapped 1-D array, read from its file LENGTH_CHUNK at a time: the mapping's pages
+    stay out of this process's memory until training reads them."""
+    with open(array.filename, "rb") as f:
+        f.seek(array.offset)
+        for start in range(0, len(array), LENGTH_CHUNK):
+            yield np.fromfile(f, dtype=array.dtype, count=min(LENGTH_CHUNK, len(array) - start))
+
+
 def read_lengths(offsets: np.memmap) -> np.ndarray:
-    """The sentence lengths (int32) of a mapped offsets file, read from the file a chunk at a time: the
-    mapping's pages stay out of this process's memory until training reads them."""
-    lengths = np.empty(len(offsets) - 1, dtype=np.int32)
-    with open(offsets.filename, "rb") as f:
-        f.seek(offsets.offset)
-        last = np.fromfile(f, dtype=offsets.dtype, count=1)
-        for start in range(0, len(lengths), LENGTH_CHUNK):
-            chunk = np.fromfile(f, dtype=offsets.dtype, count=min(LENGTH_CHUNK, len(lengths) - start))
-            lengths[start : start + len(chunk)] = np.diff(chunk, prepend=last)
-            last = chunk[-1:]
+    """The sentence lengths (int32) of a mapped offsets file, read a chunk at a time (read_chunks);
+    ValueError unless the offsets increase, by less than 2³¹ (the lengths, with the first offset, are
+    then the offsets)."""
+    lengths, done, last = np.empty(len(offsets) - 1, dtype=np.int32), 0, None
+    for chunk in read_chunks(offsets):
+        steps = np.diff(chunk if last is None else np.concatenate((last, chunk)))
+        if len(steps) and (steps.min() < 1 or steps.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{offsets.filename}: offsets that do not increase, or by 2³¹ or more")
+        lengths[done : done + len(steps)] = steps
+        done, last = done + len(steps), chunk[-1:]
     return lengths
 
 

@@ -4,7 +4,6 @@ corpora (kdmt.corpus), tokenized once and then mapped."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ from kdmt.arrays import HashSet
 from kdmt.cache import cached, content_key
 from kdmt.corpus import TokenizedCorpus, open_corpus, vocab_key, write_tokenized
 from kdmt.errors import KdmtError
-from kdmt.files import atomic_path, read_lines, stream_lines
+from kdmt.files import read_json, read_lines, record_json, stream_lines, write_text
 from kdmt.languages import PairRows
 from kdmt.parallel import chunks, ordered_map
 from kdmt.vocab import Vocab
@@ -197,9 +196,9 @@ def load_prepared(root: str | Path) -> Prepared:
     if not marker.is_file():
         raise KdmtError(f"{root} is not a prepared data directory (no {PREPARED_MARKER}; run kdmt prepare)")
     try:
-        return Prepared(**json.loads(marker.read_text()))
+        return Prepared(**read_json(marker))
     except (ValueError, TypeError) as e:
-        raise KdmtError(f"{marker} is damaged ({e})") from None
+        raise KdmtError(f"{marker} is damaged ({str(e).splitlines()[0][:200]}): run kdmt prepare again") from None
 
 
 @dataclass
@@ -231,8 +230,7 @@ class PreparedData:
 
 def save_prepared(root: Path, prepared: Prepared) -> None:
     record = {key: value for key, value in asdict(prepared).items() if value is not None}  # one pair: as before
-    with atomic_path(root / PREPARED_MARKER) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(root / PREPARED_MARKER, record_json(record))
 
 
 def load_corpus(

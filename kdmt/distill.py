@@ -283,11 +283,29 @@ class DistillRun:
         empty = sum(1 for line in src if not line.strip())
         too_long = sum(1 for r in results if not r) - empty
         extra = sum(max(len(kept) - 1, 0) for kept in chosen)
-        return {"empty": empty, "too_long": too_long, "filtered": filtered, "extra_targets": extra}
+        optional = ((nbest_path, s.nbest > 1), (keep_path, s.keep > 1), (scores_path, self.backward is not None))
+        written = [best_path, *(path for path, made in optional if made)]
+        counts = {"empty": empty, "too_long": too_long, "filtered": filtered, "extra_targets": extra}
+        return counts | {"files_sha256": {path.name: file_sha256(path) for path in written}}
+
+    def check_shard(self, index: int, record: dict[str, Any]) -> None:
+        """Refuse a shard whose files are not those its record describes (by sha256; a record of an older
+        kdmt has none)."""
+        again = f"delete {self.work.path / 'done' / f'{index:06d}.json'}, and that shard is translated again"
+        for name, digest in record.get("files_sha256", {}).items():
+            path = self.work.path / name
+            try:
+                found = file_sha256(path)
+            except OSError as e:
+                raise KdmtError(f"{path}: cannot be read ({e.strerror}): {again}") from None
+            if found != digest:
+                raise KdmtError(f"{path}: damaged (not the sha256 of its record): {again}")
 
     def assemble(self, manifest: Manifest) -> None:
-        """Concatenate the shards into OUT (and OUT.nbest, OUT.keep), and write OUT.json with the settings and
-        counts."""
+        """Concatenate the shards into OUT (and OUT.nbest, OUT.keep), each checked first, and write OUT.json
+        with the settings and counts."""
+        for index, record in manifest["done"].items():
+            self.check_shard(int(index), record)
         done = manifest["done"].values()
         shards = range(manifest["plan"]["shards"])
         stats = DistillStats(

@@ -35,6 +35,7 @@ from kdmt import __version__
 from kdmt.cache import file_sha256
 from kdmt.checkpoint import Checkpoint, load_checkpoint
 from kdmt.errors import KdmtError
+from kdmt.files import read_json, record_json
 from kdmt.translate import SearchOptions
 from kdmt.vocab import BOS, EOS, PAD, UNK
 
@@ -58,13 +59,13 @@ def require(module: str) -> ModuleType:
 def read_record(directory: Path) -> dict[str, Any] | None:
     """The record of an exported directory, or None when `directory` is not one."""
     path = Path(directory) / RECORD
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
         if record["format"] in QUANTIZATIONS and isinstance(record["config"], dict):
             return record
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     raise KdmtError(f"{path}: not a valid kdmt export record")
 
@@ -99,7 +100,7 @@ def export_checkpoint(
             write_ctranslate2(ckpt, tmp, quantization)
         else:
             write_huggingface(ckpt, tmp, quantization)
-        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / RECORD).write_text(record_json(record))
     return record
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from kdmt.errors import KdmtError
 
@@ -133,3 +135,31 @@ def write_lines(path: str | Path, lines: Iterable[str]) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
+
+
+RECORD_HASH = "sha256"  # the member of a JSON record that holds the sha256 of the rest (record_json)
+
+
+def _record_digest(record: dict[str, Any]) -> str:
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def record_json(record: dict[str, Any], indent: int | None = 2) -> str:
+    """`record` as JSON text, with the sha256 of its content (RECORD_HASH), which `read_json` checks: a
+    record damaged into other valid JSON (a digit changed) is refused, not used."""
+    assert RECORD_HASH not in record, f"a record's own member {RECORD_HASH!r} holds its sha256"
+    record = json.loads(json.dumps(record))  # as it reads back: tuples are lists, keys are strings
+    return json.dumps(record | {RECORD_HASH: _record_digest(record)}, indent=indent) + "\n"
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in `path`, a record of `record_json` without its sha256; ValueError when the file is
+    not UTF-8 JSON, or its sha256 disagrees (a record written without one, by an older kdmt, is taken as
+    it is)."""
+    value = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(value, dict) and RECORD_HASH in value:
+        digest = value.pop(RECORD_HASH)
+        if digest != _record_digest(value):
+            raise ValueError("its sha256 does not match its content")
+    return value

@@ -19,7 +19,6 @@ node-local locks does not).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import torch
 from kdmt.cache import locked
 from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
-from kdmt.files import write_text
+from kdmt.files import read_json, record_json, write_text
 
 Manifest = dict[str, Any]
 
@@ -74,10 +73,10 @@ class ShardedRun:
         """The settings and the plan, written once; None when there are none."""
         path = self.path / "manifest.json"
         try:
-            head = json.loads(path.read_text())
+            head = read_json(path)
         except FileNotFoundError:
             return None
-        except ValueError:
+        except (OSError, ValueError):
             head = None
         if not isinstance(head, dict):
             raise KdmtError(f"{path}: damaged (not a kdmt manifest); delete {self.path} to start again")
@@ -89,7 +88,7 @@ class ShardedRun:
             names = os.listdir(self.path / "done")
         except FileNotFoundError:
             return set()
-        return {int(name[:-5]) for name in names if name.endswith(".json") and not name.startswith(".")}
+        return {int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit()}
 
     def _record_path(self, index: int) -> Path:
         return self.path / "done" / f"{index:06d}.json"
@@ -97,7 +96,7 @@ class ShardedRun:
     def _result(self, index: int) -> dict[str, Any]:
         path = self._record_path(index)
         try:
-            result = json.loads(path.read_text())
+            result = read_json(path)
         except (OSError, ValueError):
             result = None
         if not isinstance(result, dict):
@@ -120,7 +119,7 @@ class ShardedRun:
                 manifest = {"settings": self.settings, "plan": plan()}
                 (self.path / "claims").mkdir(exist_ok=True)
                 (self.path / "done").mkdir(exist_ok=True)
-                write_text(self.path / "manifest.json", json.dumps(manifest, indent=1))
+                write_text(self.path / "manifest.json", record_json(manifest, indent=1))
             elif manifest.get("settings") != self.settings or "plan" not in manifest:
                 found = manifest.get("settings")
                 named = other(found) if isinstance(found, dict) else None
@@ -150,7 +149,7 @@ class ShardedRun:
         with locked(self.path / "lock"):
             if self._head() is None:
                 raise KdmtError(f"{self.path} was removed while this process worked in it")
-            write_text(self._record_path(index), json.dumps(result))
+            write_text(self._record_path(index), record_json(result, indent=None))
 
     def work(self, do: Callable[[int], dict[str, Any]], done: Callable[[int, bool], None]) -> None:
         """Claim and `do` unfinished shards, recording what `do` returns, until none is left to claim.

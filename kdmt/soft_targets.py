@@ -25,14 +25,15 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 
 from kdmt.batching import make_batch, token_batches
+from kdmt.cache import file_sha256
 from kdmt.data import TokenizedCorpus
 from kdmt.errors import KdmtError
-from kdmt.files import write_text
+from kdmt.files import read_json, record_json, write_text
 from kdmt.languages import PairRows, routed_logits
 from kdmt.model import Transformer
 from kdmt.shards import Manifest, ShardedRun
 
-FORMAT = "kdmt-soft-targets-2"
+FORMAT = "kdmt-soft-targets-3"  # 3: the record holds the sha256 of each array
 ARRAYS = ("ids", "logp", "offsets")
 
 
@@ -83,26 +84,50 @@ class SoftTargetStore:
 
     @classmethod
     def load(cls, path: Path) -> SoftTargetStore:
-        """Open the record and map its arrays (read-only: nothing is read until looked up)."""
+        """Open the record and map its arrays (read-only: nothing is read until looked up), after checking
+        each array's sha256 against the record's (one read of the arrays)."""
         if not path.is_file():
             raise KdmtError(f"{path}: no such file")
         try:
-            record = json.loads(path.read_text())
-            ids, logp, offsets = (np.load(p, mmap_mode="r") for p in array_paths(path).values())
-            kinds = (ids.dtype, logp.dtype, offsets.dtype) == (np.int32, np.float16, np.int64)
-            shape = (record["tokens"], record["settings"]["topk"])
-            shapes = ids.shape == logp.shape == shape and offsets.shape == (record["sentences"] + 1,)
-            if record["format"] == FORMAT and kinds and shapes:
-                return cls(ids, logp, offsets, record["settings"]["key"], record["settings"]["teachers"])
+            record = read_json(path)
+            version = record["format"]
+            store = cls._mapped(path, record) if version == FORMAT else None
+        except KdmtError:
+            raise
         except Exception:
-            pass
+            version, store = None, None
+        if store is not None:
+            return store
+        if isinstance(version, str) and version.startswith("kdmt-soft-targets-"):
+            raise KdmtError(
+                f"{path}: written by an older kdmt ({version}), without its arrays' sha256: run kdmt soft-targets again"
+            )
         raise KdmtError(f"{path}: not a kdmt soft-targets file, or its arrays are missing or damaged")
+
+    @classmethod
+    def _mapped(cls, path: Path, record: dict[str, Any]) -> SoftTargetStore | None:
+        """The arrays of a record of this FORMAT, mapped; None when their kinds or shapes are not the record's."""
+        again = f"delete {path} and run kdmt soft-targets again"
+        for name, array in array_paths(path).items():
+            try:
+                digest = file_sha256(array)
+            except OSError as e:
+                raise KdmtError(f"{array}: cannot be read ({e.strerror}): {again}") from None
+            if digest != record["sha256_arrays"][name]:
+                raise KdmtError(f"{array}: damaged (not the sha256 that {path.name} records): {again}")
+        ids, logp, offsets = (np.load(p, mmap_mode="r") for p in array_paths(path).values())
+        kinds = (ids.dtype, logp.dtype, offsets.dtype) == (np.int32, np.float16, np.int64)
+        shape = (record["tokens"], record["settings"]["topk"])
+        if kinds and ids.shape == logp.shape == shape and offsets.shape == (record["sentences"] + 1,):
+            return cls(ids, logp, offsets, record["settings"]["key"], record["settings"]["teachers"])
+        return None
 
 
 def finished(out: Path, settings: dict[str, Any]) -> bool:
-    """Whether OUT holds the soft targets of a finished run with these settings."""
+    """Whether OUT holds the soft targets of a finished run with these settings, in this FORMAT."""
     try:
-        same = json.loads(out.read_text())["settings"] == settings
+        record = read_json(out)
+        same = record["format"] == FORMAT and record["settings"] == settings
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return same and all(p.is_file() for p in array_paths(out).values())
@@ -143,11 +168,13 @@ def compute_soft_targets(
     def assemble(manifest: Manifest) -> None:
         """Move the arrays into place, then write the record, which says that they are complete."""
         out.unlink(missing_ok=True)
+        hashes = {}
         for name, path in array_paths(out).items():
             if partial[name].exists():
                 os.replace(partial[name], path)
+            hashes[name] = file_sha256(path)
         summary = {"format": FORMAT, "settings": record, "sentences": len(corpus), "tokens": tokens}
-        write_text(out, json.dumps(summary, indent=1) + "\n")
+        write_text(out, record_json(summary | {"sha256_arrays": hashes}, indent=1))
 
     def array(name: str, mode: str) -> np.ndarray:
         """An array of the run: in its directory, or already in place (an assembly was killed midway)."""

@@ -36,7 +36,10 @@ class Vocab:
         path = Path(path)
         if not path.is_file():
             raise KdmtError(f"{path}: no such file")
-        return cls(path.read_bytes())
+        try:
+            return cls(path.read_bytes())
+        except KdmtError as e:
+            raise KdmtError(f"{path}: {e}") from None
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> Vocab:

@@ -21,7 +21,7 @@ from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
 from kdmt.evaluate import evaluate as kdmt_evaluate
-from kdmt.files import read_lines
+from kdmt.files import read_json, read_lines
 from kdmt.languages import Pair, PairRows, PairSampler, model_inputs, pair_weights, tag_ids, tag_source
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, SelectiveKD, word_kd_loss
@@ -122,14 +122,17 @@ def test_a_small_language_is_balanced_into_the_sentencepiece_sample(tmp_path):
 
 # --- one pair: as before -----------------------------------------------------------------------
 def directory_digest(directory) -> str:
-    """The files' names and bytes; in the records of the tokenized corpora, the key without the text's
-    hashes (added to the key by kdmt.cache, after the digests were taken), which are checked instead."""
+    """The files' names and bytes; the records (prepare.json, the tokenized corpora's) without the sha256 of
+    their content, and the corpora's key without the text's hashes (both added after the digests were
+    taken), which are checked instead."""
     digest = hashlib.sha256()
     for path in sorted(directory.iterdir()):
         data = path.read_bytes()
-        if path.name.endswith(".ids.json"):
-            record, split = json.loads(data), path.name.removesuffix(".ids.json")
-            assert record["key"].pop("text") == content_key([directory / f"{split}.{s}" for s in ("src", "tgt")])
+        if path.name == "prepare.json" or path.name.endswith(".ids.json"):
+            record, split = read_json(path), path.name.removesuffix(".ids.json")
+            if path.name != "prepare.json":
+                text = content_key([directory / f"{split}.{s}" for s in ("src", "tgt")])
+                assert record["key"].pop("text") == text
             data = (json.dumps(record, indent=2) + "\n").encode()
         digest.update(path.name.encode() + b"\0" + data)
     return digest.hexdigest()
