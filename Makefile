@@ -14,7 +14,7 @@ M30K := data/multi30k
 $(KDMT): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,export]"
+	$(BIN)/pip install -q -e ".[dev,export,mbr]"
 	touch $@
 
 install: $(KDMT)
