@@ -78,6 +78,23 @@ def test_the_pretrained_teacher_recipe_distills_a_marian_teacher_and_resumes(tmp
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_pretrained_teacher_recipe_gives_a_many_to_many_teacher_its_codes_and_no_word_kd(tmp_path):
+    """recipes/pretrained-teacher with an M2M100 directory: no prepare --vocab-from and no word-KD student (not
+    a MarianMT directory); SRC_LANG/TGT_LANG go to the teacher's distill and eval, not to the students'."""
+    teacher = tmp_path / "m2m"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model_type": "m2m_100"}))
+    (tmp_path / "teacher").symlink_to(teacher)  # what the recipe's first stage makes
+    command = ["make", "-n", "-f", "recipes/pretrained-teacher/Makefile", "SIZE=cpu", f"W={tmp_path}", "KDMT=kdmt"]
+    command += [f"TEACHER={teacher}", "SRC_LANG=deu_Latn", "TGT_LANG=eng_Latn"]
+    planned = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    runs = [line for line in planned if line.startswith(("kdmt ", "OMP_NUM_THREADS=1 kdmt "))]
+    assert not any("--vocab-from" in line or "soft-targets" in line or "wordkd" in line for line in runs)
+    coded = [line.split("kdmt ")[1].split()[:2] for line in runs if "--src-lang deu_Latn --tgt-lang eng_Latn" in line]
+    assert coded == [["distill", "-t"], ["eval", str(tmp_path / "teacher")], ["eval", str(tmp_path / "teacher")]]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_demo_resumes_a_teacher_stopped_midway(tmp_path):
     """A teacher killed after its first validation has checkpoint_best.safetensors but no DONE: the next `make demo`
     resumes its training instead of distilling with a half-trained model."""
