@@ -1,6 +1,9 @@
-"""The Multi30k recipe, run through make at toy size: every stage, the report, and a re-run that redoes nothing."""
+"""The recipes, run through make at toy size: every stage, the report, and a re-run that redoes nothing (the
+Multi30k chain; a pretrained teacher distilled); what the pivot and multilingual recipes plan (`make -n`)."""
 
+import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from marian_teacher import marian
 
 KDMT = Path(sys.executable).parent / "kdmt"
 
@@ -31,8 +35,63 @@ def test_recipe_runs_every_stage_and_resumes(tmp_path):
     assert (tmp_path / "report.png").exists()
     # A finished stage is not run again; a removed output is made again from what is there.
     (tmp_path / "report.json").unlink()
-    rerun = [line.split(f"{KDMT} ")[1].split()[0] for line in make().splitlines() if f"{KDMT} " in line]
-    assert rerun == ["report"]
+    assert kdmt_commands(make()) == ["report"]
+
+
+def kdmt_commands(output: str) -> list[str]:
+    """The kdmt subcommands that make ran, in order."""
+    return [line.split(f"{KDMT} ")[1].split()[0] for line in output.splitlines() if f"{KDMT} " in line]
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not KDMT.exists(), reason="needs make and the kdmt script")
+def test_the_pretrained_teacher_recipe_distills_a_marian_teacher_and_resumes(tmp_path):
+    """recipes/pretrained-teacher at smoke size on a random MarianMT teacher whose sentencepiece model was
+    trained on the same Multi30k lines: every stage runs, the word-KD student (on by default for a MarianMT
+    directory) in the teacher's vocabulary; the report has the teacher and the students; a re-run does nothing."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("ctranslate2")
+    pairs = []
+    for lang in ("de", "en"):
+        with gzip.open(REPO / "data" / "multi30k" / f"train.{lang}.gz", "rt", encoding="utf-8") as f:
+            pairs.append([next(f).rstrip("\n") for _ in range(300)])  # the recipe's training lines at smoke size
+    teacher = marian(tmp_path, *pairs, joint=True, sizes=(400, 0), positions=256)
+    work = tmp_path / "run"
+    env = os.environ | {"KDMT_CACHE": str(tmp_path / "cache")}
+
+    def make() -> str:
+        command = ["make", "-f", "recipes/pretrained-teacher/Makefile", "-j2", "SIZE=smoke", f"TEACHER={teacher}"]
+        command += [f"W={work}", f"KDMT={KDMT}"]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    ran = kdmt_commands(make())
+    expected = ["prepare"] * 2 + ["distill", "soft-targets"] + ["train-student"] * 3 + ["eval"] * 4 + ["report"]
+    assert sorted(ran) == sorted(expected)
+    assert json.loads((work / "data-teacher" / "prepare.json").read_text())["vocab_from"]
+    rows = {row["model"]: row for row in json.loads((work / "report.json").read_text())}
+    assert sorted(rows) == ["student-baseline", "student-seq-wordkd", "student-seqkd", "teacher"]
+    assert rows["teacher"]["made_with"].startswith("teacher (pretrained marian, through ctranslate2")
+    assert all(row["beam"] == 5 and row["sentences_per_s_greedy"] > 0 for row in rows.values())
+    assert "bleu_vs_baseline" in rows["student-seq-wordkd"] and "bleu_vs_teacher" in rows["student-seqkd"]
+    assert kdmt_commands(make()) == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_pretrained_teacher_recipe_gives_a_many_to_many_teacher_its_codes_and_no_word_kd(tmp_path):
+    """recipes/pretrained-teacher with an M2M100 directory: no prepare --vocab-from and no word-KD student (not
+    a MarianMT directory); SRC_LANG/TGT_LANG go to the teacher's distill and eval, not to the students'."""
+    teacher = tmp_path / "m2m"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model_type": "m2m_100"}))
+    (tmp_path / "teacher").symlink_to(teacher)  # what the recipe's first stage makes
+    command = ["make", "-n", "-f", "recipes/pretrained-teacher/Makefile", "SIZE=cpu", f"W={tmp_path}", "KDMT=kdmt"]
+    command += [f"TEACHER={teacher}", "SRC_LANG=deu_Latn", "TGT_LANG=eng_Latn"]
+    planned = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    runs = [line for line in planned if line.startswith(("kdmt ", "OMP_NUM_THREADS=1 kdmt "))]
+    assert not any("--vocab-from" in line or "soft-targets" in line or "wordkd" in line for line in runs)
+    coded = [line.split("kdmt ")[1].split()[:2] for line in runs if "--src-lang deu_Latn --tgt-lang eng_Latn" in line]
+    assert coded == [["distill", "-t"], ["eval", str(tmp_path / "teacher")], ["eval", str(tmp_path / "teacher")]]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -3,17 +3,15 @@ teacher's segmentation and ids; stored soft targets are the teacher's own top-k 
 word-KD trains; a teacher of another vocabulary is refused in one line.
 
 The teachers are tiny MarianMT models with random weights (teacher-forced distributions need no training)
-in OPUS-MT's layout, built as tests/test_pretrained.py builds them: sentencepiece with unk 0, <s> 1, </s> 2,
-and a vocab.json of the pieces of both models in other ids: </s> 0, <unk> 1, ..., <pad> last."""
+in OPUS-MT's layout (tests/marian_teacher.py)."""
 
 import json
 import random
 import shutil
-from collections import Counter
 
 import pytest
-import sentencepiece as spm
 import torch
+from marian_teacher import marian
 from test_cli import assert_fails, kdmt, write
 
 from kdmt.data import PreparedData
@@ -37,67 +35,6 @@ def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
     return src, [" ".join(w[::-1] for w in reversed(s.split())) for s in src]
 
 
-def train_spm(path, lines: list[str], size: int) -> None:
-    with open(path, "wb") as f:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_writer=f,
-            vocab_size=size,
-            model_type="unigram",
-            minloglevel=2,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-        )
-
-
-def marian(root, joint: bool):
-    """A random MarianMT model with its tokenizer in OPUS-MT's layout, in root/hf; with `joint`, one
-    sentencepiece model for both sides, else one each (and vocab.json the union of their pieces)."""
-    src, tgt = pairs(400, seed=7)
-    train_spm(root / "source.spm", src + tgt if joint else src, 40)
-    if joint:
-        (root / "target.spm").write_bytes((root / "source.spm").read_bytes())
-    else:
-        train_spm(root / "target.spm", tgt, 36)
-    vocab = {"</s>": 0, "<unk>": 1}  # OPUS-MT's ids, not the spm models' (and no <s>)
-    for name in ("source.spm", "target.spm"):
-        sp = spm.SentencePieceProcessor(model_file=str(root / name))
-        for i in range(sp.get_piece_size()):
-            if not sp.is_control(i):
-                vocab.setdefault(sp.id_to_piece(i), len(vocab))
-    if not joint:  # a target piece that vocab.json lacks: the teacher's tokenizer makes it <unk>
-        counts = Counter(p for ids in sp.encode(tgt, out_type=str) for p in ids if len(p) > 2)
-        del vocab[counts.most_common(1)[0][0]]
-        vocab = {p: i for i, p in enumerate(vocab)}
-    vocab["<pad>"] = len(vocab)
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = transformers.MarianTokenizer(
-        str(root / "source.spm"), str(root / "target.spm"), str(root / "vocab.json")
-    )
-    config = transformers.MarianConfig(
-        vocab_size=len(vocab),
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=64,
-        init_std=0.5,  # distributions far from uniform: top-k without near ties
-        pad_token_id=vocab["<pad>"],
-        eos_token_id=vocab["</s>"],
-        decoder_start_token_id=vocab["<pad>"],
-    )
-    torch.manual_seed(0)
-    out = root / "hf"
-    transformers.MarianMTModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("vocab_from_text")
@@ -110,7 +47,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session", params=[False, True], ids=["separate", "joint"])
 def teacher(request, tmp_path_factory):
-    return marian(tmp_path_factory.mktemp("marian"), request.param)
+    return marian(tmp_path_factory.mktemp("marian"), *pairs(400, seed=7), request.param)
 
 
 @pytest.fixture(scope="session")
