@@ -34,6 +34,17 @@ def run(*args: str | Path) -> float:
     return time.perf_counter() - start
 
 
+def machine() -> str:
+    """The CPU's name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
@@ -73,7 +84,7 @@ def main() -> None:
                 f"kdmt {seconds_own:.1f} s, the export through transformers {seconds_hf:.1f} s"
             )
     if a.json:
-        record = {"checkpoint": str(a.checkpoint), "threads": a.threads, "machine": platform.processor(), "rows": rows}
+        record = {"checkpoint": str(a.checkpoint), "threads": a.threads, "machine": machine(), "rows": rows}
         a.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
