@@ -17,6 +17,7 @@ process that translates it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +102,22 @@ def greedy_search(
     min_len: int = 0,
 ) -> list[Hypothesis]:
     """The most probable next token at every step, per sentence (EOS once `min_len` tokens are there)."""
+    return token_by_token(ensemble, src, lambda logp, active, t: logp.argmax(-1), lenpen, max_len_a, max_len_b, min_len)
+
+
+def token_by_token(
+    ensemble: Ensemble,
+    src: Tensor,
+    pick: Callable[[Tensor, Tensor, int], Tensor],
+    lenpen: float,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int,
+) -> list[Hypothesis]:
+    """One hypothesis per sentence, one token a step: `pick(logp, active, t)` chooses the next token of each
+    active row from its log-probabilities (EOS forbidden before `min_len` tokens, forced at the length limit);
+    a row ends at EOS. The score is the log-probability under the ensemble divided by length**lenpen, the
+    length counting EOS."""
     n, device = src.size(0), src.device
     states = ensemble.start(src)
     limit = max_lengths(src, max_len_a, max_len_b, ensemble.max_positions)
@@ -113,7 +130,7 @@ def greedy_search(
         logp = ensemble.step(tokens, states)
         if t < min_len:
             logp[t < limit[active], EOS] = float("-inf")
-        next_tokens = logp.argmax(-1)
+        next_tokens = pick(logp, active, t)
         next_tokens[t >= limit[active]] = EOS
         out[active, t] = next_tokens
         score[active] += logp.gather(1, next_tokens[:, None]).squeeze(1)
@@ -127,7 +144,7 @@ def greedy_search(
             states = ensemble.select(states, kept, kept)
         tokens = next_tokens
     score = (score / length.float() ** lenpen).tolist()
-    return [Hypothesis(row[: n - 1].tolist(), s) for row, n, s in zip(out.cpu(), length.tolist(), score)]
+    return [Hypothesis(row[: m - 1].tolist(), s) for row, m, s in zip(out.cpu(), length.tolist(), score)]
 
 
 @torch.no_grad()
@@ -250,16 +267,8 @@ def sample_search(
         own = int(limit[i * n]) + 1
         uniform[i * n : (i + 1) * n, :own] = torch.rand(n, own, generator=torch.Generator().manual_seed(seed))
     uniform = uniform.to(device)
-    states = ensemble.start(src.repeat_interleave(n, 0))
-    out = torch.full((b * n, width), PAD, dtype=torch.long, device=device)
-    score = torch.zeros(b * n, device=device)
-    length = torch.zeros(b * n, dtype=torch.long, device=device)
-    active = torch.arange(b * n, device=device)
-    tokens = torch.full((b * n,), BOS, dtype=torch.long, device=device)
-    for t in range(width):
-        logp = ensemble.step(tokens, states)
-        if t < min_len:
-            logp[t < limit[active], EOS] = float("-inf")
+
+    def pick(logp: Tensor, active: Tensor, t: int) -> Tensor:
         probs, order = (logp / sampling.temperature).softmax(-1).sort(dim=-1, descending=True, stable=True)
         if sampling.topk:
             probs = probs[:, : sampling.topk]
@@ -267,22 +276,10 @@ def sample_search(
         if sampling.topp < 1:
             probs = torch.where(cum - probs < sampling.topp, probs, 0.0)  # the nucleus, its first token always in
             cum = probs.cumsum(-1)
-        pick = torch.searchsorted(cum, (uniform[active, t] * cum[:, -1])[:, None], right=True)
-        pick = pick.clamp(max=probs.size(1) - 1)
-        pick = torch.where(probs.gather(1, pick) > 0, pick, torch.zeros_like(pick))  # never a token cut off
-        next_tokens = order.gather(1, pick).squeeze(1)
-        next_tokens[t >= limit[active]] = EOS
-        out[active, t] = next_tokens
-        score[active] += logp.gather(1, next_tokens[:, None]).squeeze(1)
-        length[active] = t + 1
-        keep = next_tokens != EOS
-        if not keep.all():
-            if not keep.any():
-                break
-            active, next_tokens = active[keep], next_tokens[keep]
-            kept = keep.nonzero().squeeze(1)
-            states = ensemble.select(states, kept, kept)
-        tokens = next_tokens
-    score = (score / length.float() ** lenpen).tolist()
-    hyps = [Hypothesis(row[: m - 1].tolist(), s) for row, m, s in zip(out.cpu(), length.tolist(), score)]
+        chosen = torch.searchsorted(cum, (uniform[active, t] * cum[:, -1])[:, None], right=True)
+        chosen = chosen.clamp(max=probs.size(1) - 1)
+        chosen = torch.where(probs.gather(1, chosen) > 0, chosen, torch.zeros_like(chosen))  # never a token cut off
+        return order.gather(1, chosen).squeeze(1)
+
+    hyps = token_by_token(ensemble, src.repeat_interleave(n, 0), pick, lenpen, max_len_a, max_len_b, min_len)
     return [hyps[i * n : (i + 1) * n] for i in range(b)]
