@@ -42,7 +42,7 @@ STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 3 --dec-layers 1 
 	--max-tokens 3000 --warmup 150 --lr 2e-3 --valid-interval 125 --valid-bleu-sents 300 --seed $(SEED)
 resume = $(if $(wildcard $(1)/checkpoint_last.safetensors),--resume)
 
-demo: $(DEMO)/report.json
+demo: $(DEMO)/report.json $(DEMO)/val/report.json
 
 $(DEMO)/data/prepare.json: | $(KDMT)
 	$(KDMT) prepare --src de --tgt en --train $(M30K)/train --valid $(M30K)/val -o $(DEMO)/data
@@ -76,6 +76,15 @@ $(DEMO)/eval.json: $(DEMO)/teacher/DONE $(DEMO)/student-ref/DONE $(DEMO)/student
 
 $(DEMO)/report.json: $(DEMO)/eval.json
 	$(KDMT) report $(DEMO)/eval-greedy.json $< -o $(DEMO) --baseline student-ref
+
+# the same models on the validation set: where settings are chosen (test_2016_flickr only reports them)
+VAL_SRC := $(M30K)/val.de.gz
+VAL_REF := $(M30K)/val.en.gz
+$(DEMO)/eval-val.json: $(DEMO)/eval.json
+	$(KDMT) eval $(DEMO_MODELS) --src $(VAL_SRC) --ref $(VAL_REF) --beam 5 --report $@
+
+$(DEMO)/val/report.json: $(DEMO)/eval-val.json
+	$(KDMT) report $< -o $(@D) --baseline student-ref
 
 clean-demo:
 	rm -rf $(DEMO)
