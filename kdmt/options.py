@@ -1,6 +1,6 @@
 """The range of every numeric command-line option, by name, and the one check of them.
 
-`kdmt.cli.command` checks each command's values against RANGES before the command starts: a value out of
+`kdmt.cli.common.command` checks each command's values against RANGES before the command starts: a value out of
 range is one line naming the option, its value and the range (exit 2), and nothing is done. An option
 given several values (a list or a tuple) has each checked. Checks that relate two options (--nbest at
 most --beam, --d-model divisible by --n-heads, ...) stay with the code that reads them.
@@ -9,6 +9,7 @@ most --beam, --d-model divisible by --n-heads, ...) stay with the code that read
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -128,3 +129,13 @@ def check_ranges(values: Mapping[str, Any]) -> None:
         for v in value if isinstance(value, (list, tuple)) else (value,):
             if v not in allowed:
                 raise KdmtError(f"{flag(name)} must be {allowed}, not {v}")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '30m', '2h', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not m:
+        raise KdmtError(f"cannot read the duration {text!r} (examples: 90s, 30m, 2h)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]

@@ -1,0 +1,80 @@
+"""The options that several commands share, declared once: search, devices, data and teachers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
+Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
+MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
+MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
+MinLen = Annotated[
+    int, typer.Option(help="Target tokens before a translation may end (1: never empty; the maximum length wins).")
+]
+BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
+MaxSrcTokens = Annotated[
+    int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
+]
+Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
+Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="kdmt (kdmt's search), ctranslate2 (a checkpoint or Hugging Face model converted once, cached) or "
+        "transformers (a Hugging Face model's generate()); default: kdmt for checkpoints, ctranslate2 for "
+        "Hugging Face models it converts, else transformers.",
+    ),
+]
+Quantization = Annotated[str, typer.Option(help="With --engine ctranslate2: the converted model's weights.")]
+SrcLang = Annotated[
+    str | None,
+    typer.Option(help="A many-to-many model's source language code (NLLB deu_Latn, M2M100 de, MBart de_DE)."),
+]
+TgtLang = Annotated[
+    str | None,
+    typer.Option(help="A many-to-many Hugging Face model's target language code (its token is forced first)."),
+]
+SourcePrefix = Annotated[
+    str, typer.Option(help="Prepended to every source line (T5: 'translate German to English: ', MADLAD: '<2en> ').")
+]
+PairOption = Annotated[
+    str | None,
+    typer.Option("--pair", help="The language pair SRC-TGT to translate (e.g. fr-en): a multilingual model's tags."),
+]
+BootstrapSamples = Annotated[
+    int,
+    typer.Option(help="Resamples of sacrebleu's paired bootstrap test of each difference (0: no test)."),
+]
+
+
+
+Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Teachers = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--teacher",
+        "-t",
+        help="Teacher checkpoint (or a MarianMT directory: data prepared with --vocab-from it); repeat for several.",
+    ),
+]
+TeacherWeights = Annotated[
+    list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
+]
+Distilled = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Distilled targets (seq-KD), line-aligned with DATA/train.src; several pairs: or PAIR=FILE for each "
+        "pair, line-aligned with DATA/train.PAIR.src."
+    ),
+]
+FallbackRef = Annotated[
+    bool, typer.Option(help="Where the distilled line is empty (filtered), train on the reference instead of dropping.")
+]
+
+
