@@ -1,11 +1,65 @@
-"""The options that several commands share, declared once: search, devices, data and teachers."""
+"""The options that several commands share, declared once: search, devices, data and teachers; and the options
+built from a configuration dataclass's fields (kdmt.config)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from kdmt.config import field_ranges, from_options, options
+from kdmt.options import check_ranges
+
+
+def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
+    """A command-line option for each option field of a configuration dataclass: its name, type, help and
+    default (or the one in `defaults`); an option given as text (a field with `parse`) takes a string."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in options(cls):
+        kind = (str if f.default is not None else str | None) if f.metadata["parse"] else hints[f.name]
+        declared = typer.Option(*f.metadata["flags"], help=f.metadata["help"])
+        default = defaults.get(f.name, f.default)
+        annotation = Annotated[kind, declared]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    return params
+
+
+def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Callable], Callable]:
+    """A command whose parameter `NAME: Cls` (NAME in `groups`) is given as Cls's options, one per field
+    (config_options; `groups[NAME]` may be (Cls, {field: default}) for other defaults): the command takes each
+    option on the command line, checks their ranges and receives Cls(**options)."""
+
+    def wrap(fn: Callable) -> Callable:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params, fields = [], {}
+        for p in inspect.signature(fn).parameters.values():
+            if p.name in groups:
+                cls, defaults = groups[p.name] if isinstance(groups[p.name], tuple) else (groups[p.name], {})
+                built = config_options(cls, defaults)
+                fields[p.name] = cls, [q.name for q in built]
+                params += built
+            else:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name]))
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            for name, (cls, names) in fields.items():
+                values = {n: kwargs.pop(n) for n in names}
+                check_ranges(values, field_ranges(cls))
+                kwargs[name] = from_options(cls, values)
+            return fn(**kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return wrap
 
 Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
 Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]

@@ -10,72 +10,16 @@ import typer
 
 from kdmt import distributed
 from kdmt.cli.common import command, err
-from kdmt.cli.params import Device
+from kdmt.cli.params import Data, Device, Distilled, FallbackRef, Teachers, TeacherWeights, with_options
 from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
-from kdmt.model import ModelConfig, Transformer, make_config
-from kdmt.options import parse_duration
+from kdmt.model import Architecture, Transformer
 from kdmt.run_dir import check_out_dir
 from kdmt.student import StudentOptions, build_student
 from kdmt.train import TrainConfig, Trainer, ValidSet
 
-Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints and metrics.")]
-Preset = Annotated[str, typer.Option(help="Model size: tiny, small or base.")]
-Dim = Annotated[int | None, typer.Option(help="Override the preset.")]
-Dropout = Annotated[float | None, typer.Option(help="Override the preset's dropout.")]
-MaxTokens = Annotated[int, typer.Option(help="Padded tokens per batch.")]
-UpdateFreq = Annotated[int, typer.Option(help="Batches accumulated per optimizer step.")]
-Lr = Annotated[float, typer.Option(help="Peak learning rate.")]
-Warmup = Annotated[int, typer.Option(help="Warmup steps of the inverse-sqrt schedule.")]
-LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing ε.")]
-ClipNorm = Annotated[float, typer.Option(help="Gradient norm clipping (0: off).")]
-WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
-MaxSteps = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")]
-Epochs = Annotated[int | None, typer.Option(help="Stop after this many epochs.")]
-MaxTime = Annotated[str | None, typer.Option(help="Stop after this long, e.g. 30m or 2h.")]
-ValidInterval = Annotated[int, typer.Option(help="Steps between validations and checkpoints.")]
-ValidBleuSents = Annotated[
-    int | None, typer.Option(help="Validation sentences translated for BLEU (0: none; default all).")
-]
-Patience = Annotated[int | None, typer.Option(help="Stop after this many validations without improvement.")]
-KeepLast = Annotated[int, typer.Option(help="Numbered checkpoints to keep.")]
-AverageLast = Annotated[int, typer.Option(help="At the end, average the last N into checkpoint_avg.safetensors.")]
-MaxLen = Annotated[int, typer.Option(help="Skip training pairs longer than this many tokens.")]
-LogInterval = Annotated[int, typer.Option(help="Steps between lines in metrics.jsonl.")]
-Seed = Annotated[int, typer.Option(help="Random seed.")]
-TrainBf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="bf16 autocast on CUDA.")]
-AdamBetas = Annotated[tuple[float, float], typer.Option(help="Adam's β1 and β2.")]
-ValidBeam = Annotated[int, typer.Option(help="Beam size of the validation BLEU's translations.")]
 Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.safetensors.")]
-D = TrainConfig(max_steps=1)  # for the defaults
-
-
-
-
-def _model_config(
-    data: PreparedData,
-    preset: str,
-    d_model: int | None,
-    n_heads: int | None,
-    enc_layers: int | None,
-    dec_layers: int | None,
-    d_ff: int | None,
-    dropout: float | None,
-) -> ModelConfig:
-    """A preset for the data's vocabularies, with the dimensions given on the command line."""
-    return make_config(
-        len(data.src_vocab),
-        len(data.tgt_vocab),
-        preset,
-        share_embeddings=data.info.joint_vocab,
-        d_model=d_model,
-        n_heads=n_heads,
-        enc_layers=enc_layers,
-        dec_layers=dec_layers,
-        d_ff=d_ff,
-        dropout=dropout,
-    )
 
 
 def _join_training(device: str | None, out: Path, resume: bool) -> torch.device:
@@ -90,37 +34,12 @@ def _join_training(device: str | None, out: Path, resume: bool) -> torch.device:
 
 
 @command("train-teacher")
+@with_options(architecture=Architecture, train=TrainConfig)
 def train_teacher_cmd(
     data: Data,
     out: Out,
-    preset: Preset = "small",
-    d_model: Dim = None,
-    n_heads: Dim = None,
-    enc_layers: Dim = None,
-    dec_layers: Dim = None,
-    d_ff: Dim = None,
-    dropout: Dropout = None,
-    max_tokens: MaxTokens = D.max_tokens,
-    update_freq: UpdateFreq = D.update_freq,
-    lr: Lr = D.lr,
-    warmup: Warmup = D.warmup,
-    adam_betas: AdamBetas = D.adam_betas,
-    label_smoothing: LabelSmoothing = D.label_smoothing,
-    clip_norm: ClipNorm = D.clip_norm,
-    weight_decay: WeightDecay = D.weight_decay,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
-    max_time: MaxTime = None,
-    valid_interval: ValidInterval = D.valid_interval,
-    valid_bleu_sents: ValidBleuSents = None,
-    valid_beam: ValidBeam = D.valid_beam,
-    patience: Patience = None,
-    keep_last: KeepLast = D.keep_last,
-    average_last: AverageLast = D.average_last,
-    max_len: MaxLen = D.max_len,
-    log_interval: LogInterval = D.log_interval,
-    seed: Seed = D.seed,
-    bf16: TrainBf16 = True,
+    architecture: Architecture,
+    train: TrainConfig,
     resume: Resume = False,
     device: Device = None,
     pair: Annotated[
@@ -135,40 +54,19 @@ def train_teacher_cmd(
     One pair's teacher on multilingual data: kdmt train-teacher --data work/data --pair de-en --out work/teacher-de-en
     """
     dev = _join_training(device, out, resume)
-    config = TrainConfig(
-        max_tokens=max_tokens,
-        update_freq=update_freq,
-        lr=lr,
-        warmup=warmup,
-        adam_betas=adam_betas,
-        weight_decay=weight_decay,
-        label_smoothing=label_smoothing,
-        clip_norm=clip_norm,
-        max_steps=max_steps,
-        epochs=epochs,
-        max_time=parse_duration(max_time),
-        valid_interval=valid_interval,
-        valid_bleu_sents=valid_bleu_sents,
-        valid_beam=valid_beam,
-        patience=patience,
-        keep_last=keep_last,
-        average_last=average_last,
-        max_len=max_len,
-        seed=seed,
-        log_interval=log_interval,
-        bf16=bf16,
-    )
     prepared = PreparedData.open(data)
-    model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
-    torch.manual_seed(seed)
+    model_config = architecture.config(len(prepared.src_vocab), len(prepared.tgt_vocab), prepared.info.joint_vocab)
+    torch.manual_seed(train.seed)
     model = Transformer(model_config)
     with distributed.rank0_first():  # tokenized again, and saved, when not current
-        train, valid = prepared.corpus("train"), ValidSet.of(prepared, pair)
+        corpus, valid = prepared.corpus("train"), ValidSet.of(prepared, pair)
     if pair is not None:  # ValidSet.of has checked that the data has several pairs, this one among them
-        train = train.subset(prepared.info.pair_rows("train").rows(pair))
-    meta = {"role": "teacher", "objective": "label-smoothed cross-entropy", **_data_record(prepared, preset, pair)}
-    trainer = Trainer(model, prepared.src_vocab, prepared.tgt_vocab, train, valid, out, config, dev, None, meta, err)
-    err.print(f"teacher: {model.num_parameters():,} parameters, {len(train):,} training pairs, device {dev}")
+        corpus = corpus.subset(prepared.info.pair_rows("train").rows(pair))
+    meta = {"role": "teacher", "objective": "label-smoothed cross-entropy"}
+    meta |= _data_record(prepared, architecture.preset, pair)
+    vocabs = prepared.src_vocab, prepared.tgt_vocab
+    trainer = Trainer(model, *vocabs, corpus, valid, out, train, dev, None, meta, err)
+    err.print(f"teacher: {model.num_parameters():,} parameters, {len(corpus):,} training pairs, device {dev}")
     trainer.run(resume)
 
 
@@ -182,30 +80,8 @@ def _data_record(data: PreparedData, preset: str, pair: str | None = None) -> di
     return record
 
 
-Teachers = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--teacher",
-        "-t",
-        help="Teacher checkpoint (or a MarianMT directory: data prepared with --vocab-from it); repeat for several.",
-    ),
-]
-TeacherWeights = Annotated[
-    list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
-]
-Distilled = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="Distilled targets (seq-KD), line-aligned with DATA/train.src; several pairs: or PAIR=FILE for each "
-        "pair, line-aligned with DATA/train.PAIR.src."
-    ),
-]
-FallbackRef = Annotated[
-    bool, typer.Option(help="Where the distilled line is empty (filtered), train on the reference instead of dropping.")
-]
-
-
 @command("train-student")
+@with_options(architecture=(Architecture, {"preset": "tiny"}), train=TrainConfig)
 def train_student_cmd(
     data: Data,
     out: Out,
@@ -248,34 +124,9 @@ def train_student_cmd(
         str | None,
         typer.Option(help="Multilingual data: train on this pair's sentences alone (--teacher as for one pair)."),
     ] = None,
-    preset: Preset = "tiny",
-    d_model: Dim = None,
-    n_heads: Dim = None,
-    enc_layers: Dim = None,
-    dec_layers: Dim = None,
-    d_ff: Dim = None,
-    dropout: Dropout = None,
-    max_tokens: MaxTokens = D.max_tokens,
-    update_freq: UpdateFreq = D.update_freq,
-    lr: Lr = D.lr,
-    warmup: Warmup = D.warmup,
-    adam_betas: AdamBetas = D.adam_betas,
-    label_smoothing: LabelSmoothing = D.label_smoothing,
-    clip_norm: ClipNorm = D.clip_norm,
-    weight_decay: WeightDecay = D.weight_decay,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
-    max_time: MaxTime = None,
-    valid_interval: ValidInterval = D.valid_interval,
-    valid_bleu_sents: ValidBleuSents = None,
-    valid_beam: ValidBeam = D.valid_beam,
-    patience: Patience = None,
-    keep_last: KeepLast = D.keep_last,
-    average_last: AverageLast = D.average_last,
-    max_len: MaxLen = D.max_len,
-    log_interval: LogInterval = D.log_interval,
-    seed: Seed = D.seed,
-    bf16: TrainBf16 = True,
+    *,
+    architecture: Architecture,
+    train: TrainConfig,
     resume: Resume = False,
     device: Device = None,
 ) -> None:
@@ -289,29 +140,6 @@ def train_student_cmd(
     the distilled targets in one file or --distilled PAIR=FILE for each pair (kdmt distill of DATA/train.PAIR.src).
     """
     dev = _join_training(device, out, resume)
-    config = TrainConfig(
-        max_tokens=max_tokens,
-        update_freq=update_freq,
-        lr=lr,
-        warmup=warmup,
-        adam_betas=adam_betas,
-        weight_decay=weight_decay,
-        label_smoothing=label_smoothing,
-        clip_norm=clip_norm,
-        max_steps=max_steps,
-        epochs=epochs,
-        max_time=parse_duration(max_time),
-        valid_interval=valid_interval,
-        valid_bleu_sents=valid_bleu_sents,
-        valid_beam=valid_beam,
-        patience=patience,
-        keep_last=keep_last,
-        average_last=average_last,
-        max_len=max_len,
-        seed=seed,
-        log_interval=log_interval,
-        bf16=bf16,
-    )
     options = StudentOptions(
         teachers=teacher or [],
         teacher_weights=teacher_weight,
@@ -334,18 +162,18 @@ def train_student_cmd(
         selective_margin=selective_margin,
         pair=pair,
     )
-    if selective_kd and valid_bleu_sents == 0:
+    if selective_kd and train.valid_bleu_sents == 0:
         raise KdmtError("--selective-kd compares validation BLEU: drop --valid-bleu-sents 0")
     prepared = PreparedData.open(data)
-    model_config = _model_config(prepared, preset, d_model, n_heads, enc_layers, dec_layers, d_ff, dropout)
+    model_config = architecture.config(len(prepared.src_vocab), len(prepared.tgt_vocab), prepared.info.joint_vocab)
     with distributed.rank0_first():  # the student's corpus is tokenized once, and saved
-        student = build_student(prepared, model_config, options, label_smoothing, seed, dev)
+        student = build_student(prepared, model_config, options, train.label_smoothing, train.seed, dev)
         valid = ValidSet.of(prepared, pair)
     n = len(student.corpus)
-    meta = {**student.meta, **_data_record(prepared, preset, pair)}
+    meta = {**student.meta, **_data_record(prepared, architecture.preset, pair)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
     trainer = Trainer(
-        student.model, *vocabs, student.corpus, valid, out, config, dev, student.objective, meta, err, student.sampler
+        student.model, *vocabs, student.corpus, valid, out, train, dev, student.objective, meta, err, student.sampler
     )
     if selective_kd:
         err.print("measuring the teachers' validation BLEU, for selective distillation")
