@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from kdmt.config import option
 from kdmt.errors import KdmtError
-from kdmt.options import COUNT, FRACTION
+from kdmt.options import COUNT, FRACTION, flag
 from kdmt.vocab import PAD
 
 
@@ -69,6 +70,22 @@ class Architecture:
     def config(self, src_vocab_size: int, tgt_vocab_size: int, share_embeddings: bool) -> ModelConfig:
         dims = {k: v for k, v in asdict(self).items() if k != "preset"}
         return make_config(src_vocab_size, tgt_vocab_size, self.preset, share_embeddings=share_embeddings, **dims)
+
+    def resumed(self, saved: ModelConfig, saved_preset: str | None, given: Collection[str]) -> ModelConfig:
+        """A resumed run's model: its checkpoint's; an option `given` (on the command line or in a --config
+        file) that differs from the checkpoint is refused."""
+        saved_values = asdict(saved) | {"preset": saved_preset}
+        conflicts = [
+            f"{flag(name)} {getattr(self, name)} (the checkpoint's: {saved_values[name]})"
+            for name in given
+            if getattr(self, name) != saved_values[name]
+        ]
+        if conflicts:
+            raise KdmtError(
+                f"the run to resume has another model: {', '.join(conflicts)}; --resume takes the checkpoint's, "
+                "drop these options"
+            )
+        return saved
 
 def sinusoids(length: int, dim: int) -> Tensor:
     """Fixed sinusoidal position encodings (Vaswani et al. 2017), (length, dim)."""

@@ -41,7 +41,7 @@ from kdmt.teacher_command import CommandTeacher
 from kdmt.translate import SearchOptions
 
 
-@command("distill")
+@command("distill", config=True)
 def distill_cmd(
     ctx: typer.Context,
     src: Annotated[Path, typer.Option(help="Source side of the corpus to distill (.gz allowed).")],

@@ -32,7 +32,7 @@ def _per_pair(values: list[str] | None, pairs: list[Pair], option: str) -> list[
     return values * len(pairs) if len(values) == 1 else values
 
 
-@command("prepare")
+@command("prepare", config=True)
 def prepare_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the prepared data to.")],
     src_lang: Annotated[str | None, typer.Option("--src", help="Source language code, e.g. de.")] = None,

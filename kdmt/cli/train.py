@@ -9,17 +9,39 @@ import torch
 import typer
 
 from kdmt import distributed
-from kdmt.cli.common import command, err
+from kdmt.checkpoint import load_checkpoint
+from kdmt.cli.common import command, effective_config, err, given
 from kdmt.cli.params import Data, Device, Distilled, FallbackRef, Teachers, TeacherWeights, with_options
+from kdmt.config import CONFIG_FILE, options
 from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
-from kdmt.model import Architecture, Transformer
-from kdmt.run_dir import check_out_dir
+from kdmt.files import write_text
+from kdmt.model import Architecture, ModelConfig, Transformer
+from kdmt.run_dir import LAST, check_out_dir
 from kdmt.student import StudentOptions, build_student
 from kdmt.train import TrainConfig, Trainer, ValidSet
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints and metrics.")]
 Resume = Annotated[bool, typer.Option(help="Continue from OUT/checkpoint_last.safetensors.")]
+
+
+def _model_config(
+    ctx: typer.Context, data: PreparedData, architecture: Architecture, out: Path, resume: bool
+) -> tuple[ModelConfig, str]:
+    """The model and its preset: a new run's from the options, for the data's vocabularies; a resumed run's
+    from its checkpoint (an architecture option given that differs from it is refused)."""
+    if not resume:
+        sizes = len(data.src_vocab), len(data.tgt_vocab)
+        return architecture.config(*sizes, data.info.joint_vocab), architecture.preset
+    saved = load_checkpoint(out / LAST)
+    preset = saved.meta.get("preset", architecture.preset)
+    given_options = [f.name for f in options(Architecture) if given(ctx, f.name)]
+    return architecture.resumed(saved.model.config, preset, given_options), preset
+
+
+def _write_config(ctx: typer.Context, out: Path) -> None:
+    """The run's effective configuration, OUT/config.yaml: a file for --config (rank 0 writes it)."""
+    distributed.on_rank0(lambda: write_text(out / CONFIG_FILE, effective_config(ctx)))
 
 
 def _join_training(device: str | None, out: Path, resume: bool) -> torch.device:
@@ -33,9 +55,10 @@ def _join_training(device: str | None, out: Path, resume: bool) -> torch.device:
     return dev
 
 
-@command("train-teacher")
+@command("train-teacher", config=True)
 @with_options(architecture=Architecture, train=TrainConfig)
 def train_teacher_cmd(
+    ctx: typer.Context,
     data: Data,
     out: Out,
     architecture: Architecture,
@@ -55,7 +78,7 @@ def train_teacher_cmd(
     """
     dev = _join_training(device, out, resume)
     prepared = PreparedData.open(data)
-    model_config = architecture.config(len(prepared.src_vocab), len(prepared.tgt_vocab), prepared.info.joint_vocab)
+    model_config, preset = _model_config(ctx, prepared, architecture, out, resume)
     torch.manual_seed(train.seed)
     model = Transformer(model_config)
     with distributed.rank0_first():  # tokenized again, and saved, when not current
@@ -63,10 +86,11 @@ def train_teacher_cmd(
     if pair is not None:  # ValidSet.of has checked that the data has several pairs, this one among them
         corpus = corpus.subset(prepared.info.pair_rows("train").rows(pair))
     meta = {"role": "teacher", "objective": "label-smoothed cross-entropy"}
-    meta |= _data_record(prepared, architecture.preset, pair)
+    meta |= _data_record(prepared, preset, pair)
     vocabs = prepared.src_vocab, prepared.tgt_vocab
     trainer = Trainer(model, *vocabs, corpus, valid, out, train, dev, None, meta, err)
     err.print(f"teacher: {model.num_parameters():,} parameters, {len(corpus):,} training pairs, device {dev}")
+    _write_config(ctx, out)
     trainer.run(resume)
 
 
@@ -80,9 +104,10 @@ def _data_record(data: PreparedData, preset: str, pair: str | None = None) -> di
     return record
 
 
-@command("train-student")
+@command("train-student", config=True)
 @with_options(architecture=(Architecture, {"preset": "tiny"}), train=TrainConfig)
 def train_student_cmd(
+    ctx: typer.Context,
     data: Data,
     out: Out,
     teacher: Teachers = None,
@@ -165,12 +190,12 @@ def train_student_cmd(
     if selective_kd and train.valid_bleu_sents == 0:
         raise KdmtError("--selective-kd compares validation BLEU: drop --valid-bleu-sents 0")
     prepared = PreparedData.open(data)
-    model_config = architecture.config(len(prepared.src_vocab), len(prepared.tgt_vocab), prepared.info.joint_vocab)
+    model_config, preset = _model_config(ctx, prepared, architecture, out, resume)
     with distributed.rank0_first():  # the student's corpus is tokenized once, and saved
         student = build_student(prepared, model_config, options, train.label_smoothing, train.seed, dev)
         valid = ValidSet.of(prepared, pair)
     n = len(student.corpus)
-    meta = {**student.meta, **_data_record(prepared, architecture.preset, pair)}
+    meta = {**student.meta, **_data_record(prepared, preset, pair)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
     trainer = Trainer(
         student.model, *vocabs, student.corpus, valid, out, train, dev, student.objective, meta, err, student.sampler
@@ -183,4 +208,5 @@ def train_student_cmd(
             )
         )
     err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
+    _write_config(ctx, out)
     trainer.run(resume)
