@@ -96,6 +96,8 @@ def test_resume_takes_the_architecture_from_the_checkpoint(toy_data, tmp_path):
         "kdmt train-teacher: error: the run to resume has another model: --d-model 64 (the checkpoint's: 32)",
     )
     assert_fails(kdmt("train-teacher", *common, "--preset", "small"), "--preset small (the checkpoint's: tiny)")
+    in_a_file = write_config(tmp_path / "c.yaml", {"n_heads": 2})  # a file's option is given too
+    assert_fails(kdmt("train-teacher", *common, "--config", in_a_file), "--n-heads 2 (the checkpoint's: 4)")
     assert load_checkpoint(out / LAST).train_state["step"] == 2
     settings = ["--max-tokens", "1500", "--warmup", "5", "--valid-interval", "2", "--valid-bleu-sents", "0"]
     result = kdmt("train-teacher", *common, *settings, "--seed", "3")  # no architecture option: the checkpoint's
