@@ -105,3 +105,11 @@ def test_resume_takes_the_architecture_from_the_checkpoint(toy_data, tmp_path):
     resumed = load_checkpoint(out / LAST)
     assert resumed.train_state["step"] == 4 and resumed.model.config.d_model == 32
     assert resumed.meta["preset"] == "tiny"
+
+
+def test_an_option_given_as_text_is_read_by_its_field(tmp_path):
+    """--max-time is text (30m, 2h) on the command line and in a file, seconds in TrainConfig."""
+    args = ["train-teacher", "--data", tmp_path, "--out", tmp_path / "run"]
+    assert_fails(kdmt(*args, "--max-time", "5x"), "cannot read the duration '5x' (examples: 90s, 30m, 2h)")
+    assert_fails(kdmt(*args, "--max-time", "0m"), "kdmt train-teacher: error: --max-time must be positive")
+    assert not (tmp_path / "run").exists()
