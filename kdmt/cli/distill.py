@@ -26,7 +26,15 @@ from kdmt.cli.params import (
     TgtLang,
     Threads,
 )
-from kdmt.distill import DistillRun, DistillSettings, Teacher, teacher_identity
+from kdmt.distill import (
+    DistillRun,
+    DistillSettings,
+    Teacher,
+    candidate_count,
+    check_backward_filter,
+    selection_metric,
+    teacher_identity,
+)
 from kdmt.engines import engine_name, open_translator
 from kdmt.errors import KdmtError
 from kdmt.languages import Pair, target_language
@@ -35,7 +43,6 @@ from kdmt.pretrained import PretrainedOptions, is_hub_id, resolve
 from kdmt.progress import ProgressLine
 from kdmt.scoring import open_scorer
 from kdmt.search import Sampling
-from kdmt.selection import check_selection
 from kdmt.shards import local_device
 from kdmt.teacher_command import CommandTeacher
 from kdmt.translate import SearchOptions
@@ -155,18 +162,11 @@ def distill_cmd(
         raise KdmtError(
             "give the teacher as -t CHECKPOINT (repeat for an ensemble) or --teacher-cmd 'CMD': one of them"
         )
-    select_metric = select_metric or ("chrf" if select == "mbr" else "bleu")
-    check_selection(select or "best", select_metric)
+    select_metric = selection_metric(select, select_metric)
     if teacher_cmd is not None:
         command_options(ctx, candidates, select)
-    if sampling is None and candidates > beam:
-        raise KdmtError(f"--candidates must be at most --beam ({beam}) without --sampling, not {candidates}")
-    if select not in (None, "best") and candidates == 1:
-        candidates = beam if sampling is None else 8  # a choice among the whole beam, or among 8 samples
-    if keep > candidates:
-        raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {keep}")
-    if bool(filter_drop or filter_max_ce is not None) != (filter_backward is not None):
-        raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
+    candidates = candidate_count(candidates, beam, sampling, select, keep)
+    check_backward_filter(filter_backward, filter_drop, filter_max_ce)
     if teacher_cmd is not None:
         translator: Teacher = CommandTeacher(teacher_cmd)
         identities, meta, max_src, engine_used = [translator.identity], None, 0, "command"
