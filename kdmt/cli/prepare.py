@@ -9,27 +9,17 @@ import typer
 from rich.table import Table
 
 from kdmt.cli.common import command, err
-from kdmt.data import stream_parallel
 from kdmt.errors import KdmtError
-from kdmt.languages import Pair, parse_pairs
-from kdmt.prepare import SPM_SAMPLE, CleanOptions, PairCorpus, VocabOptions, prepare, prepare_multilingual
-from kdmt.sources import dataset_pairs
-
-
-def _prefix_file(prefix: str, lang: str) -> Path:
-    for candidate in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")):
-        if candidate.is_file():
-            return candidate
-    raise KdmtError(f"no file {prefix}.{lang} (or .gz)")
-
-
-def _per_pair(values: list[str] | None, pairs: list[Pair], option: str) -> list[str]:
-    """A prefix option given once for all pairs, or once per pair in the order of --pair."""
-    if values is None:
-        raise KdmtError(f"{option} is required with --train")
-    if len(values) not in (1, len(pairs)):
-        raise KdmtError(f"give {option} once for all pairs, or once per --pair ({len(pairs)} times)")
-    return values * len(pairs) if len(values) == 1 else values
+from kdmt.prepare import (
+    SPM_SAMPLE,
+    CleanOptions,
+    VocabOptions,
+    dataset_corpus,
+    file_corpora,
+    language_pairs,
+    prepare,
+    prepare_multilingual,
+)
 
 
 @command("prepare", config=True)
@@ -100,39 +90,16 @@ def prepare_cmd(
     Several pairs: kdmt prepare --pair de-en --pair fr-en --train data/multi30k/train --valid data/multi30k/val \
     -o work/data
     """
-    if pair and not src_lang and not tgt_lang:
-        pairs = parse_pairs(pair)
-    elif src_lang and tgt_lang and not pair:
-        pairs = [Pair(src_lang, tgt_lang)]
-    else:
-        raise KdmtError("give either --src and --tgt, or --pair")
+    pairs = language_pairs(src_lang, tgt_lang, pair)
     if (dataset is None) == (train is None):
         raise KdmtError("give either --train and --valid (text files) or --dataset")
-    if dataset is not None and len(pairs) > 1:
-        raise KdmtError("--dataset takes one pair; give several pairs as files (--train, --valid)")
     clean = CleanOptions(max_words, max_ratio, dedup)
     vocab = VocabOptions(vocab_size, joint_vocab, spm_type, sample=spm_sample, temperature=spm_temperature)
     if dataset is None:
-        trains, valids = _per_pair(train, pairs, "--train"), _per_pair(valid, pairs, "--valid")
-        corpora = [
-            PairCorpus(
-                p,
-                stream_parallel(_prefix_file(t, p.src), _prefix_file(t, p.tgt)),
-                stream_parallel(_prefix_file(v, p.src), _prefix_file(v, p.tgt)),
-            )
-            for p, t, v in zip(pairs, trains, valids)
-        ]
+        corpora = file_corpora(pairs, train, valid)
     else:
-        files = None
-        if data_files:
-            if not all("=" in f for f in data_files):
-                raise KdmtError("--data-files takes SPLIT=PATH, e.g. --data-files train=train.jsonl")
-            files = dict(f.split("=", 1) for f in data_files)
-        columns = dict(src_field=src_field, tgt_field=tgt_field)
-        p = pairs[0]
-        train_pairs = dataset_pairs(dataset, train_split, p.src, p.tgt, dataset_config, files, **columns)
-        valid_pairs = dataset_pairs(dataset, valid_split, p.src, p.tgt, dataset_config, files, **columns)
-        corpora = [PairCorpus(p, train_pairs, valid_pairs)]
+        splits, columns = (train_split, valid_split), dict(src_field=src_field, tgt_field=tgt_field)
+        corpora = [dataset_corpus(pairs, dataset, dataset_config, data_files, splits, **columns)]
     if vocab_from is not None and len(corpora) > 1:
         raise KdmtError("--vocab-from takes one pair (a MarianMT teacher's)")
     with err.status("prepare") as status:
