@@ -33,6 +33,7 @@ def test_a_config_file_gives_the_run_of_the_same_flags(toy_data, tmp_path):
     assert kdmt("train-teacher", *flags, "--out", tmp_path / "flags").exit_code == 0
     written = yaml.safe_load((tmp_path / "flags" / "config.yaml").read_text())
     assert written["max_steps"] == 2 and written["d_model"] == 32 and written["adam_betas"] == [0.9, 0.98]
+    assert written["n_heads"] == 4 and written["preset"] == "tiny"  # the model as built: the preset's
     config = write_config(tmp_path / "run.yaml", written | {"out": str(tmp_path / "file")})
     result = kdmt("train-teacher", "--config", config)
     assert result.exit_code == 0, result.stderr
@@ -105,6 +106,9 @@ def test_resume_takes_the_architecture_from_the_checkpoint(toy_data, tmp_path):
     resumed = load_checkpoint(out / LAST)
     assert resumed.train_state["step"] == 4 and resumed.model.config.d_model == 32
     assert resumed.meta["preset"] == "tiny"
+    result = kdmt("train-teacher", "--config", out / "config.yaml", "--max-steps", "6")  # the run's own file
+    assert result.exit_code == 0, result.stderr
+    assert load_checkpoint(out / LAST).train_state["step"] == 6
 
 
 def test_an_option_given_as_text_is_read_by_its_field(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -63,10 +63,11 @@ PrintConfig = Annotated[
 CONFIG_OPTIONS = ("config", "print_config")
 
 
-def effective_config(ctx: typer.Context) -> str:
-    """The options of a command, as a configuration file (--config reads it back)."""
+def effective_config(ctx: typer.Context, resolved: dict[str, Any] | None = None) -> str:
+    """The options of a command, as a configuration file (--config reads it back); `resolved` the values
+    that the command settled, instead of those given."""
     names = [p.name for p in ctx.command.params if p.name in ctx.params and p.name not in CONFIG_OPTIONS]
-    return dump_config({name: ctx.params[name] for name in names})  # in the order of --help
+    return dump_config({name: ctx.params[name] for name in names} | (resolved or {}))  # in the order of --help
 
 
 def given(ctx: typer.Context, name: str) -> bool:

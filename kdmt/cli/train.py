@@ -39,9 +39,11 @@ def _model_config(
     return architecture.resumed(saved.model.config, preset, given_options), preset
 
 
-def _write_config(ctx: typer.Context, out: Path) -> None:
-    """The run's effective configuration, OUT/config.yaml: a file for --config (rank 0 writes it)."""
-    distributed.on_rank0(lambda: write_text(out / CONFIG_FILE, effective_config(ctx)))
+def _write_config(ctx: typer.Context, out: Path, model: ModelConfig, preset: str) -> None:
+    """The run's effective configuration, OUT/config.yaml, a file for --config: its options, with the model
+    as built (the preset and every dimension; a resumed run's, its checkpoint's). Rank 0 writes it."""
+    built = {"preset": preset} | {f.name: getattr(model, f.name) for f in options(Architecture) if f.name != "preset"}
+    distributed.on_rank0(lambda: write_text(out / CONFIG_FILE, effective_config(ctx, built)))
 
 
 def _join_training(device: str | None, out: Path, resume: bool) -> torch.device:
@@ -90,7 +92,7 @@ def train_teacher_cmd(
     vocabs = prepared.src_vocab, prepared.tgt_vocab
     trainer = Trainer(model, *vocabs, corpus, valid, out, train, dev, None, meta, err)
     err.print(f"teacher: {model.num_parameters():,} parameters, {len(corpus):,} training pairs, device {dev}")
-    _write_config(ctx, out)
+    _write_config(ctx, out, model_config, preset)
     trainer.run(resume)
 
 
@@ -208,5 +210,5 @@ def train_student_cmd(
             )
         )
     err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
-    _write_config(ctx, out)
+    _write_config(ctx, out, model_config, preset)
     trainer.run(resume)
