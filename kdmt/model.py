@@ -73,12 +73,12 @@ class Architecture:
 
     def resumed(self, saved: ModelConfig, saved_preset: str | None, given: Collection[str]) -> ModelConfig:
         """A resumed run's model: its checkpoint's; an option `given` (on the command line or in a --config
-        file) that differs from the checkpoint is refused (None, the preset's, never differs)."""
+        file) that differs from the checkpoint is refused."""
         saved_values = asdict(saved) | {"preset": saved_preset}
         conflicts = [
             f"{flag(name)} {getattr(self, name)} (the checkpoint's: {saved_values[name]})"
             for name in given
-            if getattr(self, name) not in (None, saved_values[name])
+            if getattr(self, name) != saved_values[name]
         ]
         if conflicts:
             raise KdmtError(

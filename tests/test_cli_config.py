@@ -106,7 +106,7 @@ def test_resume_takes_the_architecture_from_the_checkpoint(toy_data, tmp_path):
     resumed = load_checkpoint(out / LAST)
     assert resumed.train_state["step"] == 4 and resumed.model.config.d_model == 32
     assert resumed.meta["preset"] == "tiny"
-    nulls = write_config(tmp_path / "nulls.yaml", {"d_model": None, "dropout": None})  # as --print-config has them
+    nulls = write_config(tmp_path / "nulls.yaml", {"d_model": None, "dropout": None})  # null: not given
     result = kdmt("train-teacher", *common, *settings, "--seed", "3", "--config", nulls, "--max-steps", "5")
     assert result.exit_code == 0, result.stderr
     result = kdmt("train-teacher", "--config", out / "config.yaml", "--max-steps", "6")  # the run's own file
