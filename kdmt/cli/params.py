@@ -61,6 +61,7 @@ def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Call
 
     return wrap
 
+
 Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
 Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
 MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
