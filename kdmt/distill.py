@@ -39,7 +39,7 @@ from kdmt.files import LineReader, atomic_path, line_offsets, read_lines, write_
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
 from kdmt.scoring import PairScorer
-from kdmt.selection import choose
+from kdmt.selection import check_selection, choose
 from kdmt.shards import Manifest, ShardedRun, file_identity
 from kdmt.translate import Candidate, Progress
 
@@ -106,6 +106,31 @@ class DistillSettings:
     backward_max_ce: float | None = None  # pairs above this cross-entropy a token are dropped
     inputs: dict[str, list[int]] = field(default_factory=dict)  # source, reference, backward -> [size, mtime_ns]
 
+
+
+def selection_metric(select: str | None, metric: str | None) -> str:
+    """The sentence metric that --select uses: the one given, else chrF for mbr and BLEU for the others."""
+    metric = metric or ("chrf" if select == "mbr" else "bleu")
+    check_selection(select or "best", metric)
+    return metric
+
+
+def candidate_count(candidates: int, beam: int, sampling: str | None, select: str | None, keep: int) -> int:
+    """The candidates a source: at most the beam's without sampling; a choice (a --select other than best)
+    among one candidate is among the whole beam, or among 8 samples; at least --keep."""
+    if sampling is None and candidates > beam:
+        raise KdmtError(f"--candidates must be at most --beam ({beam}) without --sampling, not {candidates}")
+    if select not in (None, "best") and candidates == 1:
+        candidates = beam if sampling is None else 8
+    if keep > candidates:
+        raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {keep}")
+    return candidates
+
+
+def check_backward_filter(model: Path | None, drop: float, max_ce: float | None) -> None:
+    """A backward model filters by a share to drop or a cross-entropy bound, and they need one."""
+    if bool(drop or max_ce is not None) != (model is not None):
+        raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
 
 def filter_degenerate(
     teacher: Teacher,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdmt.config import option
 from kdmt.errors import KdmtError
+from kdmt.options import COUNT, FRACTION, flag
 from kdmt.vocab import PAD
 
 
@@ -49,6 +52,40 @@ def make_config(src_vocab_size: int, tgt_vocab_size: int, preset: str = "small",
         raise KdmtError(f"d_model {config.d_model} is not divisible by n_heads {config.n_heads}")
     return config
 
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model's size as a command asks for it: a preset, and the dimensions that override it (None: the
+    preset's); each one an option of train-teacher and train-student (kdmt.config)."""
+
+    preset: str = option("small", "Model size: tiny, small or base.")
+    d_model: int | None = option(None, "Override the preset.", COUNT)
+    n_heads: int | None = option(None, "Override the preset.", COUNT)
+    enc_layers: int | None = option(None, "Override the preset.", COUNT)
+    dec_layers: int | None = option(None, "Override the preset.", COUNT)
+    d_ff: int | None = option(None, "Override the preset.", COUNT)
+    dropout: float | None = option(None, "Override the preset's dropout.", FRACTION)
+
+    def config(self, src_vocab_size: int, tgt_vocab_size: int, share_embeddings: bool) -> ModelConfig:
+        dims = {k: v for k, v in asdict(self).items() if k != "preset"}
+        return make_config(src_vocab_size, tgt_vocab_size, self.preset, share_embeddings=share_embeddings, **dims)
+
+    def resumed(self, saved: ModelConfig, saved_preset: str | None, given: Collection[str]) -> ModelConfig:
+        """A resumed run's model: its checkpoint's; an option `given` (on the command line or in a --config
+        file) that differs from the checkpoint is refused."""
+        saved_values = asdict(saved) | {"preset": saved_preset}
+        conflicts = [
+            f"{flag(name)} {getattr(self, name)} (the checkpoint's: {saved_values[name]})"
+            for name in given
+            if getattr(self, name) != saved_values[name]
+        ]
+        if conflicts:
+            raise KdmtError(
+                f"the run to resume has another model: {', '.join(conflicts)}; --resume takes the checkpoint's, "
+                "drop these options"
+            )
+        return saved
 
 def sinusoids(length: int, dim: int) -> Tensor:
     """Fixed sinusoidal position encodings (Vaswani et al. 2017), (length, dim)."""

@@ -1,14 +1,17 @@
 """The range of every numeric command-line option, by name, and the one check of them.
 
-`kdmt.cli.command` checks each command's values against RANGES before the command starts: a value out of
-range is one line naming the option, its value and the range (exit 2), and nothing is done. An option
-given several values (a list or a tuple) has each checked. Checks that relate two options (--nbest at
-most --beam, --d-model divisible by --n-heads, ...) stay with the code that reads them.
+The options of a configuration dataclass (kdmt.config: the model's, training's) carry their range in their
+field; RANGES holds the others'. `kdmt.cli.common.command` checks each command's values against them before
+the command starts: a value out of range is one line naming the option, its value and the range (exit 2),
+and nothing is done. An option given several values (a list or a tuple) has each checked. Checks that
+relate two options (--nbest at most --beam, --d-model divisible by --n-heads, ...) stay with the code that
+reads them.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +49,7 @@ NONNEGATIVE = Range(float, 0)
 POSITIVE = Range(float, 0, lo_open=True)
 FRACTION = Range(float, 0, 1, hi_open=True)  # dropout, label smoothing, Adam's betas
 SHARE = Range(float, 0, 1)
+SEED = Range(int, 0, 2**31 - 1)
 
 RANGES: dict[str, Range] = {
     # prepare
@@ -55,33 +59,7 @@ RANGES: dict[str, Range] = {
     "spm_sample": Range(int, 2),
     "spm_temperature": POSITIVE,
     "workers": COUNT,
-    # the model
-    "d_model": COUNT,
-    "n_heads": COUNT,
-    "enc_layers": COUNT,
-    "dec_layers": COUNT,
-    "d_ff": COUNT,
-    "dropout": FRACTION,
-    # training
-    "max_tokens": COUNT,
-    "update_freq": COUNT,
-    "lr": POSITIVE,
-    "warmup": NONNEGATIVE_INT,
-    "adam_betas": FRACTION,
-    "label_smoothing": FRACTION,
-    "clip_norm": NONNEGATIVE,  # 0: no clipping
-    "weight_decay": NONNEGATIVE,
-    "max_steps": COUNT,
-    "epochs": COUNT,
-    "valid_interval": COUNT,
-    "valid_bleu_sents": NONNEGATIVE_INT,  # 0: no validation BLEU
-    "valid_beam": COUNT,
-    "patience": COUNT,
-    "keep_last": COUNT,
-    "average_last": NONNEGATIVE_INT,  # 0: no average
-    "max_len": COUNT,
-    "log_interval": COUNT,
-    "seed": Range(int, 0, 2**31 - 1),
+    "seed": SEED,  # distill --sampling, soft-targets (training's: kdmt.train.TrainConfig)
     # distillation
     "teacher_weight": NONNEGATIVE,
     "ref_share": SHARE,
@@ -118,13 +96,23 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_ranges(values: Mapping[str, Any]) -> None:
+def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range] = RANGES) -> None:
     """Raise KdmtError for the first value outside its option's range; None (not given) and names without
     a range pass."""
     for name, value in values.items():
-        allowed = RANGES.get(name)
+        allowed = ranges.get(name)
         if allowed is None or value is None:
             continue
         for v in value if isinstance(value, (list, tuple)) else (value,):
             if v not in allowed:
                 raise KdmtError(f"{flag(name)} must be {allowed}, not {v}")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '30m', '2h', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not m:
+        raise KdmtError(f"cannot read the duration {text!r} (examples: 90s, 30m, 2h)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]

@@ -18,8 +18,9 @@ from kdmt.corpus import write_tokenized
 from kdmt.data import PREPARED_MARKER, CleanStats, Prepared, clean_stream, corpus_key, save_prepared, stream_parallel
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path
-from kdmt.languages import Pair, pair_weights, symbols, tag_source
+from kdmt.languages import Pair, pair_weights, parse_pairs, symbols, tag_source
 from kdmt.pretrained_kd import SEGMENTATION_SAMPLE, TeacherVocab
+from kdmt.sources import dataset_pairs
 from kdmt.vocab import Vocab, train_vocab
 
 SPM_SAMPLE = 500_000  # sentences sentencepiece is trained on, at most: about 0.8 GB for a unigram model
@@ -132,6 +133,65 @@ class PairCorpus:
     train: Pairs
     valid: Pairs
 
+
+
+def language_pairs(src: str | None, tgt: str | None, pairs: list[str] | None) -> list[Pair]:
+    """The language pairs of --src and --tgt, or of --pair (repeated for several)."""
+    if pairs and not src and not tgt:
+        return parse_pairs(pairs)
+    if src and tgt and not pairs:
+        return [Pair(src, tgt)]
+    raise KdmtError("give either --src and --tgt, or --pair")
+
+
+def file_corpora(pairs: list[Pair], train: list[str] | None, valid: list[str] | None) -> list[PairCorpus]:
+    """Each pair's corpus from the files PREFIX.SRC and PREFIX.TGT (.gz allowed), a prefix given once for
+    all pairs or once for each."""
+    trains, valids = _per_pair(train, pairs, "--train"), _per_pair(valid, pairs, "--valid")
+    return [
+        PairCorpus(
+            p,
+            stream_parallel(_prefix_file(t, p.src), _prefix_file(t, p.tgt)),
+            stream_parallel(_prefix_file(v, p.src), _prefix_file(v, p.tgt)),
+        )
+        for p, t, v in zip(pairs, trains, valids)
+    ]
+
+
+def _prefix_file(prefix: str, lang: str) -> Path:
+    for candidate in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")):
+        if candidate.is_file():
+            return candidate
+    raise KdmtError(f"no file {prefix}.{lang} (or .gz)")
+
+
+def _per_pair(values: list[str] | None, pairs: list[Pair], option: str) -> list[str]:
+    """A prefix option given once for all pairs, or once per pair in the order of --pair."""
+    if values is None:
+        raise KdmtError(f"{option} is required with --train")
+    if len(values) not in (1, len(pairs)):
+        raise KdmtError(f"give {option} once for all pairs, or once per --pair ({len(pairs)} times)")
+    return values * len(pairs) if len(values) == 1 else values
+
+
+def dataset_corpus(
+    pairs: list[Pair],
+    dataset: str,
+    config: str | None,
+    data_files: list[str] | None,
+    splits: tuple[str, str],
+    **columns: str | None,
+) -> PairCorpus:
+    """One pair's corpus from a `datasets` source (kdmt.sources.dataset_pairs): a hub name, or json, csv or
+    parquet with its files SPLIT=PATH; `splits` the training and validation splits."""
+    if len(pairs) > 1:
+        raise KdmtError("--dataset takes one pair; give several pairs as files (--train, --valid)")
+    if data_files and not all("=" in f for f in data_files):
+        raise KdmtError("--data-files takes SPLIT=PATH, e.g. --data-files train=train.jsonl")
+    files = dict(f.split("=", 1) for f in data_files) if data_files else None
+    p = pairs[0]
+    train, valid = (dataset_pairs(dataset, split, p.src, p.tgt, config, files, **columns) for split in splits)
+    return PairCorpus(p, train, valid)
 
 def prepare_multilingual(
     out: Path,

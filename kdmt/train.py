@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from kdmt import distributed
 from kdmt.batching import Batch, BatchPlan, index_dtype, make_batch, token_batches
 from kdmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from kdmt.config import option
 from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
@@ -42,6 +43,7 @@ from kdmt.evaluate import score
 from kdmt.languages import Pair, PairRows, PairSampler, bleu_key
 from kdmt.model import Transformer
 from kdmt.objectives import CrossEntropy, label_smoothed_nll
+from kdmt.options import COUNT, FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, SEED, parse_duration
 from kdmt.progress import ProgressLine, format_duration
 from kdmt.run_dir import AVERAGE, BEST, LAST, RunDir, numbered
 from kdmt.translate import SearchOptions, Translator
@@ -50,30 +52,36 @@ from kdmt.vocab import Vocab
 
 @dataclass
 class TrainConfig:
-    max_tokens: int = 4096  # padded target (and source) tokens per batch
-    update_freq: int = 1  # batches accumulated into one optimizer step
-    lr: float = 5e-4
-    warmup: int = 4000
-    adam_betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    clip_norm: float = 1.0  # 0: no clipping
-    max_steps: int | None = None
-    epochs: int | None = None
-    max_time: float | None = None  # seconds of training, counted across resumes
-    valid_interval: int = 1000  # steps between validations (and checkpoints)
-    valid_bleu_sents: int | None = None  # validation sentences translated for BLEU (None: all, 0: none)
-    valid_beam: int = 1
-    patience: int | None = None  # validations without improvement before stopping
-    keep_last: int = 5  # numbered checkpoints kept for averaging
-    average_last: int = 0  # at the end, average this many numbered checkpoints into checkpoint_avg.safetensors
-    max_len: int = 256  # training and validation pairs longer than this (tokens, either side) are skipped
-    seed: int = 1
-    log_interval: int = 50
-    bf16: bool = True  # autocast in bf16 on CUDA
+    """A training run's settings: each one an option of train-teacher and train-student (kdmt.config)."""
+
+    max_tokens: int = option(4096, "Padded tokens per batch.", COUNT)  # target (and source) tokens
+    update_freq: int = option(1, "Batches accumulated per optimizer step.", COUNT)
+    lr: float = option(5e-4, "Peak learning rate.", POSITIVE)
+    warmup: int = option(4000, "Warmup steps of the inverse-sqrt schedule.", NONNEGATIVE_INT)
+    adam_betas: tuple[float, float] = option((0.9, 0.98), "Adam's β1 and β2.", FRACTION)
+    weight_decay: float = option(0.0, "AdamW weight decay.", NONNEGATIVE)
+    label_smoothing: float = option(0.1, "Label smoothing ε.", FRACTION)
+    clip_norm: float = option(1.0, "Gradient norm clipping (0: off).", NONNEGATIVE)
+    max_steps: int | None = option(None, "Stop after this many optimizer steps.", COUNT)
+    epochs: int | None = option(None, "Stop after this many epochs.", COUNT)
+    max_time: float | None = option(None, "Stop after this long, e.g. 30m or 2h.", parse=parse_duration)  # seconds
+    valid_interval: int = option(1000, "Steps between validations and checkpoints.", COUNT)
+    valid_bleu_sents: int | None = option(
+        None, "Validation sentences translated for BLEU (0: none; default all).", NONNEGATIVE_INT
+    )
+    valid_beam: int = option(1, "Beam size of the validation BLEU's translations.", COUNT)
+    patience: int | None = option(None, "Stop after this many validations without improvement.", COUNT)
+    keep_last: int = option(5, "Numbered checkpoints to keep.", COUNT)  # for averaging
+    average_last: int = option(
+        0, "At the end, average the last N into checkpoint_avg.safetensors.", NONNEGATIVE_INT
+    )  # 0: no average
+    max_len: int = option(256, "Skip training pairs longer than this many tokens.", COUNT)  # and validation pairs
+    seed: int = option(1, "Random seed.", SEED)
+    log_interval: int = option(50, "Steps between lines in metrics.jsonl.", COUNT)
+    bf16: bool = option(True, "bf16 autocast on CUDA.", flags=("--bf16/--fp32",))
 
     def __post_init__(self) -> None:
-        """The checks that relate settings; each one's range is kdmt.options', checked by the command line."""
+        """The checks that relate settings (each one's range is its field's, checked by the command line)."""
         if self.max_steps is None and self.epochs is None and self.max_time is None:
             raise KdmtError("give a bound: --max-steps, --epochs or --max-time")
         if self.max_time is not None and not self.max_time > 0:

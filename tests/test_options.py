@@ -8,10 +8,15 @@ import typer
 from test_cli import assert_fails, kdmt
 
 from kdmt.cli import app
+from kdmt.config import field_ranges
 from kdmt.errors import KdmtError
+from kdmt.model import Architecture
 from kdmt.options import RANGES, Range, check_ranges
+from kdmt.train import TrainConfig
 
 COMMANDS = typer.main.get_command(app).commands
+FIELD_RANGES = field_ranges(Architecture) | field_ranges(TrainConfig)  # the options of configuration dataclasses
+ALL_RANGES = RANGES | FIELD_RANGES
 
 
 def number_kind(param) -> type | None:
@@ -55,18 +60,20 @@ def required_args(command) -> list[str]:
 
 def test_every_numeric_option_has_a_range_of_its_kind():
     assert len({p.name for _, p in NUMERIC}) > 40  # the walk finds the options
-    missing = sorted({f"{name} {p.opts[0]}" for name, p in NUMERIC if p.name not in RANGES})
-    assert not missing, f"numeric options without a range in kdmt.options.RANGES: {missing}"
+    missing = sorted({f"{name} {p.opts[0]}" for name, p in NUMERIC if p.name not in ALL_RANGES})
+    assert not missing, f"numeric options without a range (kdmt.options.RANGES or their field's): {missing}"
     for name, p in NUMERIC:
-        assert RANGES[p.name].kind is number_kind(p), (name, p.name)
-    assert set(RANGES) == {p.name for _, p in NUMERIC}, "a range for no option"
+        assert ALL_RANGES[p.name].kind is number_kind(p), (name, p.name)
+    assert set(ALL_RANGES) == {p.name for _, p in NUMERIC}, "a range for no option"
+    for name in RANGES.keys() & FIELD_RANGES.keys():
+        assert RANGES[name] == FIELD_RANGES[name], f"{name}: two ranges"
 
 
 @pytest.mark.parametrize("command, param", NUMERIC, ids=[f"{n} {p.opts[0]}" for n, p in NUMERIC])
 def test_a_value_just_outside_the_range_fails_before_any_work(command, param, tmp_path, monkeypatch):
-    allowed = RANGES[param.name]
+    allowed = ALL_RANGES[param.name]
     for value in inside(allowed):
-        check_ranges({param.name: value})
+        check_ranges({param.name: value}, ALL_RANGES)
     monkeypatch.chdir(tmp_path)  # the placeholders are relative paths: nothing may appear here
     valid = inside(allowed)[0]
     for value in outside(allowed):
@@ -79,13 +86,13 @@ def test_a_value_just_outside_the_range_fails_before_any_work(command, param, tm
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_a_float_option_must_be_finite(value):
     with pytest.raises(KdmtError, match=f"--lr must be above 0, not {value}"):
-        check_ranges({"lr": float(value)})
+        check_ranges({"lr": float(value)}, ALL_RANGES)
 
 
 def test_each_value_of_a_repeated_option_is_checked():
-    check_ranges({"teacher_weight": [0.5, 0.0], "adam_betas": (0.9, 0.98), "max_steps": None})
+    check_ranges({"teacher_weight": [0.5, 0.0], "adam_betas": (0.9, 0.98), "max_steps": None}, ALL_RANGES)
     with pytest.raises(KdmtError, match=r"--teacher-weight must be at least 0, not -1.0"):
-        check_ranges({"teacher_weight": [0.5, -1.0]})
+        check_ranges({"teacher_weight": [0.5, -1.0]}, ALL_RANGES)
 
 
 def test_the_ranges_of_the_issue_fail_in_one_line(toy_data, tmp_path):

@@ -1,0 +1,159 @@
+"""kdmt eval: models scored side by side on a test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Column, Table
+
+from kdmt.cli.common import command, err
+from kdmt.cli.params import (
+    BatchTokens,
+    Beam,
+    Bf16,
+    BootstrapSamples,
+    Device,
+    EngineOption,
+    Lenpen,
+    MaxLenA,
+    MaxLenB,
+    MaxSrcTokens,
+    MinLen,
+    PairOption,
+    Quantization,
+    SourcePrefix,
+    SrcLang,
+    Threads,
+)
+from kdmt.data import read_parallel
+from kdmt.engines import open_translator
+from kdmt.errors import KdmtError
+from kdmt.evaluate import BOOTSTRAP_SAMPLES, bleu_tokenizer, describe, evaluate, paired_bootstrap
+from kdmt.files import write_lines, write_text
+from kdmt.languages import Pair, model_inputs, target_language
+from kdmt.pretrained import PretrainedOptions, is_hub_id, iso_language, resolve
+from kdmt.progress import ProgressLine
+from kdmt.report import (
+    difference,
+    short_names,
+    significance_note,
+)
+from kdmt.translate import SearchOptions
+
+
+@command("eval")
+def eval_cmd(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Checkpoints, CTranslate2 directories or Hugging Face models (directories, hub ids) to evaluate, "
+            "side by side."
+        ),
+    ],
+    src: Annotated[Path, typer.Option(help="Test source file (.gz allowed).")],
+    ref: Annotated[Path, typer.Option(help="Test reference file, line-aligned with --src.")],
+    beam: Beam = 5,
+    lenpen: Lenpen = 1.0,
+    max_len_a: MaxLenA = 1.5,
+    max_len_b: MaxLenB = 10,
+    min_len: MinLen = 1,
+    batch_tokens: BatchTokens = 4000,
+    max_src_tokens: MaxSrcTokens = 1024,
+    device: Device = None,
+    bf16: Bf16 = True,
+    threads: Threads = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the reports as JSON on stdout.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write the reports as JSON to this file.")] = None,
+    hyps_dir: Annotated[Path | None, typer.Option(help="Write each model's translations here.")] = None,
+    pair: PairOption = None,
+    tgt_lang: Annotated[
+        str | None,
+        typer.Option(
+            help="The test set's target language, for BLEU's tokenizer (zh, ja, th… by character or word; "
+            "default: --pair's target, else the one the models were trained into); a many-to-many Hugging Face "
+            "model's target language code (NLLB eng_Latn, M2M100 en, MBart en_XX)."
+        ),
+    ] = None,
+    bootstrap_samples: BootstrapSamples = BOOTSTRAP_SAMPLES,
+    engine: EngineOption = None,
+    quantization: Quantization = "float32",
+    src_lang: SrcLang = None,
+    source_prefix: SourcePrefix = "",
+) -> None:
+    """Score checkpoints on a test set: sacreBLEU, chrF, chrF++, speed and size, side by side, and each
+    against the first by sacrebleu's paired bootstrap test.
+
+    Example: kdmt eval work/teacher/checkpoint_best.safetensors --src test.de.gz --ref test.en.gz
+
+    With --pair, a multilingual model translates the test set with that pair's tags (a model of one pair must
+    be of that pair), and the reports name the pair: kdmt report shows a row per model and pair.
+    """
+    src_lines, ref_lines = read_parallel(src, ref)
+    language_pair = Pair.parse(pair) if pair else None
+    reports, languages = [], []
+    for path in checkpoints:
+        path = resolve(path) if is_hub_id(path) else path  # a hub id: its snapshot's directory
+        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
+        model_languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
+        metas, translator = open_translator([path], device, options, bf16, threads, engine, model_languages)
+        inputs = model_inputs(src_lines, language_pair, metas[0])
+        languages.append(iso_language(tgt_lang) or target_language(metas[0], language_pair))
+        if languages[-1] != languages[0]:
+            raise KdmtError(f"{path} translates into {languages[-1]}, not {languages[0]}: name the --tgt-lang")
+        name = path.name if path.is_dir() else f"{path.parent.name}.{path.stem}"
+        with ProgressLine(err, f"eval {name}", len(src_lines), "sent", transient=True) as progress:
+            args = src, inputs, ref_lines, metas[0], progress.advance, pair, languages[0]
+            result, hyps = evaluate(translator, path, *args)
+        reports.append(result)
+        if hyps_dir:
+            write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
+    names = short_names([r.checkpoint for r in reports])
+    compared = len(reports) > 1 and bootstrap_samples > 0
+    if compared:
+        first = reports[0]
+        test = paired_bootstrap(first.hyps, [r.hyps for r in reports[1:]], ref_lines, languages[0], bootstrap_samples)
+        for i, r in enumerate(reports[1:]):
+            r.vs_first = test.against(i, names[first.checkpoint])
+    table = Table(
+        Column("model", overflow="fold"),
+        "BLEU",
+        "chrF",
+        "chrF++",
+        "params",
+        "sent/s",
+        "tok/s",
+        *(["ΔBLEU", "ΔchrF"] if compared else []),
+        title=f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {beam})",
+    )
+    reports = [r.to_dict() for r in reports]
+    for r in reports:
+        table.add_row(
+            names[r["checkpoint"]],
+            f"{r['bleu']:.2f}",
+            f"{r['chrf']:.2f}",
+            f"{r['chrfpp']:.2f}",
+            f"{r['parameters']:,}",
+            f"{r['sentences_per_s']:,.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            *([difference(r, "bleu", "first"), difference(r, "chrf", "first")] if compared else []),
+        )
+    err.print(table)
+    for r in reports:
+        err.print(f"{r['checkpoint']}: {describe(r['made_with'])}", highlight=False)
+    err.print(
+        f"BLEU {reports[0]['bleu_signature']}\nchrF {reports[0]['chrf_signature']}\n"
+        f"chrF++ {reports[0]['chrfpp_signature']}\ndevice {reports[0]['device']}",
+        highlight=False,
+    )
+    if compared:
+        err.print(f"ΔBLEU and ΔchrF are against {names[reports[0]['checkpoint']]}", highlight=False)
+        err.print(significance_note(reports[1]["vs_first"]), highlight=False)
+    if note := bleu_tokenizer(languages[0])[1]:
+        err.print(note, highlight=False)
+    if report:
+        write_text(report, json.dumps(reports, indent=2) + "\n")
+    if json_out:
+        print(json.dumps(reports, indent=2))

@@ -1,0 +1,135 @@
+"""The options that several commands share, declared once: search, devices, data and teachers; and the options
+built from a configuration dataclass's fields (kdmt.config)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kdmt.config import field_ranges, from_options, options
+from kdmt.options import check_ranges
+
+
+def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
+    """A command-line option for each option field of a configuration dataclass: its name, type, help and
+    default (or the one in `defaults`); an option given as text (a field with `parse`) takes a string."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in options(cls):
+        kind = (str if f.default is not None else str | None) if f.metadata["parse"] else hints[f.name]
+        declared = typer.Option(*f.metadata["flags"], help=f.metadata["help"])
+        default = defaults.get(f.name, f.default)
+        annotation = Annotated[kind, declared]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+    return params
+
+
+def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Callable], Callable]:
+    """A command whose parameter `NAME: Cls` (NAME in `groups`) is given as Cls's options, one per field
+    (config_options; `groups[NAME]` may be (Cls, {field: default}) for other defaults): the command takes each
+    option on the command line, checks their ranges and receives Cls(**options)."""
+
+    def wrap(fn: Callable) -> Callable:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params, fields = [], {}
+        for p in inspect.signature(fn).parameters.values():
+            if p.name in groups:
+                cls, defaults = groups[p.name] if isinstance(groups[p.name], tuple) else (groups[p.name], {})
+                built = config_options(cls, defaults)
+                fields[p.name] = cls, [q.name for q in built]
+                params += built
+            else:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name]))
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            for name, (cls, names) in fields.items():
+                values = {n: kwargs.pop(n) for n in names}
+                check_ranges(values, field_ranges(cls))
+                kwargs[name] = from_options(cls, values)
+            return fn(**kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return wrap
+
+
+Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
+Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
+MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
+MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
+MinLen = Annotated[
+    int, typer.Option(help="Target tokens before a translation may end (1: never empty; the maximum length wins).")
+]
+BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
+MaxSrcTokens = Annotated[
+    int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
+]
+Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
+Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="kdmt (kdmt's search), ctranslate2 (a checkpoint or Hugging Face model converted once, cached) or "
+        "transformers (a Hugging Face model's generate()); default: kdmt for checkpoints, ctranslate2 for "
+        "Hugging Face models it converts, else transformers.",
+    ),
+]
+Quantization = Annotated[str, typer.Option(help="With --engine ctranslate2: the converted model's weights.")]
+SrcLang = Annotated[
+    str | None,
+    typer.Option(help="A many-to-many model's source language code (NLLB deu_Latn, M2M100 de, MBart de_DE)."),
+]
+TgtLang = Annotated[
+    str | None,
+    typer.Option(help="A many-to-many Hugging Face model's target language code (its token is forced first)."),
+]
+SourcePrefix = Annotated[
+    str, typer.Option(help="Prepended to every source line (T5: 'translate German to English: ', MADLAD: '<2en> ').")
+]
+PairOption = Annotated[
+    str | None,
+    typer.Option("--pair", help="The language pair SRC-TGT to translate (e.g. fr-en): a multilingual model's tags."),
+]
+BootstrapSamples = Annotated[
+    int,
+    typer.Option(help="Resamples of sacrebleu's paired bootstrap test of each difference (0: no test)."),
+]
+
+
+
+Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Teachers = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--teacher",
+        "-t",
+        help="Teacher checkpoint (or a MarianMT directory: data prepared with --vocab-from it); repeat for several.",
+    ),
+]
+TeacherWeights = Annotated[
+    list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
+]
+Distilled = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Distilled targets (seq-KD), line-aligned with DATA/train.src; several pairs: or PAIR=FILE for each "
+        "pair, line-aligned with DATA/train.PAIR.src."
+    ),
+]
+FallbackRef = Annotated[
+    bool, typer.Option(help="Where the distilled line is empty (filtered), train on the reference instead of dropping.")
+]
+
+
