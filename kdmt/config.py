@@ -1,24 +1,20 @@
 """Options declared once: a configuration dataclass's field is an option, with its default, its help and its
 range (kdmt.cli.params builds the command-line options from the fields); and configuration files, a YAML
-mapping of options to values (JSON when PyYAML is not installed: it is no dependency of kdmt)."""
+mapping of options to values."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Collection
 from pathlib import Path, PurePath
 from typing import Any
 
+import yaml
+
 from kdmt.errors import KdmtError
 from kdmt.options import Range
 
-try:
-    import yaml
-except ImportError:  # pragma: no cover - PyYAML comes with transformers and datasets
-    yaml = None
-FORMAT = "YAML" if yaml is not None else "JSON"
-CONFIG_FILE = "config.yaml" if yaml is not None else "config.json"  # a training run's, in its directory
+CONFIG_FILE = "config.yaml"  # a training run's, in its directory
 
 
 def option(
@@ -51,13 +47,13 @@ def from_options(cls: type, values: dict[str, Any]) -> Any:
 
 
 def read_config(path: Path, known: Collection[str]) -> dict[str, Any]:
-    """The options a configuration file gives: a YAML mapping (JSON without PyYAML) of option names
+    """The options a configuration file gives: a YAML mapping of option names
     (max_steps or max-steps) to values; a name that is not in `known` is refused."""
     text = path.read_text(encoding="utf-8")
     try:
-        values = yaml.safe_load(text) if yaml is not None else json.loads(text)
-    except (ValueError, getattr(yaml, "YAMLError", ValueError)) as e:
-        raise KdmtError(f"{path}: not a {FORMAT} file ({str(e).splitlines()[0]})") from None
+        values = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise KdmtError(f"{path}: not a YAML file ({str(e).splitlines()[0]})") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -71,8 +67,6 @@ def read_config(path: Path, known: Collection[str]) -> dict[str, Any]:
 def dump_config(values: dict[str, Any]) -> str:
     """Options and their values as a configuration file that read_config reads back."""
     plain = {k: _plain(v) for k, v in values.items()}
-    if yaml is None:
-        return json.dumps(plain, indent=2, ensure_ascii=False) + "\n"
     return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
 
 
