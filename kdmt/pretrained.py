@@ -206,9 +206,10 @@ def converted(directory: Path, quantization: str = "float32") -> Path:
                 converter.convert(
                     str(tmp), quantization=None if quantization == "float32" else quantization, force=True
                 )
-            except (ValueError, RuntimeError, KeyError, NotImplementedError) as e:
-                raise KdmtError(
-                    f"{directory}: CTranslate2 cannot convert it ({str(e).splitlines()[0][:200]})"
+            except (ValueError, RuntimeError, KeyError, AttributeError, NotImplementedError) as e:
+                raise KdmtError(  # AttributeError: a config without a field the converter reads (normalize_before)
+                    f"{directory}: CTranslate2 cannot convert it ({str(e).splitlines()[0][:200]}); "
+                    "--engine transformers translates it"
                 ) from None
 
     return cached(
@@ -403,7 +404,7 @@ class TransformersTranslator(PretrainedTranslator):
             early_stopping=True if options.beam > 1 else None,
             do_sample=False,
             decoder_start_token_id=start,
-            bos_token_id=c.bos_token_id,
+            bos_token_id=getattr(c, "bos_token_id", None),  # T5 has none
             eos_token_id=eos,
             pad_token_id=self.pad,
             forced_bos_token_id=prefix[0] if prefix else None,
