@@ -21,8 +21,8 @@ pytest.importorskip("ctranslate2")
 
 LINES = toy_pairs(6, seed=3)[0]
 ENGINES = ("transformers", "ctranslate2")
-# per model: its source language, a target language and another target language
-CODES = {"nllb": ("eng_Latn", "deu_Latn", "fra_Latn"), "mbart50": ("en_XX", "de_DE", "fr_XX")}
+# per model: its source language (not its tokenizer's default), a target language and another one
+CODES = {"nllb": ("fra_Latn", "deu_Latn", "ita_Latn"), "mbart50": ("fr_XX", "de_DE", "it_IT")}
 TINY = {  # the BART-like models' sizes; weights far from uniform (no near ties between the engines)
     "d_model": 16,
     "encoder_layers": 1,
