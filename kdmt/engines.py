@@ -17,6 +17,7 @@ import torch
 from kdmt import __version__
 from kdmt.cache import cache_dir, cached, file_sha256
 from kdmt.checkpoint import load_checkpoint
+from kdmt.ctranslate2_search import load_ctranslate2, translate_groups
 from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
 from kdmt.export import SOURCE_SPM, TARGET_SPM, export_checkpoint, read_record, require
@@ -28,27 +29,12 @@ from kdmt.vocab import BOS, PAD, Vocab
 ENGINES = ("kdmt", "ctranslate2", "transformers")
 
 
-def load_ctranslate2(
-    directory: Path, device: str = "cpu", device_index: int = 0, inter_threads: int = 1, intra_threads: int = 1
-) -> Any:
-    """A ctranslate2.Translator of `directory`; one that CTranslate2 cannot load is one line (KdmtError)."""
-    try:
-        return require("ctranslate2").Translator(
-            str(directory),
-            device=device,
-            device_index=device_index,
-            inter_threads=inter_threads,
-            intra_threads=intra_threads,
-        )
-    except (RuntimeError, ValueError) as e:
-        raise KdmtError(f"{directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
-
-
 class CTranslate2Translator(TextTranslator):
     """Translates with a CTranslate2 directory written by `kdmt export`, under kdmt's search options: the
     same batches, beam, length penalty and per-sentence length limit as kdmt's search (sentences are decoded
-    in groups that share their limit), PAD and BOS never generated. On the CPU, `threads` batches are decoded
-    at once, one thread each (CTranslate2's advice for throughput; 0: as many as torch uses).
+    in groups that share their limit: kdmt.ctranslate2_search), PAD and BOS never generated. On the CPU,
+    `threads` batches are decoded at once, one thread each (CTranslate2's advice for throughput; 0: as many
+    as torch uses).
 
     Both stop a sentence once `beam` hypotheses are finished (fairseq's rule) and end none before --min-len
     tokens (CTranslate2's min_decoding_length), so the outputs equal kdmt's but for near ties and where the searches end
@@ -99,35 +85,18 @@ class CTranslate2Translator(TextTranslator):
     def translate_ids(
         self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None, lines: list[int] | None = None
     ) -> list[list[Hypothesis]]:
-        o = self.options
         translator, search = self.sampler(lines[0] if lines else 0)
-        pending = []  # all batches are queued at once: CTranslate2 decodes `threads` of them in parallel
-        for group in self.limit_groups(src):
-            limit = self.max_output_length(len(src[group[0]]))
-            results = translator.translate_batch(
-                [[self.src_pieces[t] for t in src[i][:-1]] for i in group],  # the model appends EOS
-                **search,
-                num_hypotheses=nbest,
-                length_penalty=o.lenpen,
-                max_decoding_length=limit,
-                min_decoding_length=min(o.min_len, limit),
-                max_input_length=0,
-                return_scores=True,
-                suppress_sequences=self.suppress,
-                asynchronous=True,
-            )
-            pending.append((group, results))
-        out: list[list[Hypothesis]] = [[] for _ in src]
-        for group, results in pending:
-            for i, result in zip(group, results):
-                result = result.result()
-                out[i] = [
-                    Hypothesis([self.tgt_ids[p] for p in pieces], score)
-                    for pieces, score in zip(result.hypotheses, result.scores)
-                ]
-            if progress:
-                progress(len(group))
-        return out
+        return translate_groups(
+            self,
+            translator,
+            src,
+            lambda ids: [self.src_pieces[t] for t in ids[:-1]],  # the model appends EOS
+            lambda pieces: [self.tgt_ids[p] for p in pieces],
+            search,
+            nbest,
+            progress,
+            suppress=self.suppress,
+        )
 
 
 def is_export(path: Path) -> bool:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from kdmt.cache import cache_dir, cached, file_sha256
+from kdmt.ctranslate2_search import load_ctranslate2, translate_groups
 from kdmt.errors import KdmtError
 from kdmt.export import read_record, require, staged
 from kdmt.search import Hypothesis
@@ -205,9 +206,10 @@ def converted(directory: Path, quantization: str = "float32") -> Path:
                 converter.convert(
                     str(tmp), quantization=None if quantization == "float32" else quantization, force=True
                 )
-            except (ValueError, RuntimeError, KeyError, NotImplementedError) as e:
-                raise KdmtError(
-                    f"{directory}: CTranslate2 cannot convert it ({str(e).splitlines()[0][:200]})"
+            except (ValueError, RuntimeError, KeyError, AttributeError, NotImplementedError) as e:
+                raise KdmtError(  # AttributeError: a config without a field the converter reads (normalize_before)
+                    f"{directory}: CTranslate2 cannot convert it ({str(e).splitlines()[0][:200]}); "
+                    "--engine transformers translates it"
                 ) from None
 
     return cached(
@@ -402,7 +404,7 @@ class TransformersTranslator(PretrainedTranslator):
             early_stopping=True if options.beam > 1 else None,
             do_sample=False,
             decoder_start_token_id=start,
-            bos_token_id=c.bos_token_id,
+            bos_token_id=getattr(c, "bos_token_id", None),  # T5 has none
             eos_token_id=eos,
             pad_token_id=self.pad,
             forced_bos_token_id=prefix[0] if prefix else None,
@@ -455,8 +457,8 @@ class TransformersTranslator(PretrainedTranslator):
 
 class PretrainedCTranslate2Translator(PretrainedTranslator):
     """Translates with a CTranslate2 directory (converted from a Hugging Face model, or made elsewhere)
-    under kdmt's search options, as kdmt.engines.CTranslate2Translator does, with the model's own
-    tokenizer (`text`) and the target language's token as target_prefix."""
+    under kdmt's search options through the decoding loop of kdmt's own exports (kdmt.ctranslate2_search),
+    with the model's own tokenizer (`text`) and the target language's token as target_prefix."""
 
     def __init__(
         self,
@@ -468,19 +470,9 @@ class PretrainedCTranslate2Translator(PretrainedTranslator):
         threads: int = 0,
         device_index: int = 0,
     ):
-        ctranslate2 = require("ctranslate2")
         self.config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        try:
-            threads = threads or torch.get_num_threads()
-            self.translator = ctranslate2.Translator(
-                str(directory),
-                device=device,
-                device_index=device_index,
-                inter_threads=threads if device == "cpu" else 1,
-                intra_threads=1,
-            )
-        except (RuntimeError, ValueError) as e:
-            raise KdmtError(f"{directory}: CTranslate2 cannot load it ({str(e).splitlines()[0][:200]})") from None
+        inter_threads = (threads or torch.get_num_threads()) if device == "cpu" else 1
+        self.translator = load_ctranslate2(directory, device, device_index, inter_threads)
         self.directory, self.text, self.options = directory, text, options
         self.device = torch.device(device, device_index) if device == "cuda" else torch.device(device)
         self.max_positions = max_positions
@@ -496,36 +488,19 @@ class PretrainedCTranslate2Translator(PretrainedTranslator):
     def translate_ids(
         self, src: list[list[int]], nbest: int = 1, progress: Progress | None = None, lines: list[int] | None = None
     ) -> list[list[Hypothesis]]:
-        o, prefix = self.options, self.target_prefix
         strip = 1 if self.config.get("add_source_eos") else 0  # the model appends EOS itself
-        pending = []
-        for group in self.limit_groups(src):
-            limit, shortest = self._limits(len(src[group[0]]))
-            results = self.translator.translate_batch(
-                [self.text.to_tokens(src[i][: len(src[i]) - strip]) for i in group],
-                target_prefix=[prefix] * len(group) if prefix else None,
-                beam_size=o.beam,
-                num_hypotheses=nbest,
-                length_penalty=o.lenpen,
-                max_decoding_length=len(prefix) + limit,
-                min_decoding_length=len(prefix) + shortest,
-                max_input_length=0,
-                return_scores=True,
-                suppress_sequences=self.suppress,
-                asynchronous=True,
-            )
-            pending.append((group, results))
-        out: list[list[Hypothesis]] = [[] for _ in src]
-        for group, results in pending:
-            for i, result in zip(group, results):
-                result = result.result()
-                out[i] = [
-                    Hypothesis(self.text.to_ids(tokens[len(prefix) :]), score)
-                    for tokens, score in zip(result.hypotheses, result.scores)
-                ]
-            if progress:
-                progress(len(group))
-        return out
+        return translate_groups(
+            self,
+            self.translator,
+            src,
+            lambda ids: self.text.to_tokens(ids[: len(ids) - strip]),
+            self.text.to_ids,
+            {"beam_size": self.options.beam},
+            nbest,
+            progress,
+            self.target_prefix,
+            self.suppress,
+        )
 
 
 def ctranslate2_parameters(model_bin: Path) -> int:

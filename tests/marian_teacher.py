@@ -1,22 +1,23 @@
 """Tiny random-weight MarianMT models with their tokenizers in OPUS-MT's layout, built offline: sentencepiece
 with unk 0, <s> 1, </s> 2, and a vocab.json of the pieces of both models in other ids: </s> 0, <unk> 1, ...,
-<pad> last (tests/test_vocab_from.py, tests/test_recipe.py)."""
+<pad> last (tests/test_vocab_from.py, tests/test_recipe.py; tests/test_pretrained.py trains one)."""
 
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 import torch
 
 
-def train_spm(path, lines: list[str], size: int) -> None:
+def train_spm(path, lines: list[str], size: int, model_type: str = "unigram") -> None:
     with open(path, "wb") as f:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines),
             model_writer=f,
             vocab_size=size,
-            model_type="unigram",
+            model_type=model_type,
             minloglevel=2,
             unk_id=0,
             bos_id=1,
@@ -26,19 +27,26 @@ def train_spm(path, lines: list[str], size: int) -> None:
 
 
 def marian(
-    root: Path, src: list[str], tgt: list[str], joint: bool, sizes: tuple[int, int] = (40, 36), positions: int = 64
+    root: Path,
+    src: list[str],
+    tgt: list[str],
+    joint: bool,
+    sizes: tuple[int, int] = (40, 36),
+    positions: int = 64,
+    spm_type: str = "unigram",
+    **config: Any,
 ) -> Path:
     """A random MarianMT model with its tokenizer in OPUS-MT's layout, in root/hf, its sentencepiece models
-    trained on `src` and `tgt` (`sizes` pieces); with `joint`, one sentencepiece model for both sides (of
-    sizes[0] pieces), else one each, and vocab.json the union of their pieces less a frequent target piece
-    (which the teacher's tokenizer makes <unk>)."""
+    (of `spm_type`) trained on `src` and `tgt` (`sizes` pieces); with `joint`, one sentencepiece model for
+    both sides (of sizes[0] pieces), else one each, and vocab.json the union of their pieces less a frequent
+    target piece (which the teacher's tokenizer makes <unk>). `config`: MarianConfig's settings to change."""
     import transformers
 
-    train_spm(root / "source.spm", src + tgt if joint else src, sizes[0])
+    train_spm(root / "source.spm", src + tgt if joint else src, sizes[0], spm_type)
     if joint:
         (root / "target.spm").write_bytes((root / "source.spm").read_bytes())
     else:
-        train_spm(root / "target.spm", tgt, sizes[1])
+        train_spm(root / "target.spm", tgt, sizes[1], spm_type)
     vocab = {"</s>": 0, "<unk>": 1}  # OPUS-MT's ids, not the spm models' (and no <s>)
     for name in ("source.spm", "target.spm"):
         sp = spm.SentencePieceProcessor(model_file=str(root / name))
@@ -54,23 +62,27 @@ def marian(
     tokenizer = transformers.MarianTokenizer(
         str(root / "source.spm"), str(root / "target.spm"), str(root / "vocab.json")
     )
-    config = transformers.MarianConfig(
-        vocab_size=len(vocab),
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=positions,
-        init_std=0.5,  # distributions far from uniform: top-k without near ties
-        pad_token_id=vocab["<pad>"],
-        eos_token_id=vocab["</s>"],
-        decoder_start_token_id=vocab["<pad>"],
-    )
+    settings = {
+        "d_model": 16,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 32,
+        "decoder_ffn_dim": 32,
+        "init_std": 0.5,  # distributions far from uniform: top-k without near ties
+    }
     torch.manual_seed(0)
     out = root / "hf"
-    transformers.MarianMTModel(config).save_pretrained(out)
+    transformers.MarianMTModel(
+        transformers.MarianConfig(
+            **settings | config,
+            vocab_size=len(vocab),
+            max_position_embeddings=positions,
+            pad_token_id=vocab["<pad>"],
+            eos_token_id=vocab["</s>"],
+            decoder_start_token_id=vocab["<pad>"],
+        )
+    ).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -1,8 +1,8 @@
-"""Teachers made elsewhere (kdmt.pretrained): Hugging Face MarianMT and M2M100 models, built from configs
-and trained here on the toy task, translate through generate() and CTranslate2 alike and distill; language
-codes force the target language; an OPUS-MT-style CTranslate2 directory translates; kdmt's own Hugging Face
-export distills as its checkpoint does; a directory that asks for custom code, or of an unsupported model
-type, is refused in one line."""
+"""Teachers made elsewhere (kdmt.pretrained): Hugging Face MarianMT (tests/marian_teacher.py) and M2M100
+models, built from configs and trained here on the toy task, translate through generate() and CTranslate2
+alike and distill; language codes force the target language; an OPUS-MT-style CTranslate2 directory
+translates; kdmt's own Hugging Face export distills as its checkpoint does; a directory that asks for custom
+code, or of an unsupported model type, is refused in one line."""
 
 import json
 import shutil
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
+from marian_teacher import marian
 from test_cli import assert_fails, kdmt, write
 from toy import LETTERS, toy_pairs
 
@@ -25,7 +26,8 @@ SOURCES = toy_pairs(100, seed=41)[0]
 
 
 def train_spm(directory, special: dict[str, int]) -> str:
-    """A word-level sentencepiece model of the toy letters (one piece a letter) with these special ids."""
+    """A word-level sentencepiece model of the toy letters (one piece a letter) with these special ids (the
+    M2M100 model's)."""
     path = directory / "toy.spm"
     with open(path, "wb") as f:
         spm.SentencePieceTrainer.train(
@@ -65,39 +67,31 @@ def train(model, tokenizer, examples: list[tuple[str, str, int | None]], steps: 
 
 @pytest.fixture(scope="session")
 def marian_dir(tmp_path_factory):
-    """A MarianMT model of the toy reversal task in OPUS-MT's layout (</s> 0, <unk> 1, <pad> last)."""
-    root = tmp_path_factory.mktemp("marian")
-    model_file = train_spm(root, {"eos": 0, "unk": 1})
-    sp = spm.SentencePieceProcessor(model_file=model_file)
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())} | {"<pad>": sp.get_piece_size()}
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = transformers.MarianTokenizer(model_file, model_file, str(root / "vocab.json"))
-    pad = vocab["<pad>"]
-    config = transformers.MarianConfig(
-        vocab_size=len(vocab),
+    """A MarianMT model of the toy reversal task in OPUS-MT's layout (tests/marian_teacher.py: </s> 0,
+    <unk> 1, <pad> last), a word a piece, trained here."""
+    lines = toy_pairs(300, seed=1)[0]
+    out = marian(
+        tmp_path_factory.mktemp("marian"),
+        lines,
+        lines,
+        joint=True,
+        sizes=(len(LETTERS) + 3, 0),  # unk, <s>, </s> and the letters
+        spm_type="word",
         d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
-        max_position_embeddings=64,
         init_std=0.2,  # transformers' 0.02 leaves a model this small stuck at the letters' frequencies
         scale_embedding=True,
         dropout=0.0,
         activation_function="relu",
-        pad_token_id=pad,
-        eos_token_id=0,
-        decoder_start_token_id=pad,
         forced_eos_token_id=0,
     )
-    torch.manual_seed(0)
-    model = transformers.MarianMTModel(config)
+    model = transformers.MarianMTModel.from_pretrained(out)
+    for stack in (model.model.encoder, model.model.decoder):  # sinusoidal: from_pretrained leaves them trainable
+        stack.embed_positions.weight.requires_grad_(False)
+    tokenizer = transformers.MarianTokenizer.from_pretrained(out)
     train(model, tokenizer, [(s, t, None) for s, t in zip(*toy_pairs(2000, seed=1))], steps=400)
-    out = root / "hf"
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     return out
 
 
