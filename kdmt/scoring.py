@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import load_checkpoint
-from kdmt.device import resolve_device
 from kdmt.ctranslate2_search import load_ctranslate2
+from kdmt.device import resolve_device
 from kdmt.engines import is_export
 from kdmt.errors import KdmtError
 from kdmt.export import SOURCE_SPM, TARGET_SPM, read_record
