@@ -19,6 +19,7 @@ from kdmt import distributed
 from kdmt.checkpoint import average_checkpoints, convert_checkpoint
 from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings, Teacher, teacher_identity
+from kdmt.distributed import launch_rank, local_device
 from kdmt.engines import engine_name, open_translator
 from kdmt.errors import KdmtError
 from kdmt.evaluate import BOOTSTRAP_SAMPLES, bleu_tokenizer, describe, evaluate, paired_bootstrap, size_on_disk
@@ -49,7 +50,7 @@ from kdmt.run_dir import check_out_dir
 from kdmt.scoring import open_scorer
 from kdmt.search import Sampling
 from kdmt.selection import check_selection
-from kdmt.shards import file_identity, launch_rank, local_device
+from kdmt.shards import file_identity
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
 from kdmt.student import StudentOptions, build_student, load_teachers, student_corpus

@@ -25,10 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from kdmt.cache import locked
-from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
 from kdmt.files import read_json, record_json, write_text
 
@@ -38,20 +35,6 @@ Manifest = dict[str, Any]
 def file_identity(paths: list[str]) -> dict[str, list[int]]:
     """Each file's size and modification time: a resume after a file changed is refused."""
     return {p: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths}
-
-
-def local_device(name: str | None) -> torch.device:
-    """`name` (see resolve_device); under torchrun, a CUDA device without an index is GPU LOCAL_RANK (modulo
-    the GPUs: more processes than GPUs share them)."""
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-    return device
-
-
-def launch_rank() -> int:
-    """This process's rank under torchrun (RANK), 0 otherwise; read from the environment, no process group."""
-    return int(os.environ.get("RANK", "0"))
 
 
 class ShardedRun:
