@@ -39,7 +39,7 @@ from kdmt.files import LineReader, atomic_path, line_offsets, read_lines, write_
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
 from kdmt.scoring import PairScorer
-from kdmt.selection import choose
+from kdmt.selection import best_text, choose
 from kdmt.shards import Manifest, ShardedRun, file_identity
 from kdmt.translate import Candidate, Progress
 
@@ -265,12 +265,12 @@ class DistillRun:
         best_path, nbest_path, keep_path, scores_path = shard_paths(self.work.path, index)
         if self.backward is not None:  # the backward model: the kept target is its source
             have = [i for i, kept in enumerate(chosen) if kept]
-            ce = self.backward.score([chosen[i][0].text for i in have], [raw[i] for i in have])
+            ce = self.backward.score([best_text(chosen[i]) for i in have], [raw[i] for i in have])
             scores = [math.nan] * len(chosen)
             for i, x in zip(have, ce):
                 scores[i] = x
             write_lines(scores_path, map(repr, scores))
-        write_lines(best_path, [c[0].text if c else "" for c in chosen])
+        write_lines(best_path, map(best_text, chosen))
         if s.nbest > 1:
             write_lines(
                 nbest_path,

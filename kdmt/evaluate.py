@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.base import Metric
 from sacrebleu.significance import PairedTest, estimate_ci
 
-from kdmt.translate import TextTranslator
+if TYPE_CHECKING:
+    from kdmt.translate import TextTranslator
 
 WARM_UP_LINES = 32  # translated untimed before the timed run, which then pays no start-up costs
 BOOTSTRAP_SAMPLES = 1000  # sacrebleu's default for its paired bootstrap test

@@ -20,6 +20,7 @@ from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
 from kdmt.languages import tag_ids
 from kdmt.search import Ensemble, Hypothesis, Sampling, beam_search, greedy_search, max_lengths, sample_search
+from kdmt.selection import best_text
 from kdmt.vocab import ENSEMBLE_VOCABULARIES, EOS, Vocab, check_vocabularies
 
 Progress = Callable[[int], None]
@@ -131,7 +132,7 @@ class TextTranslator(ABC):
 
     def translate(self, lines: list[str], progress: Progress | None = None) -> list[str]:
         """The best translation of each line; an empty line for an empty (or over-long) one."""
-        return [c[0].text if c else "" for c in self.translate_nbest(lines, 1, progress)]
+        return [best_text(c) for c in self.translate_nbest(lines, 1, progress)]
 
 
 class Translator(TextTranslator):
