@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from kdmt import distributed
+from kdmt.cache import file_identity
 from kdmt.checkpoint import average_checkpoints, convert_checkpoint
 from kdmt.data import PreparedData, read_parallel, stream_parallel
 from kdmt.distill import DistillRun, DistillSettings, Teacher, teacher_identity
@@ -50,7 +51,6 @@ from kdmt.run_dir import check_out_dir
 from kdmt.scoring import open_scorer
 from kdmt.search import Sampling
 from kdmt.selection import check_selection
-from kdmt.shards import file_identity
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.sources import dataset_pairs
 from kdmt.student import StudentOptions, build_student, load_teachers, student_corpus

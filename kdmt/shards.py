@@ -32,11 +32,6 @@ from kdmt.files import read_json, record_json, write_text
 Manifest = dict[str, Any]
 
 
-def file_identity(paths: list[str]) -> dict[str, list[int]]:
-    """Each file's size and modification time: a resume after a file changed is refused."""
-    return {p: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths}
-
-
 class ShardedRun:
     """A run of `settings` (JSON) in the directory `path`; `finished()` tells whether the outputs of a
     finished run with these settings exist."""

@@ -53,7 +53,7 @@ class SoftTargetSettings:
     batch_tokens: int = 4000  # padded tokens per batch (token_batches), within a shard
     shard_size: int = 10000  # sentences
     key: str = ""  # the fingerprint of the corpus
-    inputs: dict[str, list[int]] = field(default_factory=dict)  # teacher file -> [size, mtime_ns]
+    inputs: dict[str, str] = field(default_factory=dict)  # teacher -> its content (kdmt.cache.file_identity)
 
 
 def array_paths(out: Path) -> dict[str, Path]:

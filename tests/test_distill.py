@@ -2,6 +2,7 @@
 filter of degenerate translations (and the student's fallback to the reference for them)."""
 
 import json
+import os
 
 import pytest
 from sacrebleu.metrics import BLEU
@@ -99,6 +100,14 @@ def test_resuming_with_other_settings_is_refused(toy_model, tmp_path):
     for other in ({"beam": 4}, {"filter": False}, {"max_repeat": 4}, {"max_len_ratio": 3.0}):
         with pytest.raises(KdmtError, match="other settings"):
             distill_corpus(translator, settings_for(toy_model, src, **other), tmp_path / "o")
+    before = src.stat()
+    text = src.read_bytes()
+    first = text.index(b" ") - 1  # a letter of the first line, made another: the same size
+    src.write_bytes(text[:first] + (b"a" if text[first:first + 1] != b"a" else b"b") + text[first + 1 :])
+    os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same modification time
+    assert src.stat().st_size == before.st_size and src.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(KdmtError, match="other settings or inputs"):  # its content is the source's identity
+        distill_corpus(translator, settings_for(toy_model, src), tmp_path / "o")
 
 
 def test_select_closest_picks_the_highest_sentence_bleu():
