@@ -40,7 +40,7 @@ from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
 from kdmt.scoring import PairScorer
 from kdmt.selection import best_text, choose
-from kdmt.shards import Manifest, ShardedRun
+from kdmt.shards import Manifest, ShardedRun, work_path
 from kdmt.translate import Candidate, Progress
 
 
@@ -155,7 +155,7 @@ class DistillRun:
         self.translator, self.settings, self.out, self.meta = translator, settings, out, meta
         self.backward = backward
         self.record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
-        self.work = ShardedRun(Path(f"{out}.shards"), self.record, lambda: self.read_stats() is not None)
+        self.work = ShardedRun(work_path(out), self.record, lambda: self.read_stats() is not None)
         manifest = self.work.open(self.make_plan, self.other_teacher)
         self.plan: dict[str, Any] | None = manifest["plan"] if manifest else None
         self.finished = None if manifest else self.read_stats()
