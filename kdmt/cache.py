@@ -1,7 +1,11 @@
 """What commands make once and share: caches keyed on the content they were made from (never on sizes or
 modification times), built by one process at a time under a lock and published atomically, so that a
 reader finds a complete cache or none; and the locks themselves (`flock`: the kernel drops them when
-their process dies, however it dies)."""
+their process dies, however it dies).
+
+The one rule of staleness, for every cache and every resumable run: what was made from files is stale
+when their content changed (content_key, content_identity, file_identity), wherever they lie; a file
+edited to the same size and modification time is still seen."""
 
 from __future__ import annotations
 
@@ -46,6 +50,23 @@ def tree_sha256(directory: str | Path) -> str:
 def content_key(paths: list[Path]) -> list[str]:
     """What a cache made from `paths` is keyed on: each file's sha256."""
     return [file_sha256(path) for path in paths]
+
+
+def content_identity(path: str | Path) -> str:
+    """What identifies a file or a directory wherever it lies, by content: "sha256:HEX" of a file's bytes,
+    "tree-sha256:HEX" of a directory's files (tree_sha256). Read once, whatever its size."""
+    path = Path(path)
+    if path.is_file():
+        return f"sha256:{file_sha256(path)}"
+    if path.is_dir():
+        return f"tree-sha256:{tree_sha256(path)}"
+    raise KdmtError(f"{path}: no such file or directory")
+
+
+def file_identity(paths: list[str]) -> dict[str, str]:
+    """Each path's content_identity: what a resumable run records of its inputs, so that a resume after one
+    of them changed is refused."""
+    return {p: content_identity(p) for p in paths}
 
 
 @contextmanager

@@ -34,11 +34,6 @@ def ids_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65_535 else np.int32)
 
 
-def vocab_key(src_vocab: Vocab, tgt_vocab: Vocab) -> dict[str, str]:
-    """What token ids depend on: the vocabularies, by fingerprint."""
-    return {"src_vocab": src_vocab.fingerprint, "tgt_vocab": tgt_vocab.fingerprint}
-
-
 def encode_flat(vocab: Vocab, lines: list[str]) -> Encoded:
     """The token ids of `lines`, flat, each sentence followed by EOS, and the sentences' lengths."""
     ids = vocab.sp.encode(lines, out_type=int, num_threads=1)

@@ -15,12 +15,12 @@ import numpy as np
 
 from kdmt.arrays import HashSet
 from kdmt.cache import cached, content_key
-from kdmt.corpus import TokenizedCorpus, open_corpus, vocab_key, write_tokenized
+from kdmt.corpus import TokenizedCorpus, open_corpus, write_tokenized
 from kdmt.errors import KdmtError
 from kdmt.files import read_json, read_lines, record_json, stream_lines, write_text
 from kdmt.languages import PairRows
 from kdmt.parallel import chunks, ordered_map
-from kdmt.vocab import Vocab
+from kdmt.vocab import Vocab, vocab_key
 
 PREPARED_MARKER = "prepare.json"
 

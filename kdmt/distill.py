@@ -33,14 +33,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kdmt.cache import file_sha256, tree_sha256
+from kdmt.cache import content_identity, file_identity, file_sha256
 from kdmt.errors import KdmtError
 from kdmt.files import LineReader, atomic_path, line_offsets, read_lines, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
 from kdmt.scoring import PairScorer
-from kdmt.selection import check_selection, choose
-from kdmt.shards import Manifest, ShardedRun, file_identity
+from kdmt.selection import best_text, check_selection, choose
+from kdmt.shards import Manifest, ShardedRun, work_path
 from kdmt.translate import Candidate, Progress
 
 
@@ -65,13 +65,11 @@ class Teacher(Protocol):
 
 
 def teacher_identity(path: Path) -> str:
-    """What identifies a teacher on disk, wherever it lies: a file's (a checkpoint's) sha256, or a
-    directory's (an export: kdmt.cache.tree_sha256). Read once, whatever its size."""
-    if path.is_file():
-        return f"sha256:{file_sha256(path)}"
-    if path.is_dir():
-        return f"tree-sha256:{tree_sha256(path)}"
-    raise KdmtError(f"{path}: no such teacher")
+    """What identifies a teacher on disk, wherever it lies: its content (kdmt.cache.content_identity: a
+    checkpoint's sha256, an export directory's tree-sha256)."""
+    if not path.exists():
+        raise KdmtError(f"{path}: no such teacher")
+    return content_identity(path)
 
 
 @dataclass
@@ -104,7 +102,7 @@ class DistillSettings:
     backward: str | None = None  # a model of the other direction that scores the kept pairs (kdmt.scoring)
     backward_drop: float = 0.0  # percent of the scored pairs dropped, the worst by the backward model
     backward_max_ce: float | None = None  # pairs above this cross-entropy a token are dropped
-    inputs: dict[str, list[int]] = field(default_factory=dict)  # source, reference, backward -> [size, mtime_ns]
+    inputs: dict[str, str] = field(default_factory=dict)  # source, reference, backward -> content (file_identity)
 
 
 
@@ -182,7 +180,7 @@ class DistillRun:
         self.translator, self.settings, self.out, self.meta = translator, settings, out, meta
         self.backward = backward
         self.record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
-        self.work = ShardedRun(Path(f"{out}.shards"), self.record, lambda: self.read_stats() is not None)
+        self.work = ShardedRun(work_path(out), self.record, lambda: self.read_stats() is not None)
         manifest = self.work.open(self.make_plan, self.other_teacher)
         self.plan: dict[str, Any] | None = manifest["plan"] if manifest else None
         self.finished = None if manifest else self.read_stats()
@@ -290,12 +288,12 @@ class DistillRun:
         best_path, nbest_path, keep_path, scores_path = shard_paths(self.work.path, index)
         if self.backward is not None:  # the backward model: the kept target is its source
             have = [i for i, kept in enumerate(chosen) if kept]
-            ce = self.backward.score([chosen[i][0].text for i in have], [raw[i] for i in have])
+            ce = self.backward.score([best_text(chosen[i]) for i in have], [raw[i] for i in have])
             scores = [math.nan] * len(chosen)
             for i, x in zip(have, ce):
                 scores[i] = x
             write_lines(scores_path, map(repr, scores))
-        write_lines(best_path, [c[0].text if c else "" for c in chosen])
+        write_lines(best_path, map(best_text, chosen))
         if s.nbest > 1:
             write_lines(
                 nbest_path,

@@ -31,16 +31,37 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_rank() -> int:
+    """This process's rank under torchrun (RANK), 0 otherwise; read from the environment, no process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_device(name: str | None = None) -> torch.device:
+    """This process's device: `name` (see resolve_device); under torchrun (LOCAL_RANK set), a CUDA device
+    without an index is GPU LOCAL_RANK, modulo the GPUs (more processes than GPUs share them). The one rule
+    of which device a process takes: the sharded commands use it as it is, `init` for training."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    return device
+
+
 def init(device: str | None = None) -> torch.device:
-    """This process's device (see resolve_device); under torchrun also join the process group: NCCL with
-    the device cuda:LOCAL_RANK, gloo on the CPU. The group is left at exit (see leave)."""
-    dev = resolve_device(device)
+    """This process's device (local_device); under torchrun also join the process group: NCCL with the
+    device cuda:LOCAL_RANK, gloo on the CPU. Training takes one GPU a process: an indexed device, or more
+    processes than GPUs, is refused. The group is left at exit (see leave)."""
     if not launched_by_torchrun() or is_distributed():
-        return dev
+        return resolve_device(device)
+    dev = resolve_device(device)
     if dev.index is not None:
         raise KdmtError(f"under torchrun each process takes the GPU of its local rank: --device cuda, not {dev}")
     if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        if int(os.environ["LOCAL_RANK"]) >= torch.cuda.device_count():
+            raise KdmtError(
+                f"local rank {os.environ['LOCAL_RANK']} has no GPU of its own ({torch.cuda.device_count()} GPUs): "
+                "start at most one training process per GPU"
+            )
+        dev = local_device(device)
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT)
     atexit.register(leave)

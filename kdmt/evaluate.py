@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.base import Metric
 from sacrebleu.significance import PairedTest, estimate_ci
 
-from kdmt.translate import TextTranslator
+if TYPE_CHECKING:
+    from kdmt.translate import TextTranslator
 
 WARM_UP_LINES = 32  # translated untimed before the timed run, which then pays no start-up costs
 BOOTSTRAP_SAMPLES = 1000  # sacrebleu's default for its paired bootstrap test
@@ -173,6 +175,7 @@ class EvalReport:
     size_bytes: int  # the checkpoint file, or the exported directory's files, on disk
     device: str
     made_with: dict
+    role: str = "model"  # teacher, student, model: from the checkpoint's record (model_role), for kdmt report
     pair: str | None = None  # the language pair translated (eval --pair)
     tgt_lang: str | None = None  # BLEU's tokenizer is this language's (bleu_metric)
     hyps: list[str] = field(default_factory=list)  # the translations and their references, for paired tests
@@ -224,6 +227,7 @@ def evaluate(
         size_bytes=size_on_disk(checkpoint),
         device=str(translator.device),
         made_with=made_with,
+        role=model_role(made_with),
         pair=pair,
         tgt_lang=tgt_lang,
         hyps=hyps,
@@ -245,18 +249,24 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def model_role(meta: dict) -> str:
+    """A model's role from its checkpoint's record: teacher or student (kdmt's training commands write it),
+    or model when the record names none."""
+    return meta.get("role", "model")
+
+
 def describe(meta: dict) -> str:
     """How a model was made, in one line, from its checkpoint's record."""
     if pretrained := meta.get("pretrained"):  # a model made elsewhere (kdmt.pretrained)
         languages = "-".join(pretrained[k] for k in ("src_lang", "tgt_lang") if pretrained.get(k))
         kind = pretrained["type"] + (f" {languages}" if languages else "")
-        made = f"{meta.get('role', 'model')} (pretrained {kind}, through {pretrained['engine']})"
+        made = f"{model_role(meta)} (pretrained {kind}, through {pretrained['engine']})"
         return (
             made
             if "preset" not in meta
             else f"{made}; exported from kdmt: " + describe({k: v for k, v in meta.items() if k != "pretrained"})
         )
-    parts = [f"{meta.get('role', 'model')} ({meta.get('preset', '?')} preset)"]
+    parts = [f"{model_role(meta)} ({meta.get('preset', '?')} preset)"]
     if meta.get("pairs"):
         parts.append("pairs " + ", ".join(meta["pairs"]))
     corpus = meta.get("corpus") or {}

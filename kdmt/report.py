@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kdmt.checkpoint import LEGACY_SUFFIX, SUFFIX
 from kdmt.errors import KdmtError
-from kdmt.evaluate import BOOTSTRAP_SAMPLES, SIGNIFICANT, describe, paired_bootstrap
+from kdmt.evaluate import BOOTSTRAP_SAMPLES, SIGNIFICANT, describe, model_role, paired_bootstrap
 
 PRIVATE = ("hyps", "refs", "tgt_lang")  # what rows carry for the paired tests and report.json leaves out
 
@@ -63,6 +63,7 @@ def build_rows(reports: list[dict]) -> list[dict]:
                 **({"pair": pair} if pair else {}),
                 "checkpoint": r["checkpoint"],
                 "made_with": describe(r["made_with"]),
+                "role": r.get("role") or model_role(r["made_with"]),  # a report of an older kdmt: its record's
                 "parameters": r["parameters"],
                 "size_mb": round(r.get("size_bytes", 0) / 2**20, 1),
                 "device": r["device"],
@@ -107,7 +108,7 @@ def compare_with_teacher(rows: list[dict], samples: int = BOOTSTRAP_SAMPLES) -> 
     None when there is no teacher."""
     teachers: dict[str | None, dict] = {}
     for row in rows:
-        if row["made_with"].startswith("teacher"):
+        if row["role"] == "teacher":
             teachers.setdefault(row.get("pair"), row)
     for row in rows:
         if (teacher := teachers.get(row.get("pair"))) is not None:
@@ -129,7 +130,7 @@ def compare_with_baseline(rows: list[dict], name: str, samples: int = BOOTSTRAP_
         raise KdmtError(f"--baseline {name}: no model of that name in the reports (they have {names})")
     for pair, baseline in baselines.items():
         students = [
-            r for r in rows if r.get("pair") == pair and r is not baseline and not r["made_with"].startswith("teacher")
+            r for r in rows if r.get("pair") == pair and r is not baseline and r["role"] != "teacher"
         ]
         for row in students:
             row["bleu_vs_baseline"] = round(row["bleu"] - baseline["bleu"], 2)

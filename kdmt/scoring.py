@@ -26,7 +26,7 @@ from kdmt.engines import is_export
 from kdmt.errors import KdmtError
 from kdmt.export import SOURCE_SPM, TARGET_SPM, read_record
 from kdmt.translate import Progress
-from kdmt.vocab import BOS, EOS, Vocab
+from kdmt.vocab import BOS, ENSEMBLE_VOCABULARIES, EOS, Vocab, check_vocabularies
 
 
 class PairScorer(ABC):
@@ -60,9 +60,9 @@ class CheckpointScorer(PairScorer):
 
     def __init__(self, paths: list[Path], device: torch.device, batch_tokens: int = 4000):
         checkpoints = [load_checkpoint(p, device) for p in paths]
-        key = {(c.src_vocab.fingerprint, c.tgt_vocab.fingerprint) for c in checkpoints}
-        if len(key) > 1:
-            raise KdmtError("the models of an ensemble must share their vocabularies")
+        first = checkpoints[0]
+        for c in checkpoints[1:]:
+            check_vocabularies((first.src_vocab, first.tgt_vocab), (c.src_vocab, c.tgt_vocab), ENSEMBLE_VOCABULARIES)
         self.models = [c.model.eval() for c in checkpoints]
         self.src_vocab, self.tgt_vocab = checkpoints[0].src_vocab, checkpoints[0].tgt_vocab
         self.max_positions = min(m.config.max_positions for m in self.models)

@@ -17,6 +17,8 @@ times as fast); scripts/bench_mbr.py measures the three.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sacrebleu.metrics import CHRF
 from sacrebleu.metrics.helpers import extract_all_char_ngrams
@@ -28,7 +30,9 @@ try:
 except ImportError:  # optional (the mbr extra)
     fastchrf = None
 from kdmt.evaluate import bleu_metric
-from kdmt.translate import Candidate
+
+if TYPE_CHECKING:
+    from kdmt.translate import Candidate
 
 SELECTIONS = ("best", "seq-inter", "mbr", "score")
 METRICS = ("bleu", "chrf")
@@ -37,6 +41,17 @@ METRICS = ("bleu", "chrf")
 def check_selection(select: str, metric: str) -> None:
     if select not in SELECTIONS or metric not in METRICS:
         raise KdmtError(f"--select takes {', '.join(SELECTIONS)}; --select-metric {' or '.join(METRICS)}")
+
+
+def ranked(merits: Sequence[float]) -> list[int]:
+    """The one rule of picking: the indices of `merits`, the highest merit first, the earlier on ties."""
+    return sorted(range(len(merits)), key=lambda i: (-merits[i], i))
+
+
+def best_text(candidates: list[Candidate]) -> str:
+    """A source's best translation: its first candidate's text (engines and `choose` put the best first);
+    an empty line when it has none (an empty or over-long source, or every candidate dropped)."""
+    return candidates[0].text if candidates else ""
 
 
 def sentence_scores(texts: list[str], reference: str, metric: str, tgt_lang: str | None = None) -> list[float]:
@@ -48,8 +63,7 @@ def sentence_scores(texts: list[str], reference: str, metric: str, tgt_lang: str
 
 def closest(texts: list[str], reference: str, metric: str, tgt_lang: str | None = None) -> int:
     """The index of the text with the highest sentence score against the reference (first on ties)."""
-    scores = sentence_scores(texts, reference, metric, tgt_lang)
-    return max(range(len(texts)), key=scores.__getitem__)
+    return ranked(sentence_scores(texts, reference, metric, tgt_lang))[0]
 
 
 def pairwise_chrf(texts: list[str]) -> list[list[float]]:
@@ -90,8 +104,7 @@ def mbr_utilities(texts: list[str], metric: str = "chrf", tgt_lang: str | None =
 
 def mbr(texts: list[str], metric: str = "chrf", tgt_lang: str | None = None) -> int:
     """The index of the medoid: the text with the highest mean utility against the others (first on ties)."""
-    u = mbr_utilities(texts, metric, tgt_lang)
-    return max(range(len(texts)), key=u.__getitem__)
+    return ranked(mbr_utilities(texts, metric, tgt_lang))[0]
 
 
 def preference(
@@ -121,10 +134,8 @@ def choose(
     tgt_lang: str | None = None,
 ) -> list[Candidate]:
     """The `keep` most preferred candidates with distinct texts, best first (earlier first on ties)."""
-    merit = preference(candidates, select, metric, reference, tgt_lang)
-    order = sorted(range(len(candidates)), key=lambda i: (-merit[i], i))
     chosen: dict[str, Candidate] = {}
-    for i in order:
+    for i in ranked(preference(candidates, select, metric, reference, tgt_lang)):
         chosen.setdefault(candidates[i].text, candidates[i])
         if len(chosen) == keep:
             break

@@ -1,16 +1,18 @@
 """Work cut into shards and shared by any number of processes: torchrun's, or independent commands
 started with the same arguments, on one machine or on several sharing a file system.
 
-The run's directory holds `manifest.json` (the settings and the plan of the shards, written once),
-`done/` (one record per finished shard, `done/NNNNNN.json`, written atomically: recording a shard writes
-one small file, whatever the number of shards), `lock`, and one claim file per shard. A process claims a
-shard by taking an exclusive `flock` on its claim file without waiting: it skips a shard another process
-holds, and looks for the shard's record after the claim, so a shard is done once. The kernel drops a
-process's locks when it dies, however it dies, so the shard of a killed process is free again at once: for
-the processes still running, and for any later run, with any number of processes; no run ids, no
-time-outs, no process group. A damaged record (never a torn one: each is renamed into place whole) stops
-the run with its name. A process stops when it finds nothing left to claim; the one that then finds every
-shard done assembles the outputs, under `lock`, and removes the directory. A process that finds no
+The run's directory (work_path: `.kdmt-work/NAME.shards`, hidden in the folder of the output NAME, so on
+a file system that every process writing NAME reaches) holds `manifest.json` (the settings and the plan
+of the shards, written once), `done/` (one record per finished shard, `done/NNNNNN.json`, written
+atomically: recording a shard writes one small file, whatever the number of shards), `lock`, and one
+claim file per shard. A process claims a shard by taking an exclusive `flock` on its claim file without
+waiting: it skips a shard another process holds, and looks for the shard's record after the claim, so a
+shard is done once. The kernel drops a process's locks when it dies, however it dies, so the shard of a
+killed process is free again at once: for the processes still running, and for any later run, with any
+number of processes; no run ids, no time-outs, no process group. A damaged record (never a torn one: each
+is renamed into place whole) stops the run with its name. A process stops when it finds nothing left to
+claim; the one that then finds every shard done assembles the outputs, under `lock`, and removes the
+directory, and `.kdmt-work` once it is empty: nothing is left beside the outputs. A process that finds no
 manifest, but the outputs of a finished run with its settings, has nothing to do. `flock` must reach every
 machine that shares the directory (NFSv4, Lustre mounted with `flock`, GPFS, CephFS do so; a mount with
 node-local locks does not).
@@ -22,36 +24,23 @@ import fcntl
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from kdmt.cache import locked
-from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
 from kdmt.files import read_json, record_json, write_text
 
 Manifest = dict[str, Any]
+WORK_DIR = ".kdmt-work"
 
 
-def file_identity(paths: list[str]) -> dict[str, list[int]]:
-    """Each file's size and modification time: a resume after a file changed is refused."""
-    return {p: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths}
-
-
-def local_device(name: str | None) -> torch.device:
-    """`name` (see resolve_device); under torchrun, a CUDA device without an index is GPU LOCAL_RANK (modulo
-    the GPUs: more processes than GPUs share them)."""
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-    return device
-
-
-def launch_rank() -> int:
-    """This process's rank under torchrun (RANK), 0 otherwise; read from the environment, no process group."""
-    return int(os.environ.get("RANK", "0"))
+def work_path(out: Path) -> Path:
+    """The directory of the sharded run that writes `out`: `.kdmt-work/NAME.shards` in out's folder; the
+    `OUT.shards` of an older kdmt where one is there, so that its unfinished run resumes."""
+    legacy = Path(f"{out}.shards")
+    return legacy if legacy.is_dir() else out.parent / WORK_DIR / f"{out.name}.shards"
 
 
 class ShardedRun:
@@ -114,7 +103,7 @@ class ShardedRun:
             manifest = self._head()
             if manifest is None:
                 if self.finished():
-                    shutil.rmtree(self.path, ignore_errors=True)
+                    self.discard()
                     return None
                 manifest = {"settings": self.settings, "plan": plan()}
                 (self.path / "claims").mkdir(exist_ok=True)
@@ -186,7 +175,7 @@ class ShardedRun:
         with locked(self.path / "lock"):
             manifest = self.manifest()
             if manifest is None:  # another process assembled the outputs
-                shutil.rmtree(self.path, ignore_errors=True)
+                self.discard()
                 if not self.finished():
                     raise KdmtError(f"{self.path} was removed before the run finished")
                 return True
@@ -202,3 +191,12 @@ class ShardedRun:
         removed = self.path.with_name(f".{self.path.name}.{os.getpid()}.removed")
         os.rename(self.path, removed)
         shutil.rmtree(removed)
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove what is left of the directory (the lock file of a process that came in to wait), and the
+        `.kdmt-work` folder that holds it once that is empty (another run's directory keeps it)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.path.parent.name == WORK_DIR:
+            with suppress(OSError):
+                self.path.parent.rmdir()

@@ -4,7 +4,7 @@ computed once with teacher forcing and stored compactly in memory-mapped arrays 
 OUT is a small JSON record (the settings: the corpus' fingerprint, the teachers, k, ...); beside it, with
 OUT's suffix replaced, `.ids.npy` (tokens × k, int32), `.logp.npy` (tokens × k, float16, log-probabilities
 at temperature 1) and `.offsets.npy` (sentences + 1, int64: each sentence's first row, then the total).
-The arrays are preallocated in the run's directory `OUT.shards` and filled shard by shard (of sentences)
+The arrays are preallocated in the run's directory (kdmt.shards.work_path) and filled shard by shard (of sentences)
 by any number of processes (kdmt.shards), each writing its own rows; the last process moves them into
 place and writes OUT. A killed run resumes with any number of processes, to the same bytes.
 """
@@ -31,7 +31,7 @@ from kdmt.errors import KdmtError
 from kdmt.files import read_json, record_json, write_text
 from kdmt.languages import PairRows, routed_logits
 from kdmt.model import Transformer
-from kdmt.shards import Manifest, ShardedRun
+from kdmt.shards import Manifest, ShardedRun, work_path
 
 FORMAT = "kdmt-soft-targets-3"  # 3: the record holds the sha256 of each array
 ARRAYS = ("ids", "logp", "offsets")
@@ -53,7 +53,7 @@ class SoftTargetSettings:
     batch_tokens: int = 4000  # padded tokens per batch (token_batches), within a shard
     shard_size: int = 10000  # sentences
     key: str = ""  # the fingerprint of the corpus
-    inputs: dict[str, list[int]] = field(default_factory=dict)  # teacher file -> [size, mtime_ns]
+    inputs: dict[str, str] = field(default_factory=dict)  # teacher -> its content (kdmt.cache.file_identity)
 
 
 def array_paths(out: Path) -> dict[str, Path]:
@@ -152,7 +152,7 @@ def compute_soft_targets(
     The store when they are complete; None while other processes compute the last shards."""
     settings.key = corpus.fingerprint()
     record = json.loads(json.dumps(asdict(settings)))  # as it reads back from JSON
-    work = ShardedRun(Path(f"{out}.shards"), record, lambda: finished(out, record))
+    work = ShardedRun(work_path(out), record, lambda: finished(out, record))
     partial = {name: work.path / f"{name}.npy" for name in ARRAYS}
     tokens = int(corpus.tgt_len.sum())
 

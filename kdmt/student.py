@@ -18,7 +18,7 @@ import torch
 
 from kdmt.cache import cached, content_key
 from kdmt.checkpoint import Checkpoint, load_checkpoint
-from kdmt.corpus import CHUNK_PAIRS, CorpusSink, encode_flat, ids_dtype, open_corpus, vocab_key, write_corpus
+from kdmt.corpus import CHUNK_PAIRS, CorpusSink, encode_flat, ids_dtype, open_corpus, write_corpus
 from kdmt.data import PreparedData, TokenizedCorpus, stream_parallel
 from kdmt.errors import KdmtError
 from kdmt.files import stream_lines
@@ -29,14 +29,14 @@ from kdmt.parallel import chunks
 from kdmt.pretrained import is_huggingface
 from kdmt.pretrained_kd import PretrainedTeacher, load_pretrained_teacher
 from kdmt.soft_targets import SoftTargetStore
-from kdmt.vocab import Vocab
+from kdmt.vocab import Vocab, check_vocabularies, vocab_key
 
 
 def check_vocabulary(teachers: list[tuple[Path, Checkpoint]], src_vocab: Vocab, tgt_vocab: Vocab) -> None:
     """Every teacher must use the data's sentencepiece models: the student shares its tokenization."""
     for path, t in teachers:
-        if (t.src_vocab.fingerprint, t.tgt_vocab.fingerprint) != (src_vocab.fingerprint, tgt_vocab.fingerprint):
-            raise KdmtError(f"vocabulary mismatch: {path} was trained with other sentencepiece models than this data")
+        error = f"vocabulary mismatch: {path} was trained with other sentencepiece models than this data"
+        check_vocabularies((src_vocab, tgt_vocab), (t.src_vocab, t.tgt_vocab), error)
 
 
 def load_teachers(

@@ -18,10 +18,10 @@ from torch import Tensor
 
 from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
-from kdmt.errors import KdmtError
 from kdmt.languages import tag_ids
 from kdmt.search import Ensemble, Hypothesis, Sampling, beam_search, greedy_search, max_lengths, sample_search
-from kdmt.vocab import EOS, Vocab
+from kdmt.selection import best_text
+from kdmt.vocab import ENSEMBLE_VOCABULARIES, EOS, Vocab, check_vocabularies
 
 Progress = Callable[[int], None]
 
@@ -132,7 +132,7 @@ class TextTranslator(ABC):
 
     def translate(self, lines: list[str], progress: Progress | None = None) -> list[str]:
         """The best translation of each line; an empty line for an empty (or over-long) one."""
-        return [c[0].text if c else "" for c in self.translate_nbest(lines, 1, progress)]
+        return [best_text(c) for c in self.translate_nbest(lines, 1, progress)]
 
 
 class Translator(TextTranslator):
@@ -143,9 +143,8 @@ class Translator(TextTranslator):
 
     def __init__(self, checkpoints: list[Checkpoint], options: SearchOptions | None = None, dtype=None):
         first = checkpoints[0]
-        key = (first.src_vocab.fingerprint, first.tgt_vocab.fingerprint)
-        if any((c.src_vocab.fingerprint, c.tgt_vocab.fingerprint) != key for c in checkpoints[1:]):
-            raise KdmtError("the models of an ensemble must share their vocabularies")
+        for c in checkpoints[1:]:
+            check_vocabularies((first.src_vocab, first.tgt_vocab), (c.src_vocab, c.tgt_vocab), ENSEMBLE_VOCABULARIES)
         self.models = [c.model.eval() if dtype is None else c.model.eval().to(dtype) for c in checkpoints]
         self.ensemble = Ensemble(self.models)
         self.src_vocab, self.tgt_vocab = first.src_vocab, first.tgt_vocab

@@ -14,6 +14,7 @@ from kdmt.errors import KdmtError
 from kdmt.files import atomic_path
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+ENSEMBLE_VOCABULARIES = "the models of an ensemble must share their vocabularies"
 
 
 class Vocab:
@@ -62,6 +63,19 @@ class Vocab:
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)
+
+
+def vocab_key(src_vocab: Vocab, tgt_vocab: Vocab) -> dict[str, str]:
+    """What token ids depend on, and what models used together must share: the source and target
+    sentencepiece models, by fingerprint."""
+    return {"src_vocab": src_vocab.fingerprint, "tgt_vocab": tgt_vocab.fingerprint}
+
+
+def check_vocabularies(expected: tuple[Vocab, Vocab], found: tuple[Vocab, Vocab], error: str) -> None:
+    """The one vocabulary check: refuse, with `error`, a model whose (source, target) sentencepiece models
+    are not `expected`'s (vocab_key)."""
+    if vocab_key(*found) != vocab_key(*expected):
+        raise KdmtError(error)
 
 
 def train_vocab(

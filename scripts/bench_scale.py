@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from kdmt.device import describe_device
+from kdmt.shards import work_path
 
 REPO = Path(__file__).resolve().parent.parent
 MULTI30K = REPO / "data" / "multi30k"
@@ -201,7 +202,7 @@ def bench_distill(args: argparse.Namespace, root: Path, pairs: int) -> dict:
     command = [sys.executable, "-m", "kdmt", "distill", "-t", teacher, "--src", root / "data" / "train.src"]
     command += ["-o", out / "train.tgt", "--beam", 1, "--shard-size", 2000, "--device", "cpu"]
     row = measure([str(c) for c in command], root / "distill.log", stop_after=args.distill_seconds)
-    done = len(list((out / "train.tgt.shards" / "done").glob("*.json")))  # one record per finished shard
+    done = len(list((work_path(out / "train.tgt") / "done").glob("*.json")))  # one record per finished shard
     return row | {"stopped_after_s": args.distill_seconds, "shards_done": done}
 
 

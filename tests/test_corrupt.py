@@ -11,7 +11,7 @@ import pytest
 from test_cli import assert_fails, kdmt, write
 from toy import toy_pairs
 
-from kdmt.shards import ShardedRun
+from kdmt.shards import ShardedRun, work_path
 
 DAMAGES = ("flip", "truncate", "png", "directory")
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
@@ -48,7 +48,7 @@ def work(toy_data, toy_model, tmp_path_factory) -> Path:
         patch.setattr(ShardedRun, "finish", lambda self, assemble: False)
         made.append(kdmt(*distill_args(toy_model, root, root / "distill" / "out.tgt")))
     assert [r.exit_code for r in made] == [0, 0, 0], [r.stderr for r in made]
-    assert len(list((root / "distill" / "out.tgt.shards" / "done").iterdir())) == 3
+    assert len(list((work_path(root / "distill" / "out.tgt") / "done").iterdir())) == 3
     return root
 
 
@@ -85,9 +85,9 @@ KINDS = {
     "soft-target ids": ("soft", "soft.ids.npy", student, False),
     "soft-target log-probs": ("soft", "soft.logp.npy", student, False),
     "soft-target offsets": ("soft", "soft.offsets.npy", student, False),
-    "shard manifest": ("distill", "out.tgt.shards/manifest.json", distill, False),
-    "shard record": ("distill", "out.tgt.shards/done/000001.json", distill, False),
-    "shard output": ("distill", "out.tgt.shards/000001.txt", distill, False),
+    "shard manifest": ("distill", ".kdmt-work/out.tgt.shards/manifest.json", distill, False),
+    "shard record": ("distill", ".kdmt-work/out.tgt.shards/done/000001.json", distill, False),
+    "shard output": ("distill", ".kdmt-work/out.tgt.shards/000001.txt", distill, False),
     "export record": ("ct2", "kdmt_export.json", translate, False),
 }
 # A sentencepiece model with a byte flipped may still be a valid model: kdmt takes it as a new one, as it

@@ -2,6 +2,7 @@
 filter of degenerate translations (and the student's fallback to the reference for them)."""
 
 import json
+import os
 
 import pytest
 from sacrebleu.metrics import BLEU
@@ -15,6 +16,7 @@ from kdmt.errors import KdmtError
 from kdmt.files import read_lines
 from kdmt.filters import FilterOptions, degenerate, repeated_ngram
 from kdmt.selection import closest
+from kdmt.shards import WORK_DIR, work_path
 from kdmt.student import student_corpus
 from kdmt.translate import Candidate, SearchOptions, Translator
 from kdmt.vocab import EOS, Vocab
@@ -54,7 +56,8 @@ def test_killed_run_resumes_to_a_byte_identical_corpus(toy_model, tmp_path):
     stats = distill_corpus(translator, settings_for(toy_model, src), full)
     assert stats.lines == 40 and stats.empty == 1 and stats.too_long == 0 and stats.filtered["repeat"] >= 2
 
-    resumed, work = tmp_path / "resumed.tgt", tmp_path / "resumed.tgt.shards"
+    resumed = tmp_path / "resumed.tgt"
+    work = tmp_path / WORK_DIR / "resumed.tgt.shards"  # hidden: nothing beside the outputs but themselves
     manifests = []
 
     def kill_after_third(index):
@@ -77,13 +80,34 @@ def test_killed_run_resumes_to_a_byte_identical_corpus(toy_model, tmp_path):
     assert sum(translated) == 40  # progress: the shards done before, and those translated now
     assert (tmp_path / "resumed.tgt.json").read_bytes() == (tmp_path / "full.tgt.json").read_bytes()
     assert (tmp_path / "resumed.tgt.nbest").read_bytes() == (tmp_path / "full.tgt.nbest").read_bytes()
-    assert not (tmp_path / "resumed.tgt.shards").exists()
+    assert not (tmp_path / WORK_DIR).exists() and not (tmp_path / "resumed.tgt.shards").exists()
 
     out = read_lines(full)
     assert len(out) == 40 and out[3] == "" and out[5] == "" and out[30] == ""
     assert out[0] == " ".join(reversed(src_lines[0].split()))
     nbest = read_lines(tmp_path / "full.tgt.nbest")
     assert nbest[0].startswith("0 ||| ") and sum(line.startswith("4 ||| ") for line in nbest) == 3
+
+
+def test_an_unfinished_run_of_an_older_kdmt_beside_its_output_resumes(toy_model, tmp_path):
+    src = write(tmp_path / "train.src", toy_pairs(20, seed=13)[0])  # 3 shards of 7 lines
+    translator = Translator([load_checkpoint(toy_model)], SearchOptions(beam=3))
+    full, out = tmp_path / "full.tgt", tmp_path / "out.tgt"
+    distill_corpus(translator, settings_for(toy_model, src), full)
+
+    def kill(index):
+        raise Killed
+
+    with pytest.raises(Killed):
+        distill_corpus(translator, settings_for(toy_model, src), out, after_shard=kill)
+    assert work_path(out) == tmp_path / WORK_DIR / "out.tgt.shards"
+    os.rename(work_path(out), f"{out}.shards")  # where kdmt kept it before .kdmt-work
+    os.rmdir(tmp_path / WORK_DIR)
+    assert work_path(out) == tmp_path / "out.tgt.shards"
+    translated = []
+    distill_corpus(translator, settings_for(toy_model, src), out, after_shard=translated.append)
+    assert translated == [1, 2] and out.read_bytes() == full.read_bytes()  # shard 0 was done before
+    assert not (tmp_path / "out.tgt.shards").exists() and not (tmp_path / WORK_DIR).exists()
 
 
 def test_resuming_with_other_settings_is_refused(toy_model, tmp_path):
@@ -99,6 +123,14 @@ def test_resuming_with_other_settings_is_refused(toy_model, tmp_path):
     for other in ({"beam": 4}, {"filter": False}, {"max_repeat": 4}, {"max_len_ratio": 3.0}):
         with pytest.raises(KdmtError, match="other settings"):
             distill_corpus(translator, settings_for(toy_model, src, **other), tmp_path / "o")
+    before = src.stat()
+    text = src.read_bytes()
+    first = text.index(b" ") - 1  # a letter of the first line, made another: the same size
+    src.write_bytes(text[:first] + (b"a" if text[first:first + 1] != b"a" else b"b") + text[first + 1 :])
+    os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same modification time
+    assert src.stat().st_size == before.st_size and src.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(KdmtError, match="other settings or inputs"):  # its content is the source's identity
+        distill_corpus(translator, settings_for(toy_model, src), tmp_path / "o")
 
 
 def test_select_closest_picks_the_highest_sentence_bleu():

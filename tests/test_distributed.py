@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdmt import distributed
 from kdmt.batching import token_batches
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
+from kdmt.errors import KdmtError
 from kdmt.run_dir import LAST
 
 STEPS = 8
@@ -134,3 +136,30 @@ def test_epochs_resumed_with_another_number_of_processes_take_the_epochs_batches
     s = load_checkpoint(tmp_path / LAST).train_state
     assert (s["epoch"], s["batch_in_epoch"], s["step"]) == (0, batches, 3 + batches - 6)
     assert max(records(tmp_path)) == s["step"]
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """A machine with four CUDA devices, as torch sees it (no GPU is touched)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def test_a_process_takes_the_gpu_of_its_local_rank_modulo_the_gpus(four_gpus, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert distributed.local_device("cuda") == torch.device("cuda")  # outside torchrun: as asked
+    monkeypatch.setenv("LOCAL_RANK", "6")
+    assert distributed.local_device("cuda") == torch.device("cuda", 2)
+    assert distributed.local_device("cuda:1") == torch.device("cuda", 1)  # an index given is kept
+    assert distributed.local_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("RANK", "5")
+    assert distributed.launch_rank() == 5
+
+
+def test_training_under_torchrun_takes_one_gpu_a_process(four_gpus, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "4")
+    with pytest.raises(KdmtError, match="local rank 4 has no GPU of its own"):
+        distributed.init("cuda")
+    with pytest.raises(KdmtError, match="--device cuda, not cuda:1"):
+        distributed.init("cuda:1")

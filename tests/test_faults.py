@@ -32,6 +32,7 @@ from toy import toy_pairs
 from kdmt import files
 from kdmt.checkpoint import load_checkpoint
 from kdmt.run_dir import BEST, LAST
+from kdmt.shards import WORK_DIR
 from kdmt.soft_targets import array_paths
 
 SEEDS = int(os.environ.get("KDMT_FAULT_SEEDS", "2"))
@@ -182,7 +183,7 @@ def resume_if_started(out: Path) -> Callable[[], list]:
 
 
 def distilled(out: Path) -> list[bytes]:
-    assert not Path(f"{out}.shards").exists()
+    assert not (out.parent / WORK_DIR).exists()
     return [Path(f"{out}{ext}").read_bytes() for ext in ("", ".nbest", ".json")]
 
 
@@ -242,7 +243,7 @@ def test_killed_soft_targets_rerun_to_the_same_bytes(teacher, toy_data, tmp_path
         return args
 
     def outputs() -> list[bytes]:
-        assert not Path(f"{out}.shards").exists()
+        assert not (out.parent / WORK_DIR).exists()
         return [p.read_bytes() for p in (out, *array_paths(out).values())]
 
     signals = {"KILL": [any_event, the_rename_of("logp.npy")]}  # the arrays half moved into place

@@ -8,7 +8,7 @@ from test_evaluate import hand_made_systems
 
 from kdmt.evaluate import score
 from kdmt.files import write_text
-from kdmt.report import compare_with_teacher, short_names
+from kdmt.report import build_rows, compare_with_teacher, short_names
 
 
 def test_models_are_named_below_their_common_folder():
@@ -25,11 +25,12 @@ def test_models_are_named_below_their_common_folder():
 
 
 def test_students_are_compared_with_the_first_teacher():
-    student, teacher = "student (tiny preset); references", "teacher (small preset)"
+    student = {"made_with": "student (tiny preset); references", "role": "student"}
+    teacher = {"made_with": "teacher (small preset)", "role": "teacher"}
     rows = [
-        {"model": "s", "made_with": student, "bleu": 30.0, "chrf": 50.0, "sentences_per_s_beam": 300.0, "hyps": None},
-        {"model": "t1", "made_with": teacher, "bleu": 33.5, "chrf": 52.0, "sentences_per_s_beam": 100.0, "hyps": None},
-        {"model": "t2", "made_with": teacher, "bleu": 34.0, "chrf": 53.0, "sentences_per_s_beam": 90.0, "hyps": None},
+        {"model": "s", **student, "bleu": 30.0, "chrf": 50.0, "sentences_per_s_beam": 300.0, "hyps": None},
+        {"model": "t1", **teacher, "bleu": 33.5, "chrf": 52.0, "sentences_per_s_beam": 100.0, "hyps": None},
+        {"model": "t2", **teacher, "bleu": 34.0, "chrf": 53.0, "sentences_per_s_beam": 90.0, "hyps": None},
     ]
     assert compare_with_teacher(rows) == "t1"
     assert [(r["bleu_vs_teacher"], r["speedup_vs_teacher"]) for r in rows] == [(-3.5, 3.0), (0.0, 1.0), (0.5, 0.9)]
@@ -55,6 +56,18 @@ def eval_entry(model: str, role: str, hyps: list[str], refs: list[str], speed: f
         "hyps": hyps,
         "refs": refs,
     }
+
+
+def test_roles_come_from_the_reports_data_and_old_reports_from_their_records():
+    refs, systems = hand_made_systems(20)
+    old = eval_entry("t-old", "teacher", systems["a"], refs, 100.0)  # no "role": its checkpoint's record says
+    new = eval_entry("t-new", "model", systems["a"], refs, 90.0) | {"role": "teacher"}  # made elsewhere
+    student = eval_entry("s", "teacher", refs, refs, 50.0) | {"role": "student"}  # the field, not the record
+    rows = build_rows([student, new, old])
+    assert [row["role"] for row in rows] == ["student", "teacher", "teacher"]
+    assert rows[1]["made_with"].startswith("model")  # the description is not what names a teacher
+    assert compare_with_teacher(rows, samples=0) == "t-new"
+    assert rows[0]["bleu_vs_teacher"] == round(rows[0]["bleu"] - rows[1]["bleu"], 2) > 0
 
 
 def test_report_tests_every_difference_against_the_teacher_and_the_baseline(tmp_path):

@@ -15,6 +15,7 @@ from test_cli import assert_fails, kdmt, write
 from toy import toy_pairs, toy_setup
 
 from kdmt.checkpoint import load_checkpoint
+from kdmt.shards import WORK_DIR
 from kdmt.soft_targets import SoftTargetSettings, array_paths, compute_soft_targets
 
 TESTS = Path(__file__).parent
@@ -53,7 +54,7 @@ def test_distill_on_torchrun_equals_one_process(toy_model, tmp_path):
     one, two = tmp_path / "one.tgt", tmp_path / "two.tgt"
     run([sys.executable, "-m", "kdmt", *distill_args(toy_model, src, one)])
     run([*TORCHRUN, "-m", "kdmt", *distill_args(toy_model, src, two)])
-    assert distilled(two) == distilled(one) and not Path(f"{two}.shards").exists()
+    assert distilled(two) == distilled(one) and not (tmp_path / WORK_DIR).exists()
 
 
 def test_processes_claim_each_shard_once_and_a_killed_run_resumes_with_one(toy_model, tmp_path):
@@ -67,7 +68,7 @@ def test_processes_claim_each_shard_once_and_a_killed_run_resumes_with_one(toy_m
     command = [str(c) for c in WORKER + distill_args(toy_model, src, out)]
     workers = [subprocess.Popen(command, env={**env, "SHARD_DIE_AT": n}, stderr=subprocess.PIPE) for n in "34"]
     assert [w.wait(timeout=300) for w in workers] == [-signal.SIGKILL] * 2
-    assert len(list((tmp_path / "out.tgt.shards" / "done").glob("*.json"))) == 2 + 3  # a record per shard
+    assert len(list((tmp_path / WORK_DIR / "out.tgt.shards" / "done").glob("*.json"))) == 2 + 3  # a record per shard
     assert not out.exists()
     run(WORKER + distill_args(toy_model, src, out), {**ENV, "SHARD_LOG": str(log)})  # the resume: 1 process
     assert distilled(out) == distilled(one)
@@ -99,7 +100,7 @@ def test_soft_targets_on_torchrun_equal_one_process(toy_model, toy_data, tmp_pat
     run([*TORCHRUN, "-m", "kdmt", *args, "-o", tmp_path / "two.json"])
     run([sys.executable, "-m", "kdmt", *args, "-o", tmp_path / "one.json"])
     assert soft_target_files(tmp_path / "two.json") == soft_target_files(tmp_path / "one.json")
-    assert not (tmp_path / "two.json.shards").exists()
+    assert not (tmp_path / WORK_DIR).exists()
 
 
 def test_killed_soft_targets_resume_to_the_same_bytes(toy_model, toy_data, tmp_path):
@@ -120,7 +121,7 @@ def test_killed_soft_targets_resume_to_the_same_bytes(toy_model, toy_data, tmp_p
     assert not resumed.exists()
     progress = []
     store = compute(resumed, progress=progress.append)
-    assert soft_target_files(resumed) == soft_target_files(full) and not (tmp_path / "resumed.json.shards").exists()
+    assert soft_target_files(resumed) == soft_target_files(full) and not (tmp_path / WORK_DIR).exists()
     assert sum(progress) == len(train) and store.offsets[-1] == int(train.tgt_len.sum())
 
 

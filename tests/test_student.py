@@ -1,7 +1,6 @@
 """train-student: the distillation objectives, teacher initialisation, and the student's corpus."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
 from kdmt.model import Transformer, make_config
 from kdmt.objectives import Distillation, word_kd_loss
+from kdmt.shards import WORK_DIR
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.student import init_from_teacher, mix_indices, student_corpus
 from kdmt.train import TrainConfig, Trainer
@@ -209,7 +209,8 @@ def test_train_student_command_with_every_objective(toy_model, toy_data, tmp_pat
         toy_data / "valid.tgt",
         "--json",
     )
-    assert json.loads(result.stdout)[0]["made_with"]["role"] == "student"
+    report = json.loads(result.stdout)[0]
+    assert report["made_with"]["role"] == report["role"] == "student"  # kdmt report reads the role
     assert "student" in result.stderr  # the table says how each model was made
 
 
@@ -248,7 +249,7 @@ def test_topk_beyond_the_teachers_vocabulary_fails_up_front(toy_model, toy_data,
     soft = tmp_path / "soft.json"
     too_many = ["-t", toy_model, "--data", toy_data, "--topk", str(pieces + 1)]
     assert_fails(kdmt("soft-targets", *too_many, "-o", soft), message)
-    assert not Path(f"{soft}.shards").exists() and not soft.exists()
+    assert not (tmp_path / WORK_DIR).exists() and not soft.exists()
     args = ["train-student", *too_many, "--out", tmp_path / "s", "--alpha", "0.5", "--max-steps", "1"]
     assert_fails(kdmt(*args), message)
     assert not (tmp_path / "s").exists()

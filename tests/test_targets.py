@@ -20,7 +20,7 @@ from kdmt.export import export_checkpoint
 from kdmt.files import read_lines
 from kdmt.scoring import CheckpointScorer, CTranslate2Scorer
 from kdmt.search import Sampling
-from kdmt.selection import choose, mbr, mbr_utilities, pairwise_chrf, sacrebleu_pairwise_chrf
+from kdmt.selection import best_text, choose, mbr, mbr_utilities, pairwise_chrf, ranked, sacrebleu_pairwise_chrf
 from kdmt.student import student_corpus
 from kdmt.translate import Candidate, SearchOptions, Translator
 from kdmt.vocab import BOS, EOS
@@ -50,6 +50,12 @@ def test_mbr_selects_the_medoid():
     # duplicates count as often as they occur: two votes for "x y z w" outweigh the pair of near neighbours
     assert mbr(["a b c d", "x y z w", "x y z w", "a b c d e"]) == 1
     assert mbr_utilities(["only"]) == [0.0]
+
+
+def test_the_one_pick_prefers_the_highest_merit_and_the_earlier_on_ties():
+    assert ranked([1.0, 3.0, 2.0, 3.0, -1.0]) == [1, 3, 2, 0, 4]
+    assert best_text([Candidate("first", -2.0, 1), Candidate("second", -1.0, 1)]) == "first"
+    assert best_text([]) == ""  # an untranslated (empty, over-long) or wholly dropped source: an empty line
 
 
 def test_choose_keeps_distinct_candidates_in_order_of_preference():

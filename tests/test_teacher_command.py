@@ -16,6 +16,7 @@ from kdmt.checkpoint import load_checkpoint, save_checkpoint
 from kdmt.distill import DistillRun
 from kdmt.errors import KdmtError
 from kdmt.files import read_lines
+from kdmt.shards import work_path
 from kdmt.teacher_command import CommandTeacher
 
 TEACHER = Path(__file__).parent / "upper_teacher.py"
@@ -57,7 +58,7 @@ def test_a_command_teacher_distills_and_a_failed_run_resumes_to_the_same_bytes(t
     assert passed == ["warming up", "out of credits"]  # the command's stderr passes through
     shard = "kdmt distill: error: shard 3 of 4 (lines 7-9)"
     assert error == f"{shard}: the teacher command {command!r} failed (exit 3): out of credits"
-    work = Path(f"{resumed}.shards")
+    work = work_path(resumed)
     assert sorted(p.name for p in (work / "done").iterdir()) == ["000000.json", "000001.json"]
     assert not (work / "000002.txt").exists() and not resumed.exists()
     monkeypatch.delenv("TEACHER_FAIL_AT")
@@ -83,7 +84,7 @@ def test_a_command_that_drops_a_line_fails_naming_the_shard_and_records_nothing_
         distill(src, out, command),
         f"error: shard 2 of 4 (lines 4-6): the teacher command {command!r} wrote 2 lines for 3 sources",
     )
-    work = Path(f"{out}.shards")
+    work = work_path(out)
     assert [p.name for p in (work / "done").iterdir()] == ["000000.json"] and not (work / "000001.txt").exists()
     monkeypatch.delenv("TEACHER_DROP_AT")
     assert distill(src, out, command).exit_code == 0 and read_lines(out) == DISTILLED

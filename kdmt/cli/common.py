@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 
 from kdmt.config import dump_config, read_config
+from kdmt.distributed import launch_rank
 from kdmt.errors import KdmtError
 from kdmt.options import check_ranges
-from kdmt.shards import launch_rank
 
 err = Console(stderr=True)
 if not err.is_terminal:

@@ -35,6 +35,7 @@ from kdmt.distill import (
     selection_metric,
     teacher_identity,
 )
+from kdmt.distributed import local_device
 from kdmt.engines import engine_name, open_translator
 from kdmt.errors import KdmtError
 from kdmt.languages import Pair, target_language
@@ -43,7 +44,6 @@ from kdmt.pretrained import PretrainedOptions, is_hub_id, resolve
 from kdmt.progress import ProgressLine
 from kdmt.scoring import open_scorer
 from kdmt.search import Sampling
-from kdmt.shards import local_device
 from kdmt.teacher_command import CommandTeacher
 from kdmt.translate import SearchOptions
 
@@ -146,7 +146,8 @@ def distill_cmd(
     Degenerate translations are written as empty lines (--no-filter keeps them); OUT.json counts them by reason.
     Processes started with the same arguments share the shards: torchrun --nproc-per-node N -m kdmt distill ...,
     or the command started several times, on machines sharing the file system. A killed run resumes where it
-    stopped when started again with the same arguments, with any number of processes.
+    stopped when started again with the same arguments, with any number of processes. Until the run finishes its
+    shards are kept in .kdmt-work/ in OUT's folder (hidden, removed when the run is complete).
 
     With --engine ctranslate2 the teacher decodes through CTranslate2 (converted once, kept in ~/.cache/kdmt).
     A Hugging Face teacher (MarianMT, M2M100/NLLB, MBart-50, T5/MT5): -t DIR, through CTranslate2 (converted

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
+from kdmt.cache import file_identity
 from kdmt.cli.common import command, err, progress_console
 from kdmt.cli.params import BatchTokens, Data, Device, Distilled, FallbackRef, Seed, TeacherWeights
 from kdmt.data import PreparedData
+from kdmt.distributed import local_device
 from kdmt.errors import KdmtError
 from kdmt.languages import PairRows, per_pair
 from kdmt.progress import ProgressLine
-from kdmt.shards import file_identity, local_device
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.student import load_teachers, student_corpus
 from kdmt.train import TrainConfig
@@ -53,7 +54,8 @@ def soft_targets_cmd(
     memory-mapped arrays (about 6·K bytes a token) that training reads lazily.
 
     Processes started with the same arguments share the shards (torchrun --nproc-per-node N -m kdmt
-    soft-targets ..., or the command started several times on one machine); a killed run resumes.
+    soft-targets ..., or the command started several times on one machine); a killed run resumes. Until the run
+    finishes its shards are kept in .kdmt-work/ in OUT's folder (hidden, removed when the run is complete).
 
     Example: kdmt soft-targets -t work/teacher/checkpoint_best.safetensors --data work/data -o work/soft.json --topk 8
 

@@ -32,6 +32,7 @@ from kdmt.files import decode_stream, read_lines, write_lines
 from kdmt.languages import Pair, model_inputs
 from kdmt.pretrained import PretrainedOptions
 from kdmt.progress import ProgressLine
+from kdmt.selection import best_text
 from kdmt.translate import SearchOptions
 
 
@@ -87,7 +88,7 @@ def translate_cmd(
     with ProgressLine(err, "translate", len(lines), "sent", transient=True) as progress:
         results = translator.translate_nbest(lines, 1, progress.advance)
     _report_skipped(lines, results, translator.max_src_tokens)
-    hyps = [r[0].text if r else "" for r in results]
+    hyps = [best_text(r) for r in results]
     if output:
         write_lines(output, hyps)
     else:
