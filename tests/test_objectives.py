@@ -228,7 +228,7 @@ def test_patience_stops_after_n_validations_without_improvement(toy_data, tmp_pa
 
     monkeypatch.setattr(Trainer, "validate", validate)
     trainer, result = train_toy(toy_data, tmp_path, max_tokens=200, valid_interval=1, patience=2, max_steps=40)
-    assert result["stop"] == "early stopping" and result["step"] == trainer.step == 6
+    assert result["stop"] == "early stopping" and result["step"] == trainer.state.step == 6
     assert [(r["step"], r["best"]) for r in records(tmp_path) if "valid_loss" in r] == [
         (1, -3.0),
         (2, -2.0),
