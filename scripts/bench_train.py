@@ -45,7 +45,7 @@ def main() -> None:
         config = TrainConfig(max_tokens=args.max_tokens, max_steps=args.steps + 3, warmup=100)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(model, vocab, vocab, train, valid, Path(tmp), config, device)
-            batches = trainer.batches()
+            batches = trainer.data.batches(trainer.state)
             rates = []
             for i in range(args.steps + 3):
                 batch = next(batches)

@@ -76,6 +76,6 @@ def test_training_plan_is_the_one_of_before(toy_data, tmp_path):
     config = TrainConfig(max_tokens=60, max_steps=1, max_len=8, seed=5)
     model = Transformer(make_config(len(vocab), len(vocab), "tiny"))
     trainer = Trainer(model, vocab, vocab, train, ValidSet(train, [], []), tmp_path, config, torch.device("cpu"))
-    assert 0 < trainer.skipped_long < len(train)
-    digests = [plan_digest(trainer.epoch_batches(epoch)) for epoch in (0, 1)]
+    assert 0 < trainer.data.skipped_long < len(train)
+    digests = [plan_digest(trainer.data.epoch_batches(epoch)) for epoch in (0, 1)]
     assert digests == ["4072a9ea4c7290a5", "3e56e0ee8999c438"]

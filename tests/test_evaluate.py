@@ -21,8 +21,9 @@ from kdmt.checkpoint import Checkpoint, save_checkpoint
 from kdmt.evaluate import bleu_tokenizer, evaluate, paired_bootstrap, score
 from kdmt.languages import PairRows
 from kdmt.model import Transformer, make_config
-from kdmt.train import TrainConfig, Trainer, ValidSet
+from kdmt.train import TrainConfig, ValidSet
 from kdmt.translate import SearchOptions
+from kdmt.validation import Validator
 from kdmt.vocab import Vocab
 
 
@@ -78,21 +79,21 @@ def test_validation_bleu_is_tokenized_for_each_parts_target_language(monkeypatch
         languages.append(lang)
         return score(hyps, refs, lang)
 
-    monkeypatch.setattr("kdmt.train.score", spy)
-    monkeypatch.setattr("kdmt.train.Translator", lambda *args: SimpleNamespace(translate=lambda src: src))
-    every_pair_fits = lambda corpus: torch.ones(4, dtype=torch.bool)  # noqa: E731
-    trainer = SimpleNamespace(config=TrainConfig(max_steps=1), device=torch.device("cpu"), fits=every_pair_fits)
+    monkeypatch.setattr("kdmt.validation.score", spy)
+    monkeypatch.setattr("kdmt.validation.Translator", lambda *args: SimpleNamespace(translate=lambda src: src))
+    every_pair_fits = lambda: torch.ones(4, dtype=torch.bool)  # noqa: E731
+    validator = SimpleNamespace(config=TrainConfig(max_steps=1), device=torch.device("cpu"), fits=every_pair_fits)
     for valid, expected in (
         (ValidSet(None, ["a"] * 4, ["a"] * 4, tgt_lang="zh"), [{"valid_bleu"}, ["zh"]]),
         (ValidSet(None, ["a"] * 4, ["a"] * 4, PairRows(["de-ja", "de-en"], [2, 2])), [{"valid_bleu_de-ja"}, ["ja"]]),
     ):
         languages.clear()
-        trainer.valid = valid
-        result = Trainer.bleu(trainer, [], "de-ja" if valid.pairs else None)
+        validator.valid = valid
+        result = Validator.bleu(validator, [], "de-ja" if valid.pairs else None)
         assert [set(result), languages] == expected
-    trainer.valid = ValidSet(None, ["a"] * 4, ["a"] * 4, PairRows(["de-ja", "de-en"], [2, 2]))
+    validator.valid = ValidSet(None, ["a"] * 4, ["a"] * 4, PairRows(["de-ja", "de-en"], [2, 2]))
     languages.clear()
-    assert set(Trainer.bleu(trainer, [])) == {"valid_bleu", "valid_bleu_de-ja", "valid_bleu_de-en"}
+    assert set(Validator.bleu(validator, [])) == {"valid_bleu", "valid_bleu_de-ja", "valid_bleu_de-en"}
     assert languages == ["ja", "en"]
 
 

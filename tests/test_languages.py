@@ -459,8 +459,8 @@ def test_the_trainer_draws_each_epoch_with_the_pair_sampler(toy_multilingual, tm
     config = TrainConfig(max_steps=1, valid_bleu_sents=0, max_tokens=1500)
     args = model, data.src_vocab, data.tgt_vocab, data.corpus("train"), ValidSet.of(data), tmp_path, config
     trainer = Trainer(*args, torch.device("cpu"), sampler=PairSampler(rows, 1e9))
-    drawn = torch.bincount(rows.pair_of(torch.cat(list(trainer.epoch_batches(0))))).tolist()
-    assert abs(drawn[0] - drawn[1]) <= 1 and sum(drawn) == len(trainer.train_indices)  # evenly, at T → ∞
+    drawn = torch.bincount(rows.pair_of(torch.cat(list(trainer.data.epoch_batches(0))))).tolist()
+    assert abs(drawn[0] - drawn[1]) <= 1 and sum(drawn) == len(trainer.data.indices)  # evenly, at T → ∞
 
 
 def test_stored_soft_targets_come_from_each_sentences_own_teacher(toy_multilingual):

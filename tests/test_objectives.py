@@ -200,7 +200,7 @@ def test_a_resumed_student_run_equals_the_uninterrupted_run(toy_data, tmp_path):
     full, result = student_run(toy_data, tmp_path / "full")
     student_run(toy_data, tmp_path / "split", max_steps=6)
     split, _ = student_run(toy_data, tmp_path / "split", resume=True)
-    assert result["step"] == split.step == 12
+    assert result["step"] == split.state.step == 12
     steps = {out: {r["step"]: r for r in records(tmp_path / out) if "loss" in r} for out in ("full", "split")}
     assert sorted(steps["split"]) == list(range(1, 13))
     assert steps["full"][12]["epoch"] > steps["full"][6]["epoch"]  # an epoch boundary after the resume
@@ -228,7 +228,7 @@ def test_patience_stops_after_n_validations_without_improvement(toy_data, tmp_pa
 
     monkeypatch.setattr(Trainer, "validate", validate)
     trainer, result = train_toy(toy_data, tmp_path, max_tokens=200, valid_interval=1, patience=2, max_steps=40)
-    assert result["stop"] == "early stopping" and result["step"] == trainer.step == 6
+    assert result["stop"] == "early stopping" and result["step"] == trainer.state.step == 6
     assert [(r["step"], r["best"]) for r in records(tmp_path) if "valid_loss" in r] == [
         (1, -3.0),
         (2, -2.0),

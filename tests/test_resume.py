@@ -17,7 +17,8 @@ from kdmt.data import load_corpus, read_parallel
 from kdmt.errors import KdmtError
 from kdmt.model import Transformer, make_config
 from kdmt.progress import ProgressLine
-from kdmt.train import TrainConfig, Trainer, ValidSet, restore_cuda_rng
+from kdmt.run_state import restore_cuda_rng
+from kdmt.train import TrainConfig, Trainer, ValidSet
 from kdmt.vocab import Vocab
 
 
@@ -60,7 +61,7 @@ def test_a_stop_between_validations_resumes_as_if_uninterrupted(toy_data, tmp_pa
 
     def interrupted_at_25(self, batches):
         stats = real_step(self, batches)
-        if self.step == 25:
+        if self.state.step == 25:
             os.kill(os.getpid(), signal.SIGINT)
         return stats
 
@@ -84,7 +85,7 @@ def test_metrics_after_a_crash_hold_each_step_once(toy_data, tmp_path, monkeypat
     real_step = Trainer.train_step
 
     def crash_at_22(self, batches):
-        if self.step == 21:
+        if self.state.step == 21:
             raise RuntimeError("the machine died")
         return real_step(self, batches)
 

@@ -140,6 +140,6 @@ def test_validation_skips_pairs_longer_than_training_takes(toy_model, toy_data, 
     trainer = Trainer(model, vocab, vocab, train, with_long, tmp_path / "out", config, torch.device("cpu"))
     result = trainer.run()
     assert "skipping 1 validation pairs longer than 64 tokens" in capsys.readouterr().err
-    trainer.valid = valid
+    trainer.validator.valid = valid
     assert result["valid_bleu"] > 30  # far from 0: the untranslated long pair would change it
     assert trainer.validate() == pytest.approx({k: v for k, v in result.items() if k.startswith("valid_")})

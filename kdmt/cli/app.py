@@ -36,7 +36,7 @@ for fn in COMMANDS:
 
 def interrupt(signum, frame) -> None:
     """SIGTERM (`kill`, a cluster job's end) stops a command as Ctrl-C does: its temporary files are removed,
-    exit code 130 (training saves its state first, see train.stop_requests)."""
+    exit code 130 (training saves its state first, see kdmt.signals.stop_requests)."""
     raise KeyboardInterrupt
 
 

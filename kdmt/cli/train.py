@@ -206,7 +206,7 @@ def train_student_cmd(
         err.print("measuring the teachers' validation BLEU, for selective distillation")
         trainer.meta["selective_kd"] = student.measure_teachers(
             lambda checkpoints, pair: distributed.from_rank0(
-                trainer.bleu(checkpoints, pair) if distributed.is_main() else None
+                trainer.validator.bleu(checkpoints, pair) if distributed.is_main() else None
             )
         )
     err.print(f"student: {student.model.num_parameters():,} parameters, {n:,} training pairs, device {dev}")
