@@ -91,7 +91,7 @@ def test_top_k_and_weighted_teachers():
     top, index = p.topk(3, -1)
     top = top / top.sum(-1, keepdim=True)
     expected = (top * (top.log() - F.log_softmax(s / T, -1).gather(-1, index))).sum(-1)[y != PAD].sum()
-    distillation.topk = 3
+    distillation = Distillation(Fixed(s), [Fixed(t1), Fixed(t2)], [3.0, 1.0], alpha=1.0, temperature=T, topk=3)
     torch.testing.assert_close(distillation(Fixed(s), batch)[0], T**2 * expected)
 
 
