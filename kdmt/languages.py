@@ -1,5 +1,6 @@
 """Languages: pair names, the tags added to sources and stripped from outputs, the rows of each pair in a
-multilingual corpus, the sampling of pairs with a temperature, and the per-pair routing of teachers.
+multilingual corpus, and the sampling of pairs with a temperature (the per-pair routing of teachers is
+kdmt.kd's).
 
 A multilingual prepared directory (kdmt prepare --pair de-en --pair fr-en) holds one corpus of all pairs,
 one pair after the other; each source starts with the target language's tag, <2en> (Johnson et al. 2017),
@@ -196,20 +197,3 @@ class PairSampler:
             whole, rest = divmod(n, len(group))
             drawn += [group] * whole + [group[torch.randperm(len(group), generator=generator)[:rest]]]
         return torch.cat(drawn)
-
-
-def routed_logits(
-    teachers: Sequence[torch.nn.Module], src: Tensor, tgt_in: Tensor, pair_of: Tensor, rows: Tensor | None = None
-) -> Tensor:
-    """Each sentence's logits from its own pair's teacher (teacher i is pair i's), each teacher run on its
-    pair's sentences alone; with `rows`, on those sentences alone, zeros elsewhere. At least one sentence
-    must be taken."""
-    out = torch.zeros(0)
-    for p, teacher in enumerate(teachers):
-        mine = pair_of == p if rows is None else (pair_of == p) & rows
-        if mine.any():
-            logits = teacher(src[mine], tgt_in[mine])
-            if out.dim() == 1:
-                out = logits.new_zeros(*tgt_in.shape, logits.size(-1))
-            out[mine] = logits
-    return out

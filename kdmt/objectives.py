@@ -1,6 +1,15 @@
-"""Training objectives: what a training step minimises, plugged into the one trainer."""
+"""Training objectives: what a training step minimises, plugged into the one trainer.
+
+An objective (Objective) is a sum of parts, each one term with its own options, as fairseq's criteria: the
+reference's label-smoothed cross-entropy (Reference), word-level KD (WordKD), hidden-state KD
+(HiddenStateKD). A part's forward takes the Step (the batch, the student's output and the teachers' run,
+shared by the parts) and returns its loss, summed over the batch's target tokens, and figures (sums) to
+log; its own modules (e.g. projections) are trained and saved with the model. A new objective is one new
+part. The KD arithmetic itself, and the teachers' distributions, are kdmt.kd's."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -8,9 +17,9 @@ from torch import Tensor, nn
 
 from kdmt.batching import Batch
 from kdmt.errors import KdmtError
-from kdmt.languages import PairRows, bleu_key, routed_logits
+from kdmt.kd import StoredTargets, Teachers, hidden_mse, stored_distribution, word_kd_loss
+from kdmt.languages import PairRows, bleu_key
 from kdmt.model import Hidden, Transformer
-from kdmt.soft_targets import SoftTargetStore, teacher_distribution
 from kdmt.vocab import PAD
 
 
@@ -23,40 +32,114 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, epsilon: float) -> tuple[
     return ((1 - epsilon) * nll + epsilon * smooth).sum(), nll.sum()
 
 
-class CrossEntropy(nn.Module):
-    """Label-smoothed cross-entropy against the reference: the teacher's (and a baseline student's) objective.
+@dataclass
+class Step:
+    """What the parts of an objective share on one batch: the student's logits (and layer outputs, where a
+    part uses them), the sentences word-KD applies to, and the teachers, run at most once."""
 
-    An objective is a module whose forward(model, batch) returns the loss summed over the batch's
-    target tokens and figures (sums) to log; its own parameters, if any, are trained with the model.
-    """
+    batch: Batch
+    logits: Tensor
+    hidden: Hidden | None
+    teachers: Teachers
+    teacher_hidden: Hidden | None  # filled by the first teacher's run, where a part uses layer outputs
+    pair_of: Tensor | None = None  # several language pairs: the pair of each sentence
+    rows: Tensor | None = None  # which sentences word-KD applies to (B,); None: all of them
+    _teacher_logits: list[Tensor] | None = None
 
-    def __init__(self, label_smoothing: float = 0.1):
+    @property
+    def distilled_target(self) -> Tensor:
+        """The targets of the sentences word-KD applies to; PAD elsewhere."""
+        return self.batch.tgt_out if self.rows is None else self.batch.tgt_out.masked_fill(~self.rows[:, None], PAD)
+
+    def teacher_logits(self) -> list[Tensor]:
+        """The teachers' logits on the batch (Teachers.logits), computed on the first call."""
+        if self._teacher_logits is None:
+            b = self.batch
+            self._teacher_logits = self.teachers.logits(b.src, b.tgt_in, self.teacher_hidden, self.pair_of, self.rows)
+        return self._teacher_logits
+
+
+class Part(nn.Module):
+    """One term of an objective: forward(step) returns its loss and the figures to log. `uses_hidden`: it
+    reads the student's and the first teacher's layer outputs (step.hidden, step.teacher_hidden)."""
+
+    uses_hidden = False
+
+    def forward(self, step: Step) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+class Reference(Part):
+    """weight·(label-smoothed cross-entropy against the reference); the sentences without word-KD (see
+    SelectiveKD) learn from the reference alone, at weight 1. Logs the plain NLL of every sentence."""
+
+    def __init__(self, label_smoothing: float = 0.1, weight: float = 1.0):
         super().__init__()
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.weight = label_smoothing, weight
 
-    def forward(self, model: Transformer, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        loss, nll = label_smoothed_nll(model(batch.src, batch.tgt_in), batch.tgt_out, self.label_smoothing)
-        return loss, {"nll": float(nll.detach())}
-
-
-def word_kd_loss(
-    student_logits: Tensor, target: Tensor, temperature: float, teacher_probs: Tensor, index: Tensor | None = None
-) -> Tensor:
-    """KL(p_teacher(T) ‖ p_student(T)) summed over non-PAD target positions.
-
-    `teacher_probs` is the teacher's distribution at temperature T: over the whole vocabulary
-    (B, T, V), or over the top-k tokens named by `index` (B, T, k), renormalised.
-    """
-    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    if index is not None:
-        student = student.gather(-1, index)
-    kl = (torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * student).sum(-1)
-    return kl[target != PAD].sum()
+    def forward(self, step: Step) -> tuple[Tensor, dict[str, float]]:
+        ce, nll = label_smoothed_nll(step.logits, step.distilled_target, self.label_smoothing)
+        if step.rows is None:
+            return self.weight * ce, {"nll": float(nll.detach())}
+        rest_target = step.batch.tgt_out.masked_fill(step.rows[:, None], PAD)
+        rest, rest_nll = label_smoothed_nll(step.logits, rest_target, self.label_smoothing)
+        return self.weight * ce + rest, {"nll": float((nll + rest_nll).detach())}
 
 
-def hidden_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
-    """Mean squared error per position (over the width), summed over the positions where mask is True."""
-    return F.mse_loss(student.float(), teacher.float(), reduction="none").mean(-1)[mask].sum()
+class WordKD(Part):
+    """α·T²·KL(p_teacher(T) ‖ p_student(T)) over the sentences word-KD applies to. The soft targets come from
+    the online teachers, optionally cut to their top-k, or from `stored` ones (offline word-KD). Logs the KL
+    without α·T²."""
+
+    def __init__(
+        self, alpha: float, temperature: float = 1.0, topk: int | None = None, stored: StoredTargets | None = None
+    ):
+        super().__init__()
+        self.alpha, self.temperature, self.topk, self.stored = alpha, temperature, topk, stored
+
+    def forward(self, step: Step) -> tuple[Tensor, dict[str, float]]:
+        if step.rows is not None and not bool(step.rows.any()):  # off for every sentence: no teacher runs
+            return torch.zeros((), device=step.logits.device), {"word_kd": 0.0}
+        T = self.temperature
+        if self.stored is not None:
+            index, logprobs = self.stored.lookup(step.batch.indices, step.batch.tgt_out.size(1), step.logits.device)
+            probs: Tensor = stored_distribution(logprobs, T)
+        else:
+            probs, index = step.teachers.distribution(step.teacher_logits(), T, self.topk)
+        kl = word_kd_loss(step.logits, step.distilled_target, T, probs, index)
+        return self.alpha * T**2 * kl, {"word_kd": float(kl.detach())}
+
+
+class HiddenStateKD(Part):
+    """β·Σ MSE between the student's layer outputs and the first teacher's; `layers` maps a side
+    ("encoder"/"decoder") to the teacher layer of each student layer. Where the widths differ, through
+    learned projections (the part's own parameters, trained with the student). Logs the MSE without β."""
+
+    uses_hidden = True
+
+    def __init__(self, beta: float, layers: dict[str, list[int]], student_width: int, teacher_width: int):
+        super().__init__()
+        self.beta, self.layers = beta, layers
+        self.projections = nn.ModuleDict()
+        if student_width != teacher_width:
+            for side, teacher_layers in layers.items():
+                for i in range(len(teacher_layers)):
+                    self.projections[f"{side}{i}"] = nn.Linear(student_width, teacher_width)
+
+    def project(self, side: str, i: int, x: Tensor) -> Tensor:
+        key = f"{side}{i}"
+        return self.projections[key](x) if key in self.projections else x
+
+    def forward(self, step: Step) -> tuple[Tensor, dict[str, float]]:
+        step.teacher_logits()  # the first teacher's run fills step.teacher_hidden
+        student, teacher = step.hidden, step.teacher_hidden
+        masks = {"encoder": step.batch.src != PAD, "decoder": step.batch.tgt_out != PAD}
+        mse = sum(
+            hidden_mse(self.project(side, i, getattr(student, side)[i]), getattr(teacher, side)[j], masks[side])
+            for side, pairs in self.layers.items()
+            for i, j in enumerate(pairs)
+        )
+        return self.beta * mse, {"hidden_mse": float(mse.detach())}
 
 
 class SelectiveKD(nn.Module):
@@ -82,21 +165,74 @@ class SelectiveKD(nn.Module):
         return logged
 
 
-class Distillation(nn.Module):
-    """(1−α)·CE(reference, label-smoothed) + α·T²·KL(p_teacher(T) ‖ p_student(T)) + β·hidden-state MSE.
+class Objective(nn.Module):
+    """The sum of `parts` on each batch, in their order. `teachers` are what the parts learn from; `routes`
+    (several language pairs, the rows of each in the training corpus) gives each sentence its pair, for
+    routed teachers and `selective` distillation, whose sentences without word-KD learn from the reference
+    alone, their teacher not run.
 
-    Teachers run in eval mode without gradients; several are averaged with `teacher_weights`. The soft
-    targets come from the online teachers, optionally cut to their top-k, or from `soft_targets`, a
-    store computed beforehand (offline word-KD). Hidden-state KD matches the student's layer outputs
-    with the first teacher's through a
-    learned projection where the widths differ; the projections are trained with the student.
-    `hidden_pairs` maps a side ("encoder"/"decoder") to the teacher layer of each student layer.
+    The objective's state (trained, and saved with the training state) is its modules: `selective`'s
+    switches, then each part's own modules under their own names (projections.encoder0.weight, ...)."""
 
-    Several language pairs (`routes`, the rows of each pair in the training corpus): teacher i is pair i's,
-    and each sentence takes its soft targets from its own pair's teacher alone. With `selective`, the
-    sentences of a pair whose word-KD is switched off learn from the reference alone (label-smoothed CE,
-    weight 1), and their teacher does not run.
-    """
+    def __init__(
+        self,
+        parts: list[Part],
+        teachers: Teachers | None = None,
+        routes: PairRows | None = None,
+        selective: SelectiveKD | None = None,
+    ):
+        super().__init__()
+        self.teachers, self.routes, self.selective = teachers or Teachers([]), routes, selective
+        self.parts = parts  # a plain list: their modules are registered below, under their own names
+        for part in parts:
+            for name, module in part.named_children():
+                if hasattr(self, name):
+                    raise ValueError(f"two parts of an objective hold a module named {name}")
+                self.add_module(name, module)
+        self.uses_hidden = any(part.uses_hidden for part in parts)
+
+    def distilled_rows(self, batch: Batch, pair_of: Tensor | None) -> Tensor | None:
+        """Which sentences of the batch word-KD applies to (B,), or None for all of them."""
+        if self.selective is None:
+            return None
+        on = self.selective.on.to(batch.tgt_out.device)
+        return on[pair_of] if pair_of is not None else on[0].expand(batch.tgt_out.size(0))
+
+    def forward(self, model: Transformer, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        hidden = Hidden() if self.uses_hidden else None
+        logits = model(batch.src, batch.tgt_in, hidden)
+        pair_of = self.routes.pair_of(batch.indices).to(logits.device) if self.routes is not None else None
+        teacher_hidden = Hidden() if self.uses_hidden else None
+        step = Step(batch, logits, hidden, self.teachers, teacher_hidden, pair_of, self.distilled_rows(batch, pair_of))
+        losses, figures = [], {}
+        for part in self.parts:
+            loss, logged = part(step)
+            losses.append(loss)
+            figures |= logged
+        return sum(losses[1:], losses[0]), figures
+
+    def validated(self, figures: dict[str, float]) -> dict[str, float]:
+        """After a validation: selective distillation switches word-KD per pair (the switches, to log)."""
+        return self.selective.update(figures) if self.selective is not None else {}
+
+
+class CrossEntropy(Objective):
+    """Label-smoothed cross-entropy against the reference: the teacher's (and a baseline student's) objective."""
+
+    def __init__(self, label_smoothing: float = 0.1):
+        super().__init__([Reference(label_smoothing)])
+
+
+class Distillation(Objective):
+    """train-student's objective: (1−α)·CE(reference, label-smoothed) + α·T²·KL(p_teacher(T) ‖ p_student(T))
+    + β·hidden-state MSE, the parts its options ask for (Reference, WordKD with α > 0, HiddenStateKD with
+    β > 0), checked against each other.
+
+    Several teachers are averaged with `teacher_weights`; `soft_targets`, stored beforehand, stand for the
+    online teachers in word-KD. Hidden-state KD matches the student's layer outputs with the first
+    teacher's (`hidden_pairs`: HiddenStateKD's layers). Several language pairs (`routes`): teacher i is pair
+    i's, and each sentence takes its soft targets from its own pair's teacher alone; with `selective`, word-KD
+    is switched per pair (SelectiveKD)."""
 
     def __init__(
         self,
@@ -107,104 +243,23 @@ class Distillation(nn.Module):
         temperature: float = 1.0,
         label_smoothing: float = 0.1,
         topk: int | None = None,
-        soft_targets: SoftTargetStore | None = None,
+        soft_targets: StoredTargets | None = None,
         hidden_beta: float = 0.0,
         hidden_pairs: dict[str, list[int]] | None = None,
         routes: PairRows | None = None,
         selective: SelectiveKD | None = None,
     ):
-        super().__init__()
         if (alpha > 0 and soft_targets is None or hidden_beta > 0) and not teachers:
             raise KdmtError("word-level or hidden-state KD needs a teacher")
-        weights = teacher_weights or [1.0] * len(teachers)
-        if len(weights) != len(teachers) or teachers and sum(weights) <= 0:
-            raise KdmtError("give one weight per teacher, not all 0")
-        self.teachers = teachers  # a plain list: not submodules, so neither trained nor saved with the student
-        for t in teachers:
-            t.eval().requires_grad_(False)
+        frozen = Teachers(teachers, teacher_weights, routed=routes is not None)
         if routes is not None and (len(teachers) != len(routes.names) or hidden_beta > 0):
             raise KdmtError("several pairs take one teacher each, and no hidden-state KD")
         if selective is not None and alpha == 0:
             raise KdmtError("selective distillation switches word-level KD: give --alpha")
-        self.weights, self.routes, self.selective = weights, routes, selective
-        self.alpha, self.temperature, self.label_smoothing, self.topk = alpha, temperature, label_smoothing, topk
-        self.soft_targets, self.hidden_beta = soft_targets, hidden_beta
-        self.pairs = hidden_pairs or {} if hidden_beta > 0 else {}
-        self.projections = nn.ModuleDict()
-        if self.pairs and student.config.d_model != teachers[0].config.d_model:
-            for side, layers in self.pairs.items():
-                for i in range(len(layers)):
-                    self.projections[f"{side}{i}"] = nn.Linear(student.config.d_model, teachers[0].config.d_model)
-
-    def project(self, side: str, i: int, x: Tensor) -> Tensor:
-        key = f"{side}{i}"
-        return self.projections[key](x) if key in self.projections else x
-
-    def distilled_rows(self, batch: Batch, pair_of: Tensor | None) -> Tensor | None:
-        """Which sentences of the batch word-KD applies to (B,), or None for all of them."""
-        if self.selective is None:
-            return None
-        on = self.selective.on.to(batch.tgt_out.device)
-        return on[pair_of] if pair_of is not None else on[0].expand(batch.tgt_out.size(0))
-
-    def forward(self, model: Transformer, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        hidden = Hidden() if self.hidden_beta > 0 else None
-        logits = model(batch.src, batch.tgt_in, hidden)
-        pair_of = self.routes.pair_of(batch.indices).to(logits.device) if self.routes is not None else None
-        rows = self.distilled_rows(batch, pair_of)
-        target = batch.tgt_out
-        if rows is None:
-            ce, nll = label_smoothed_nll(logits, target, self.label_smoothing)
-            loss, figures = (1 - self.alpha) * ce, {"nll": float(nll.detach())}
-        else:  # the sentences without word-KD learn from the reference alone
-            target = batch.tgt_out.masked_fill(~rows[:, None], PAD)
-            ce, nll = label_smoothed_nll(logits, target, self.label_smoothing)
-            rest, rest_nll = label_smoothed_nll(
-                logits, batch.tgt_out.masked_fill(rows[:, None], PAD), self.label_smoothing
-            )
-            loss, figures = (1 - self.alpha) * ce + rest, {"nll": float((nll + rest_nll).detach())}
-        skip = rows is not None and not bool(rows.any())  # word-KD is off for every sentence of the batch
-        online = self.alpha > 0 and self.soft_targets is None and not skip
-        if online or self.hidden_beta > 0:
-            teacher_hidden = Hidden() if self.hidden_beta > 0 else None
-            with torch.no_grad():
-                if pair_of is not None:
-                    teacher_logits = [routed_logits(self.teachers, batch.src, batch.tgt_in, pair_of, rows)]
-                else:
-                    teacher_logits = [
-                        t(batch.src, batch.tgt_in, teacher_hidden if i == 0 else None)
-                        for i, t in enumerate(self.teachers)
-                    ]
-        if self.alpha > 0 and skip:
-            figures["word_kd"] = 0.0
-        elif self.alpha > 0:
-            T = self.temperature
-            if self.soft_targets is not None:  # stored top-k log-probabilities at T = 1
-                index, logprobs = self.soft_targets.lookup(batch.indices, batch.tgt_out.size(1), logits.device)
-                kl = word_kd_loss(logits, target, T, F.softmax(logprobs.float() / T, dim=-1), index)
-            else:
-                weights = [1.0] if pair_of is not None else self.weights
-                probs = teacher_distribution(teacher_logits, weights, T)
-                index = None
-                if self.topk:
-                    probs, index = probs.topk(self.topk, dim=-1)
-                    probs = probs / probs.sum(-1, keepdim=True)
-                kl = word_kd_loss(logits, target, T, probs, index)
-            loss = loss + self.alpha * T**2 * kl
-            figures["word_kd"] = float(kl.detach())
-        if self.hidden_beta > 0:
-            masks = {"encoder": batch.src != PAD, "decoder": batch.tgt_out != PAD}
-            mse = sum(
-                hidden_mse(
-                    self.project(side, i, getattr(hidden, side)[i]), getattr(teacher_hidden, side)[j], masks[side]
-                )
-                for side, pairs in self.pairs.items()
-                for i, j in enumerate(pairs)
-            )
-            loss = loss + self.hidden_beta * mse
-            figures["hidden_mse"] = float(mse.detach())
-        return loss, figures
-
-    def validated(self, figures: dict[str, float]) -> dict[str, float]:
-        """After a validation: selective distillation switches word-KD per pair (the switches, to log)."""
-        return self.selective.update(figures) if self.selective is not None else {}
+        parts: list[Part] = [Reference(label_smoothing, 1 - alpha)]
+        if alpha > 0:
+            parts.append(WordKD(alpha, temperature, topk, soft_targets))
+        if hidden_beta > 0 and hidden_pairs:
+            width = student.config.d_model, teachers[0].config.d_model
+            parts.append(HiddenStateKD(hidden_beta, hidden_pairs, *width))
+        super().__init__(parts, frozen, routes, selective)

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 from torch import Tensor
 
@@ -29,18 +28,13 @@ from kdmt.cache import file_sha256
 from kdmt.data import TokenizedCorpus
 from kdmt.errors import KdmtError
 from kdmt.files import read_json, record_json, write_text
-from kdmt.languages import PairRows, routed_logits
+from kdmt.kd import routed_logits, teacher_distribution
+from kdmt.languages import PairRows
 from kdmt.model import Transformer
 from kdmt.shards import Manifest, ShardedRun, work_path
 
 FORMAT = "kdmt-soft-targets-3"  # 3: the record holds the sha256 of each array
 ARRAYS = ("ids", "logp", "offsets")
-
-
-def teacher_distribution(logits: list[Tensor], weights: list[float], temperature: float) -> Tensor:
-    """The teachers' soft targets: the weighted average of softmax(logits / T), (B, T, V), float32."""
-    total = sum(weights)
-    return sum(w / total * F.softmax(x.float() / temperature, dim=-1) for w, x in zip(weights, logits))
 
 
 @dataclass

@@ -423,7 +423,7 @@ def build_student(
         "role": "student",
         "corpus": corpus_record,
         "teachers": [str(p) for p, _ in teachers] or (store.teachers if store else []),
-        "teacher_weights": objective.weights,
+        "teacher_weights": objective.teachers.weights,
         "word_kd": word_kd if o.alpha > 0 else None,
         "hidden_kd": {"pairs": pairs, "beta": o.hidden_beta} if pairs else None,
         "init_from_teacher": init,

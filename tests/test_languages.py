@@ -22,9 +22,10 @@ from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
 from kdmt.evaluate import evaluate as kdmt_evaluate
 from kdmt.files import read_json, read_lines
+from kdmt.kd import word_kd_loss
 from kdmt.languages import Pair, PairRows, PairSampler, model_inputs, pair_weights, tag_ids, tag_source
 from kdmt.model import Transformer, make_config
-from kdmt.objectives import Distillation, SelectiveKD, word_kd_loss
+from kdmt.objectives import Distillation, SelectiveKD
 from kdmt.run_dir import BEST
 from kdmt.search import Hypothesis
 from kdmt.soft_targets import SoftTargetStore

@@ -1,8 +1,12 @@
 """The objectives pinned against formulas computed here independently (T², the temperature on both sides,
-α mixing, label smoothing), gradient accumulation, the default layer maps, a student's exact resume, patience."""
+α mixing, label smoothing), their composition from parts, the KD math importing no job runner, gradient
+accumulation, the default layer maps, a student's exact resume, patience."""
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +16,9 @@ from toy import make_batch_from, toy_pairs, toy_setup, train_toy
 from kdmt.batching import make_batch
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import TokenizedCorpus
+from kdmt.kd import word_kd_loss
 from kdmt.model import Transformer, make_config
-from kdmt.objectives import CrossEntropy, Distillation, label_smoothed_nll, word_kd_loss
+from kdmt.objectives import CrossEntropy, Distillation, Objective, Part, Reference, SelectiveKD, label_smoothed_nll
 from kdmt.run_dir import LAST
 from kdmt.student import layer_map, parse_layers
 from kdmt.train import TrainConfig, Trainer, ValidSet
@@ -91,7 +96,7 @@ def test_top_k_and_weighted_teachers():
     top, index = p.topk(3, -1)
     top = top / top.sum(-1, keepdim=True)
     expected = (top * (top.log() - F.log_softmax(s / T, -1).gather(-1, index))).sum(-1)[y != PAD].sum()
-    distillation.topk = 3
+    distillation = Distillation(Fixed(s), [Fixed(t1), Fixed(t2)], [3.0, 1.0], alpha=1.0, temperature=T, topk=3)
     torch.testing.assert_close(distillation(Fixed(s), batch)[0], T**2 * expected)
 
 
@@ -116,6 +121,73 @@ def test_label_smoothing_is_torch_cross_entropy_with_label_smoothing(eps):
     objective_loss, figures = CrossEntropy(eps)(Fixed(s), batch)
     torch.testing.assert_close(objective_loss, cross_entropy(s, y, eps))
     assert figures["nll"] == pytest.approx(float(cross_entropy(s, y, 0.0)), rel=1e-5)
+
+
+# --- composition ----------------------------------------------------------------------------------
+class Tokens(Part):
+    """A made-up term: half the number of target tokens, logged."""
+
+    def forward(self, step):
+        n = (step.batch.tgt_out != PAD).sum().float()
+        return 0.5 * n, {"tokens": float(n)}
+
+
+def test_an_objective_is_the_sum_of_its_parts_and_logs_each_parts_figures():
+    s, _, batch = case(6)
+    y = batch.tgt_out
+    loss, figures = Objective([Reference(0.1), Tokens()])(Fixed(s), batch)
+    n = int((y != PAD).sum())
+    torch.testing.assert_close(loss, cross_entropy(s, y, 0.1) + 0.5 * n)
+    assert figures == {"nll": pytest.approx(float(cross_entropy(s, y, 0.0)), rel=1e-5), "tokens": n}
+
+
+class Counted(Transformer):
+    """A teacher that counts its runs."""
+
+    runs = 0
+
+    def forward(self, src, tgt_in, hidden=None):
+        self.runs += 1
+        return super().forward(src, tgt_in, hidden)
+
+
+def test_word_and_hidden_state_kd_share_one_run_of_each_teacher():
+    torch.manual_seed(0)
+    teachers = [Counted(make_config(V, V, "tiny")), Counted(make_config(V, V, "tiny"))]
+    student = Transformer(make_config(V, V, "tiny", d_model=32, d_ff=64))
+    _, _, batch = case(7)
+    objective = Distillation(student, teachers, alpha=0.5, hidden_beta=1.0, hidden_pairs={"decoder": [0, 1]})
+    _, figures = objective(student, batch)
+    assert figures["word_kd"] > 0 and figures["hidden_mse"] > 0
+    assert [t.runs for t in teachers] == [1, 1]
+
+
+def test_the_objectives_state_keeps_its_names():
+    """The saved training state (and so --resume of a run saved before) names the objective's tensors so."""
+    torch.manual_seed(0)
+    teacher, student = Transformer(make_config(V, V, "tiny")), Transformer(make_config(V, V, "tiny", d_model=32))
+    pairs = {"encoder": [1], "decoder": [0]}
+    objective = Distillation(
+        student, [teacher], alpha=0.5, hidden_beta=1.0, hidden_pairs=pairs, selective=SelectiveKD([None])
+    )
+    assert list(objective.state_dict()) == [
+        "selective.on",
+        "projections.encoder0.weight",
+        "projections.encoder0.bias",
+        "projections.decoder0.weight",
+        "projections.decoder0.bias",
+    ]
+    assert {id(p) for p in objective.parameters()} == {id(p) for p in objective.projections.parameters()}
+
+
+def test_the_kd_math_imports_no_job_runner():
+    code = "import sys, kdmt.kd; print(' '.join(m for m in sys.modules if m.startswith('kdmt')))"
+    root = Path(__file__).resolve().parent.parent  # this checkout's kdmt, first on the path of `python -c`
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    loaded = set(run.stdout.split())
+    assert "kdmt.kd" in loaded
+    runners = {"kdmt.shards", "kdmt.batching", "kdmt.data", "kdmt.corpus", "kdmt.soft_targets", "kdmt.train"}
+    assert not loaded & runners, loaded & runners
 
 
 # --- layer maps ----------------------------------------------------------------------------------

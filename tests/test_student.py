@@ -12,8 +12,9 @@ from toy import LETTERS, make_batch_from, toy_pairs, toy_setup
 from kdmt.batching import make_batch
 from kdmt.checkpoint import load_checkpoint
 from kdmt.data import PreparedData
+from kdmt.kd import word_kd_loss
 from kdmt.model import Transformer, make_config
-from kdmt.objectives import Distillation, word_kd_loss
+from kdmt.objectives import Distillation
 from kdmt.shards import WORK_DIR
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.student import init_from_teacher, mix_indices, student_corpus
