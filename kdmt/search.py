@@ -269,9 +269,7 @@ def sample_search(
     uniform = uniform.to(device)
 
     def pick(logp: Tensor, active: Tensor, t: int) -> Tensor:
-        probs, order = (logp / sampling.temperature).softmax(-1).sort(dim=-1, descending=True, stable=True)
-        if sampling.topk:
-            probs = probs[:, : sampling.topk]
+        probs, order = most_probable(logp / sampling.temperature, sampling)
         cum = probs.cumsum(-1)
         if sampling.topp < 1:
             probs = torch.where(cum - probs < sampling.topp, probs, 0.0)  # the nucleus, its first token always in
@@ -283,3 +281,29 @@ def sample_search(
 
     hyps = token_by_token(ensemble, src.repeat_interleave(n, 0), pick, lenpen, max_len_a, max_len_b, min_len)
     return [hyps[i * n : (i + 1) * n] for i in range(b)]
+
+
+NUCLEUS_BOUND = 64  # the tokens a nucleus is first looked for in; rows whose nucleus is larger are sorted whole
+
+
+def most_probable(logits: Tensor, sampling: Sampling) -> tuple[Tensor, Tensor]:
+    """The probabilities of `logits`' rows in descending order, and their token ids, as far as sampling can
+    reach: the top k, or for top-p enough of the head to hold the nucleus. A full sort of the vocabulary costs
+    several times a decoder step on a CPU, so the head comes from `topk` and only rows whose top
+    NUCLEUS_BOUND tokens hold less than p are sorted whole (padded with zero probabilities)."""
+    probs = logits.softmax(-1)
+    vocab = probs.size(-1)
+    if sampling.topk:
+        return probs.topk(min(sampling.topk, vocab), dim=-1)
+    if sampling.topp >= 1 or vocab <= NUCLEUS_BOUND:
+        return probs.sort(dim=-1, descending=True, stable=True)
+    head, order = probs.topk(NUCLEUS_BOUND, dim=-1)
+    wide = (head.cumsum(-1)[:, -1] < sampling.topp).nonzero().squeeze(1)
+    if wide.numel() == 0:
+        return head, order
+    full, full_order = probs[wide].sort(dim=-1, descending=True, stable=True)
+    width = int(((full.cumsum(-1) - full) < sampling.topp).sum(-1).max())  # the widest nucleus
+    head = F.pad(head, (0, width - NUCLEUS_BOUND))
+    order = F.pad(order, (0, width - NUCLEUS_BOUND))
+    head[wide], order[wide] = full[:, :width], full_order[:, :width]
+    return head, order

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from kdmt.batching import pad
 from kdmt.model import Transformer, make_config
-from kdmt.search import Ensemble, beam_search, greedy_search
+from kdmt.search import NUCLEUS_BOUND, Ensemble, Sampling, beam_search, greedy_search, most_probable
 from kdmt.vocab import BOS, EOS, PAD
 
 
@@ -146,3 +146,21 @@ def test_min_len_keeps_eos_back_until_that_many_tokens_and_beam_one_equals_greed
     assert [len(h[0].tokens) for h in beam_search(ensemble, x, beam=3, max_len_a=0.0, max_len_b=2, min_len=5)] == [
         2
     ] * 3
+
+
+@pytest.mark.parametrize("sampling", [Sampling(topp=0.9), Sampling(topp=0.3), Sampling(topk=7)])
+def test_the_sampled_head_is_that_of_the_full_sort(sampling):
+    """Sampling looks for the nucleus among the top NUCLEUS_BOUND tokens and sorts only the rows whose
+    nucleus is larger: for peaked and flat rows alike, the tokens it can draw, in order, with their
+    probabilities, are those of the whole vocabulary sorted."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 3000, generator=g)
+    logits[::2] *= 12  # peaked rows: their nucleus is a few tokens; the others' is hundreds
+    probs, order = most_probable(logits, sampling)
+    full, full_order = logits.softmax(-1).sort(dim=-1, descending=True, stable=True)
+    reach = sampling.topk or int(((full.cumsum(-1) - full) < sampling.topp).sum(-1).max())
+    assert probs.size(1) >= reach and (sampling.topk or reach > NUCLEUS_BOUND)
+    for row in range(12):
+        size = sampling.topk or int(((full[row].cumsum(-1) - full[row]) < sampling.topp).sum())
+        assert order[row, :size].tolist() == full_order[row, :size].tolist()
+        torch.testing.assert_close(probs[row, :size], full[row, :size], rtol=0, atol=0)
