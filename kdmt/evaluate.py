@@ -180,7 +180,7 @@ class EvalReport:
     tgt_lang: str | None = None  # BLEU's tokenizer is this language's (bleu_metric)
     hyps: list[str] = field(default_factory=list)  # the translations and their references, for paired tests
     refs: list[str] = field(default_factory=list)
-    vs_first: dict | None = None  # against the first model evaluated beside it (eval_cmd)
+    vs_first: dict | None = None  # against the first model evaluated beside it
 
     def to_dict(self) -> dict:
         """The report as JSON takes it; `pair` and `vs_first` only when there are some."""
@@ -234,6 +234,24 @@ def evaluate(
         refs=refs,
     )
     return report, hyps
+
+
+def compare_with_first(
+    reports: list[EvalReport],
+    names: dict[str, str],
+    refs: list[str],
+    lang: str | None,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> bool:
+    """Each report after the first tested against the first (paired_bootstrap), into its `vs_first`; whether
+    there was a test (two reports or more, and `samples` > 0)."""
+    if len(reports) < 2 or samples <= 0:
+        return False
+    first = reports[0]
+    test = paired_bootstrap(first.hyps, [r.hyps for r in reports[1:]], refs, lang, samples)
+    for i, r in enumerate(reports[1:]):
+        r.vs_first = test.against(i, names[first.checkpoint])
+    return True
 
 
 def size_on_disk(path: Path) -> int:

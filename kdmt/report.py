@@ -129,9 +129,7 @@ def compare_with_baseline(rows: list[dict], name: str, samples: int = BOOTSTRAP_
         names = ", ".join(dict.fromkeys(row["model"] for row in rows))
         raise KdmtError(f"--baseline {name}: no model of that name in the reports (they have {names})")
     for pair, baseline in baselines.items():
-        students = [
-            r for r in rows if r.get("pair") == pair and r is not baseline and r["role"] != "teacher"
-        ]
+        students = [r for r in rows if r.get("pair") == pair and r is not baseline and r["role"] != "teacher"]
         for row in students:
             row["bleu_vs_baseline"] = round(row["bleu"] - baseline["bleu"], 2)
             row["chrf_vs_baseline"] = round(row["chrf"] - baseline["chrf"], 2)
@@ -190,6 +188,27 @@ def table(rows: list[dict], baseline: str | None = None) -> tuple[list[str], lis
                 *([difference(r, "bleu", "baseline"), difference(r, "chrf", "baseline")] if baseline else []),
             ]
         )
+    return headers, body
+
+
+def eval_table(reports: list[dict], names: dict[str, str], compared: bool) -> tuple[list[str], list[list[str]]]:
+    """kdmt eval's table as text, as `table`: a row per report (EvalReport.to_dict), with the differences
+    against the first when `compared`."""
+    headers = ["model", "BLEU", "chrF", "chrF++", "params", "sent/s", "tok/s"]
+    headers += ["ΔBLEU", "ΔchrF"] if compared else []
+    body = [
+        [
+            names[r["checkpoint"]],
+            f"{r['bleu']:.2f}",
+            f"{r['chrf']:.2f}",
+            f"{r['chrfpp']:.2f}",
+            f"{r['parameters']:,}",
+            f"{r['sentences_per_s']:,.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            *([difference(r, "bleu", "first"), difference(r, "chrf", "first")] if compared else []),
+        ]
+        for r in reports
+    ]
     return headers, body
 
 

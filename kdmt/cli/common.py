@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import torch
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 from kdmt.config import dump_config, read_config
 from kdmt.distributed import launch_rank
@@ -23,6 +24,14 @@ from kdmt.options import check_ranges
 err = Console(stderr=True)
 if not err.is_terminal:
     err.width = 200  # a log file or a pipe: lines and tables are not folded at 80 columns
+
+
+def print_table(headers: list[str], body: list[list[str]], title: str) -> None:
+    """A table of text cells (kdmt.report.table, eval_table) on stderr, its first column folded if long."""
+    rich_table = Table(Column(headers[0], overflow="fold"), *headers[1:], title=title)
+    for cells in body:
+        rich_table.add_row(*cells)
+    err.print(rich_table)
 
 
 def fail(name: str, message: str, code: int = 2) -> typer.Exit:

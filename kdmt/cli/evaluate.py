@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Column, Table
 
-from kdmt.cli.common import command, err
+from kdmt.cli.common import command, err, print_table
 from kdmt.cli.params import (
     BatchTokens,
     Beam,
@@ -31,16 +30,12 @@ from kdmt.cli.params import (
 from kdmt.data import read_parallel
 from kdmt.engines import open_translator
 from kdmt.errors import KdmtError
-from kdmt.evaluate import BOOTSTRAP_SAMPLES, bleu_tokenizer, describe, evaluate, paired_bootstrap
+from kdmt.evaluate import BOOTSTRAP_SAMPLES, bleu_tokenizer, compare_with_first, describe, evaluate
 from kdmt.files import write_lines, write_text
 from kdmt.languages import Pair, model_inputs, target_language
 from kdmt.pretrained import PretrainedOptions, is_hub_id, iso_language, resolve
 from kdmt.progress import ProgressLine
-from kdmt.report import (
-    difference,
-    short_names,
-    significance_note,
-)
+from kdmt.report import eval_table, short_names, significance_note
 from kdmt.translate import SearchOptions
 
 
@@ -111,36 +106,10 @@ def eval_cmd(
         if hyps_dir:
             write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
     names = short_names([r.checkpoint for r in reports])
-    compared = len(reports) > 1 and bootstrap_samples > 0
-    if compared:
-        first = reports[0]
-        test = paired_bootstrap(first.hyps, [r.hyps for r in reports[1:]], ref_lines, languages[0], bootstrap_samples)
-        for i, r in enumerate(reports[1:]):
-            r.vs_first = test.against(i, names[first.checkpoint])
-    table = Table(
-        Column("model", overflow="fold"),
-        "BLEU",
-        "chrF",
-        "chrF++",
-        "params",
-        "sent/s",
-        "tok/s",
-        *(["ΔBLEU", "ΔchrF"] if compared else []),
-        title=f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {beam})",
-    )
+    compared = compare_with_first(reports, names, ref_lines, languages[0], bootstrap_samples)
     reports = [r.to_dict() for r in reports]
-    for r in reports:
-        table.add_row(
-            names[r["checkpoint"]],
-            f"{r['bleu']:.2f}",
-            f"{r['chrf']:.2f}",
-            f"{r['chrfpp']:.2f}",
-            f"{r['parameters']:,}",
-            f"{r['sentences_per_s']:,.1f}",
-            f"{r['tokens_per_s']:,.0f}",
-            *([difference(r, "bleu", "first"), difference(r, "chrf", "first")] if compared else []),
-        )
-    err.print(table)
+    title = f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {beam})"
+    print_table(*eval_table(reports, names, compared), title)
     for r in reports:
         err.print(f"{r['checkpoint']}: {describe(r['made_with'])}", highlight=False)
     err.print(

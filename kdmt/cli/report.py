@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Column, Table
 
-from kdmt.cli.common import command, err
+from kdmt.cli.common import command, err, print_table
 from kdmt.cli.params import BootstrapSamples
 from kdmt.evaluate import BOOTSTRAP_SAMPLES
 from kdmt.files import write_text
@@ -55,14 +54,7 @@ def report_cmd(
     headers, body = table(rows, baseline)
     if markdown_out:
         print(markdown(headers, body), end="")
-    rich_table = Table(
-        Column(headers[0], overflow="fold"),
-        *headers[1:],
-        title=f"kdmt report: {tested_on(rows)} ({rows[0]['device']})",
-    )
-    for cells in body:
-        rich_table.add_row(*cells)
-    err.print(rich_table)
+    print_table(headers, body, f"kdmt report: {tested_on(rows)} ({rows[0]['device']})")
     if teacher:
         against = "the first teacher of each pair" if any("pair" in r for r in rows) else teacher
         err.print(f"ΔBLEU, ΔchrF and × speed (beam {rows[0]['beam']}) are against {against}", highlight=False)
