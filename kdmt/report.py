@@ -129,9 +129,7 @@ def compare_with_baseline(rows: list[dict], name: str, samples: int = BOOTSTRAP_
         names = ", ".join(dict.fromkeys(row["model"] for row in rows))
         raise KdmtError(f"--baseline {name}: no model of that name in the reports (they have {names})")
     for pair, baseline in baselines.items():
-        students = [
-            r for r in rows if r.get("pair") == pair and r is not baseline and r["role"] != "teacher"
-        ]
+        students = [r for r in rows if r.get("pair") == pair and r is not baseline and r["role"] != "teacher"]
         for row in students:
             row["bleu_vs_baseline"] = round(row["bleu"] - baseline["bleu"], 2)
             row["chrf_vs_baseline"] = round(row["chrf"] - baseline["chrf"], 2)
