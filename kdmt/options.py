@@ -77,14 +77,8 @@ RANGES: dict[str, Range] = {
     "filter_max_ce": NONNEGATIVE,
     "max_repeat": Range(int, 2),
     "max_len_ratio": Range(float, 1, lo_open=True),
-    # search
-    "beam": COUNT,
-    "lenpen": NONNEGATIVE,
-    "max_len_a": NONNEGATIVE,
-    "max_len_b": NONNEGATIVE_INT,
-    "min_len": NONNEGATIVE_INT,  # 0: EOS may end a hypothesis at once
-    "batch_tokens": COUNT,
-    "max_src_tokens": COUNT,
+    # devices (search's: kdmt.translate.SearchOptions)
+    "batch_tokens": COUNT,  # score, soft-targets
     "threads": NONNEGATIVE_INT,  # 0: torch's default
     # eval, report
     "bootstrap_samples": NONNEGATIVE_INT,  # 0: no paired test

@@ -13,9 +13,12 @@ from kdmt.errors import KdmtError
 from kdmt.model import Architecture
 from kdmt.options import RANGES, Range, check_ranges
 from kdmt.train import TrainConfig
+from kdmt.translate import SearchOptions
 
 COMMANDS = typer.main.get_command(app).commands
-FIELD_RANGES = field_ranges(Architecture) | field_ranges(TrainConfig)  # the options of configuration dataclasses
+FIELD_RANGES = (
+    field_ranges(Architecture) | field_ranges(TrainConfig) | field_ranges(SearchOptions)
+)  # the options of configuration dataclasses
 ALL_RANGES = RANGES | FIELD_RANGES
 
 

@@ -1,5 +1,5 @@
-"""The options that several commands share, declared once: search, devices, data and teachers; and the options
-built from a configuration dataclass's fields (kdmt.config)."""
+"""The options that several commands share, declared once: devices, engines, data and teachers (search's:
+kdmt.translate.SearchOptions); and the options built from a configuration dataclass's fields (kdmt.config)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from kdmt.config import field_ranges, from_options, options
+from kdmt.config import field_ranges, from_options, option_help, options
 from kdmt.options import check_ranges
+from kdmt.translate import SearchOptions
 
 
 def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
@@ -62,17 +63,7 @@ def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Call
     return wrap
 
 
-Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
-Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
-MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
-MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
-MinLen = Annotated[
-    int, typer.Option(help="Target tokens before a translation may end (1: never empty; the maximum length wins).")
-]
-BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
-MaxSrcTokens = Annotated[
-    int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
-]
+BatchTokens = Annotated[int, typer.Option(help=option_help(SearchOptions, "batch_tokens"))]  # score, soft-targets
 Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
 Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
@@ -106,8 +97,6 @@ BootstrapSamples = Annotated[
     typer.Option(help="Resamples of sacrebleu's paired bootstrap test of each difference (0: no test)."),
 ]
 
-
-
 Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Teachers = Annotated[
@@ -131,5 +120,3 @@ Distilled = Annotated[
 FallbackRef = Annotated[
     bool, typer.Option(help="Where the distilled line is empty (filtered), train on the reference instead of dropping.")
 ]
-
-
