@@ -35,11 +35,6 @@ def options(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
-def option_help(cls: type, name: str) -> str:
-    """The help of a configuration dataclass's option `name`."""
-    return next(f.metadata["help"] for f in options(cls) if f.name == name)
-
-
 def field_ranges(cls: type) -> dict[str, Range]:
     """The range of each numeric option of a configuration dataclass, by name."""
     return {f.name: f.metadata["range"] for f in options(cls) if f.metadata["range"] is not None}

@@ -60,15 +60,10 @@ RANGES: dict[str, Range] = {
     "spm_temperature": POSITIVE,
     "workers": COUNT,
     "seed": SEED,  # distill --sampling, soft-targets (training's: kdmt.train.TrainConfig)
-    # distillation
-    "teacher_weight": NONNEGATIVE,
+    # distillation (train-student's: kdmt.student.StudentOptions)
+    "teacher_weight": NONNEGATIVE,  # soft-targets
     "ref_share": SHARE,
-    "alpha": SHARE,
-    "temperature": POSITIVE,
     "topk": COUNT,
-    "hidden_beta": NONNEGATIVE,
-    "pair_temperature": POSITIVE,
-    "selective_margin": Range(float, -100, 100),  # a difference of BLEU scores
     "shard_size": COUNT,
     "candidates": COUNT,
     "keep": COUNT,
