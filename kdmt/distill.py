@@ -105,7 +105,6 @@ class DistillSettings:
     inputs: dict[str, str] = field(default_factory=dict)  # source, reference, backward -> content (file_identity)
 
 
-
 def selection_metric(select: str | None, metric: str | None) -> str:
     """The sentence metric that --select uses: the one given, else chrF for mbr and BLEU for the others."""
     metric = metric or ("chrf" if select == "mbr" else "bleu")
@@ -129,6 +128,7 @@ def check_backward_filter(model: Path | None, drop: float, max_ce: float | None)
     """A backward model filters by a share to drop or a cross-entropy bound, and they need one."""
     if bool(drop or max_ce is not None) != (model is not None):
         raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
+
 
 def filter_degenerate(
     teacher: Teacher,

@@ -53,7 +53,6 @@ def make_config(src_vocab_size: int, tgt_vocab_size: int, preset: str = "small",
     return config
 
 
-
 @dataclass(frozen=True)
 class Architecture:
     """A model's size as a command asks for it: a preset, and the dimensions that override it (None: the
@@ -86,6 +85,7 @@ class Architecture:
                 "drop these options"
             )
         return saved
+
 
 def sinusoids(length: int, dim: int) -> Tensor:
     """Fixed sinusoidal position encodings (Vaswani et al. 2017), (length, dim)."""

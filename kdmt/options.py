@@ -60,15 +60,10 @@ RANGES: dict[str, Range] = {
     "spm_temperature": POSITIVE,
     "workers": COUNT,
     "seed": SEED,  # distill --sampling, soft-targets (training's: kdmt.train.TrainConfig)
-    # distillation
-    "teacher_weight": NONNEGATIVE,
+    # distillation (train-student's: kdmt.student.StudentOptions)
+    "teacher_weight": NONNEGATIVE,  # soft-targets
     "ref_share": SHARE,
-    "alpha": SHARE,
-    "temperature": POSITIVE,
     "topk": COUNT,
-    "hidden_beta": NONNEGATIVE,
-    "pair_temperature": POSITIVE,
-    "selective_margin": Range(float, -100, 100),  # a difference of BLEU scores
     "shard_size": COUNT,
     "candidates": COUNT,
     "keep": COUNT,
@@ -77,14 +72,8 @@ RANGES: dict[str, Range] = {
     "filter_max_ce": NONNEGATIVE,
     "max_repeat": Range(int, 2),
     "max_len_ratio": Range(float, 1, lo_open=True),
-    # search
-    "beam": COUNT,
-    "lenpen": NONNEGATIVE,
-    "max_len_a": NONNEGATIVE,
-    "max_len_b": NONNEGATIVE_INT,
-    "min_len": NONNEGATIVE_INT,  # 0: EOS may end a hypothesis at once
-    "batch_tokens": COUNT,
-    "max_src_tokens": COUNT,
+    # devices (search's: kdmt.translate.SearchOptions)
+    "batch_tokens": COUNT,  # score, soft-targets
     "threads": NONNEGATIVE_INT,  # 0: torch's default
     # eval, report
     "bootstrap_samples": NONNEGATIVE_INT,  # 0: no paired test

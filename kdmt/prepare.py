@@ -134,7 +134,6 @@ class PairCorpus:
     valid: Pairs
 
 
-
 def language_pairs(src: str | None, tgt: str | None, pairs: list[str] | None) -> list[Pair]:
     """The language pairs of --src and --tgt, or of --pair (repeated for several)."""
     if pairs and not src and not tgt:
@@ -192,6 +191,7 @@ def dataset_corpus(
     p = pairs[0]
     train, valid = (dataset_pairs(dataset, split, p.src, p.tgt, config, files, **columns) for split in splits)
     return PairCorpus(p, train, valid)
+
 
 def prepare_multilingual(
     out: Path,

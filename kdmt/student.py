@@ -18,6 +18,7 @@ import torch
 
 from kdmt.cache import cached, content_key
 from kdmt.checkpoint import Checkpoint, load_checkpoint
+from kdmt.config import option
 from kdmt.corpus import CHUNK_PAIRS, CorpusSink, encode_flat, ids_dtype, open_corpus, write_corpus
 from kdmt.data import PreparedData, TokenizedCorpus, stream_parallel
 from kdmt.errors import KdmtError
@@ -25,6 +26,7 @@ from kdmt.files import stream_lines
 from kdmt.languages import PairRows, PairSampler, per_pair
 from kdmt.model import ModelConfig, Transformer
 from kdmt.objectives import Distillation, SelectiveKD
+from kdmt.options import COUNT, NONNEGATIVE, POSITIVE, SHARE, Range
 from kdmt.parallel import chunks
 from kdmt.pretrained import is_huggingface
 from kdmt.pretrained_kd import PretrainedTeacher, load_pretrained_teacher
@@ -299,26 +301,48 @@ HIDDEN_SIDES = {"none": (), "encoder": ("encoder",), "decoder": ("decoder",), "b
 class StudentOptions:
     """How a student learns from its teachers: the options of `kdmt train-student` beyond the trainer's."""
 
-    teachers: list[Path] = field(default_factory=list)
-    teacher_weights: list[float] | None = None
-    distilled: list[str] = field(default_factory=list)  # seq-KD targets: a file, or PAIR=FILE for each pair
-    ref_share: float = 0.0
-    fallback_ref: bool = False  # a pair whose distilled line is empty keeps its reference
-    alpha: float = 0.0  # word-level KD weight
-    temperature: float = 1.0
-    topk: int | None = None
-    soft_targets: Path | None = None  # stored top-k soft targets (offline word-KD)
-    hidden_kd: str = "none"  # none, encoder, decoder or both
-    hidden_beta: float = 1.0
-    hidden_enc_layers: str | None = None  # '1,3,5': the teacher layer of each student layer
-    hidden_dec_layers: str | None = None
-    init_from_teacher: bool = False
-    init_enc_layers: str | None = None
-    init_dec_layers: str | None = None
-    pair_temperature: float = 1.0  # several pairs: each drawn ∝ (its share)^(1/T) (1: as the data has them)
-    selective: bool = False  # selective distillation (Tan et al. 2019): word-KD switched per pair
-    selective_margin: float = 1.0  # BLEU above the teacher's at which a pair's word-KD is switched off
-    pair: str | None = None  # multilingual data: train on this pair's sentences alone, as for one pair
+    teacher: list[Path] | None = option(
+        None,
+        "Teacher checkpoint (or a MarianMT directory: data prepared with --vocab-from it); repeat for several.",
+        flags=("--teacher", "-t"),
+    )
+    teacher_weight: list[float] | None = option(
+        None, "Weight of each teacher's soft targets (default equal).", NONNEGATIVE
+    )
+    distilled: list[str] | None = option(
+        None,
+        "Distilled targets (seq-KD), line-aligned with DATA/train.src; several pairs: or PAIR=FILE for each "
+        "pair, line-aligned with DATA/train.PAIR.src.",
+    )
+    ref_share: float = option(0.0, "Share of reference pairs mixed with the distilled ones.", SHARE)
+    fallback_ref: bool = option(
+        False, "Where the distilled line is empty (filtered), train on the reference instead of dropping."
+    )
+    alpha: float = option(0.0, "Word-level KD weight α (0: off).", SHARE)
+    temperature: float = option(1.0, "Word-level KD temperature T.", POSITIVE)
+    topk: int | None = option(None, "Keep only the teacher's top-k probabilities (word-KD).", COUNT)
+    soft_targets: Path | None = option(None, "Stored top-k soft targets (kdmt soft-targets): offline word-KD.")
+    hidden_kd: str = option("none", "Hidden-state KD on: none, encoder, decoder or both.")
+    hidden_beta: float = option(1.0, "Hidden-state KD weight β.", NONNEGATIVE)
+    hidden_enc_layers: str | None = option(None, "Teacher encoder layer matched with each student layer, e.g. 1,3,5.")
+    hidden_dec_layers: str | None = option(None, "Teacher decoder layer matched with each student layer.")
+    init_from_teacher: bool = option(False, "Copy embeddings and layers from the (first) teacher.")
+    init_enc_layers: str | None = option(None, "Teacher encoder layers to copy, e.g. 0,2,4.")
+    init_dec_layers: str | None = option(None, "Teacher decoder layers to copy, e.g. 5.")
+    pair_temperature: float = option(
+        1.0, "Multilingual data: each pair drawn ∝ (its share of the data)^(1/T); 1 keeps it.", POSITIVE
+    )
+    selective_kd: bool = option(
+        False,
+        "Selective distillation: per pair, word-KD off while the student's validation BLEU is "
+        "at least its teacher's + --selective-margin, on again when it falls below.",
+    )  # Tan et al. 2019
+    selective_margin: float = option(
+        1.0, "BLEU above the teacher's that switches word-KD off.", Range(float, -100, 100)
+    )  # a difference of BLEU scores
+    pair: str | None = option(
+        None, "Multilingual data: train on this pair's sentences alone (--teacher as for one pair)."
+    )
 
 
 @dataclass
@@ -355,7 +379,7 @@ def build_student(
     o = options
     if o.hidden_kd not in HIDDEN_SIDES:
         raise KdmtError(f"--hidden-kd takes {', '.join(HIDDEN_SIDES)}")
-    if (o.init_from_teacher or o.hidden_kd != "none" or o.selective) and not o.teachers:
+    if (o.init_from_teacher or o.hidden_kd != "none" or o.selective_kd) and not o.teacher:
         raise KdmtError("--init-from-teacher, --hidden-kd and --selective-kd need --teacher")
     all_pairs = [p["pair"] for p in data.info.pairs] if data.info.pairs else None
     if o.pair is not None and (all_pairs is None or o.soft_targets is not None):
@@ -363,10 +387,10 @@ def build_student(
     names = all_pairs if o.pair is None else None  # the pairs trained side by side, each with its teacher
     if o.pair_temperature != 1 and not names:
         raise KdmtError("--pair-temperature draws the pairs of multilingual data")
-    paths = per_pair(o.teachers, names, "--teacher PAIR=CHECKPOINT") if names else o.teachers
+    paths = per_pair(o.teacher or [], names, "--teacher PAIR=CHECKPOINT") if names else o.teacher or []
     trained_on = names or ([o.pair] * len(paths) if o.pair else [])  # the pair each teacher must know
     teachers = load_teachers(data, paths, trained_on, device, o.topk)
-    if (o.init_from_teacher or o.hidden_kd != "none" or o.selective) and any(
+    if (o.init_from_teacher or o.hidden_kd != "none" or o.selective_kd) and any(
         isinstance(c.model, PretrainedTeacher) for _, c in teachers
     ):
         raise KdmtError(
@@ -402,7 +426,7 @@ def build_student(
     objective = Distillation(
         model,
         [c.model for _, c in teachers],
-        o.teacher_weights,
+        o.teacher_weight,
         o.alpha,
         o.temperature,
         label_smoothing,
@@ -411,7 +435,7 @@ def build_student(
         o.hidden_beta if pairs else 0.0,
         pairs,
         routes if teachers else None,
-        SelectiveKD(names or [None], o.selective_margin) if o.selective else None,
+        SelectiveKD(names or [None], o.selective_margin) if o.selective_kd else None,
     )
     word_kd = {
         "alpha": o.alpha,

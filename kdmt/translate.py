@@ -18,12 +18,15 @@ from torch import Tensor
 
 from kdmt.batching import pad, token_batches
 from kdmt.checkpoint import Checkpoint
+from kdmt.config import option
 from kdmt.languages import tag_ids
+from kdmt.options import COUNT, NONNEGATIVE, NONNEGATIVE_INT
 from kdmt.search import Ensemble, Hypothesis, Sampling, beam_search, greedy_search, max_lengths, sample_search
 from kdmt.selection import best_text
 from kdmt.vocab import ENSEMBLE_VOCABULARIES, EOS, Vocab, check_vocabularies
 
 Progress = Callable[[int], None]
+BATCH_TOKENS = 4000  # source tokens per batch, of search and of score and soft-targets
 
 
 @dataclass
@@ -37,13 +40,19 @@ class Candidate:
 
 @dataclass
 class SearchOptions:
-    beam: int = 5  # 1: greedy search
-    lenpen: float = 1.0
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    batch_tokens: int = 4000  # source tokens per batch (times the beam during search)
-    max_src_tokens: int = 1024  # longer sources are not translated (an empty result)
-    min_len: int = 1  # target tokens before EOS may end a hypothesis (unless the maximum length is shorter)
+    """How the translations are searched for: the search options of translate, eval and distill."""
+
+    beam: int = option(5, "Beam size (1: greedy search).", COUNT)
+    lenpen: float = option(1.0, "Length penalty α: scores are divided by length**α.", NONNEGATIVE)
+    max_len_a: float = option(1.5, "Maximum output length: a·|source| + b (this is a).", NONNEGATIVE)
+    max_len_b: int = option(10, "Maximum output length: a·|source| + b (this is b).", NONNEGATIVE_INT)
+    min_len: int = option(
+        1,
+        "Target tokens before a translation may end (1: never empty; the maximum length wins).",
+        NONNEGATIVE_INT,  # 0: EOS may end a hypothesis at once
+    )
+    batch_tokens: int = option(BATCH_TOKENS, "Source tokens per batch.", COUNT)  # times the beam during search
+    max_src_tokens: int = option(1024, "Sources longer than this many tokens are not translated (empty line).", COUNT)
     sampling: Sampling | None = None  # sample the candidates instead of beam search
 
 

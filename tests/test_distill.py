@@ -126,7 +126,7 @@ def test_resuming_with_other_settings_is_refused(toy_model, tmp_path):
     before = src.stat()
     text = src.read_bytes()
     first = text.index(b" ") - 1  # a letter of the first line, made another: the same size
-    src.write_bytes(text[:first] + (b"a" if text[first:first + 1] != b"a" else b"b") + text[first + 1 :])
+    src.write_bytes(text[:first] + (b"a" if text[first : first + 1] != b"a" else b"b") + text[first + 1 :])
     os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same modification time
     assert src.stat().st_size == before.st_size and src.stat().st_mtime_ns == before.st_mtime_ns
     with pytest.raises(KdmtError, match="other settings or inputs"):  # its content is the source's identity

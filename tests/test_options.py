@@ -12,10 +12,13 @@ from kdmt.config import field_ranges
 from kdmt.errors import KdmtError
 from kdmt.model import Architecture
 from kdmt.options import RANGES, Range, check_ranges
+from kdmt.student import StudentOptions
 from kdmt.train import TrainConfig
+from kdmt.translate import SearchOptions
 
 COMMANDS = typer.main.get_command(app).commands
-FIELD_RANGES = field_ranges(Architecture) | field_ranges(TrainConfig)  # the options of configuration dataclasses
+CONFIGS = Architecture, TrainConfig, SearchOptions, StudentOptions
+FIELD_RANGES = {k: v for cls in CONFIGS for k, v in field_ranges(cls).items()}  # the configuration dataclasses'
 ALL_RANGES = RANGES | FIELD_RANGES
 
 

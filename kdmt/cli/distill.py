@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -9,22 +10,16 @@ import typer
 
 from kdmt.cli.common import command, err, progress_console
 from kdmt.cli.params import (
-    BatchTokens,
-    Beam,
     Bf16,
     Device,
     EngineOption,
-    Lenpen,
-    MaxLenA,
-    MaxLenB,
-    MaxSrcTokens,
-    MinLen,
     PairOption,
     Quantization,
     SourcePrefix,
     SrcLang,
     TgtLang,
     Threads,
+    with_options,
 )
 from kdmt.distill import (
     DistillRun,
@@ -49,6 +44,7 @@ from kdmt.translate import SearchOptions
 
 
 @command("distill", config=True)
+@with_options(search=SearchOptions)
 def distill_cmd(
     ctx: typer.Context,
     src: Annotated[Path, typer.Option(help="Source side of the corpus to distill (.gz allowed).")],
@@ -129,13 +125,8 @@ def distill_cmd(
     src_lang: SrcLang = None,
     tgt_lang: TgtLang = None,
     source_prefix: SourcePrefix = "",
-    beam: Beam = 5,
-    lenpen: Lenpen = 1.0,
-    max_len_a: MaxLenA = 1.5,
-    max_len_b: MaxLenB = 10,
-    min_len: MinLen = 1,
-    batch_tokens: BatchTokens = 4000,
-    max_src_tokens: MaxSrcTokens = 1024,
+    *,
+    search: SearchOptions,
     device: Device = None,
     bf16: Bf16 = True,
     threads: Threads = 0,
@@ -166,7 +157,7 @@ def distill_cmd(
     select_metric = selection_metric(select, select_metric)
     if teacher_cmd is not None:
         command_options(ctx, candidates, select)
-    candidates = candidate_count(candidates, beam, sampling, select, keep)
+    candidates = candidate_count(candidates, search.beam, sampling, select, keep)
     check_backward_filter(filter_backward, filter_drop, filter_max_ce)
     if teacher_cmd is not None:
         translator: Teacher = CommandTeacher(teacher_cmd)
@@ -175,7 +166,7 @@ def distill_cmd(
         teacher = [resolve(t) if is_hub_id(t) else t for t in teacher]  # a hub id: its snapshot's directory
         identities = [teacher_identity(t) for t in teacher]  # each teacher read once: hashed
         sampler = Sampling.parse(sampling, sampling_temperature, seed) if sampling else None
-        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len, sampler)
+        options = dataclasses.replace(search, sampling=sampler)
         languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
         metas, translator = open_translator(
             teacher, str(local_device(device)), options, bf16, threads, engine, languages
@@ -188,11 +179,11 @@ def distill_cmd(
     settings = DistillSettings(
         teachers=identities,
         source=str(src),
-        beam=beam,
-        lenpen=lenpen,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        min_len=min_len,
+        beam=search.beam,
+        lenpen=search.lenpen,
+        max_len_a=search.max_len_a,
+        max_len_b=search.max_len_b,
+        min_len=search.min_len,
         max_src_tokens=max_src,
         nbest=candidates,
         select=select,
@@ -213,7 +204,9 @@ def distill_cmd(
         pair=Pair.parse(pair).name if pair else None,
         tgt_lang=target_language(meta, Pair.parse(pair) if pair else None) if meta is not None else None,
     )
-    backward = open_scorer([filter_backward], str(local_device(device)), batch_tokens) if filter_backward else None
+    backward = (
+        open_scorer([filter_backward], str(local_device(device)), search.batch_tokens) if filter_backward else None
+    )
     run = DistillRun(translator, settings, out, meta, backward)
     shards = -(-run.lines // shard_size)
     with ProgressLine(progress_console(), "distill", run.lines, "sent", transient=True) as progress:

@@ -10,22 +10,16 @@ import typer
 
 from kdmt.cli.common import command, err, print_table
 from kdmt.cli.params import (
-    BatchTokens,
-    Beam,
     Bf16,
     BootstrapSamples,
     Device,
     EngineOption,
-    Lenpen,
-    MaxLenA,
-    MaxLenB,
-    MaxSrcTokens,
-    MinLen,
     PairOption,
     Quantization,
     SourcePrefix,
     SrcLang,
     Threads,
+    with_options,
 )
 from kdmt.data import read_parallel
 from kdmt.engines import open_translator
@@ -40,6 +34,7 @@ from kdmt.translate import SearchOptions
 
 
 @command("eval")
+@with_options(search=SearchOptions)
 def eval_cmd(
     checkpoints: Annotated[
         list[Path],
@@ -50,13 +45,8 @@ def eval_cmd(
     ],
     src: Annotated[Path, typer.Option(help="Test source file (.gz allowed).")],
     ref: Annotated[Path, typer.Option(help="Test reference file, line-aligned with --src.")],
-    beam: Beam = 5,
-    lenpen: Lenpen = 1.0,
-    max_len_a: MaxLenA = 1.5,
-    max_len_b: MaxLenB = 10,
-    min_len: MinLen = 1,
-    batch_tokens: BatchTokens = 4000,
-    max_src_tokens: MaxSrcTokens = 1024,
+    *,
+    search: SearchOptions,
     device: Device = None,
     bf16: Bf16 = True,
     threads: Threads = 0,
@@ -91,9 +81,8 @@ def eval_cmd(
     reports, languages = [], []
     for path in checkpoints:
         path = resolve(path) if is_hub_id(path) else path  # a hub id: its snapshot's directory
-        options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
         model_languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
-        metas, translator = open_translator([path], device, options, bf16, threads, engine, model_languages)
+        metas, translator = open_translator([path], device, search, bf16, threads, engine, model_languages)
         inputs = model_inputs(src_lines, language_pair, metas[0])
         languages.append(iso_language(tgt_lang) or target_language(metas[0], language_pair))
         if languages[-1] != languages[0]:
@@ -108,7 +97,7 @@ def eval_cmd(
     names = short_names([r.checkpoint for r in reports])
     compared = compare_with_first(reports, names, ref_lines, languages[0], bootstrap_samples)
     reports = [r.to_dict() for r in reports]
-    title = f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {beam})"
+    title = f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {search.beam})"
     print_table(*eval_table(reports, names, compared), title)
     for r in reports:
         err.print(f"{r['checkpoint']}: {describe(r['made_with'])}", highlight=False)

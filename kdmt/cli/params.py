@@ -1,8 +1,9 @@
-"""The options that several commands share, declared once: search, devices, data and teachers; and the options
-built from a configuration dataclass's fields (kdmt.config)."""
+"""The options that several commands share, declared once: devices, engines, data and teachers (search's:
+kdmt.translate.SearchOptions); and the options built from a configuration dataclass's fields (kdmt.config)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing
@@ -14,20 +15,36 @@ import typer
 
 from kdmt.config import field_ranges, from_options, options
 from kdmt.options import check_ranges
+from kdmt.student import StudentOptions
+from kdmt.translate import SearchOptions
 
 
 def config_options(cls: type, defaults: dict[str, Any]) -> list[inspect.Parameter]:
     """A command-line option for each option field of a configuration dataclass: its name, type, help and
     default (or the one in `defaults`); an option given as text (a field with `parse`) takes a string."""
     hints = typing.get_type_hints(cls)
-    params = []
-    for f in options(cls):
-        kind = (str if f.default is not None else str | None) if f.metadata["parse"] else hints[f.name]
-        declared = typer.Option(*f.metadata["flags"], help=f.metadata["help"])
-        default = defaults.get(f.name, f.default)
-        annotation = Annotated[kind, declared]
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
-    return params
+    return [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=defaults.get(f.name, f.default),
+            annotation=_annotation(f, hints[f.name]),
+        )
+        for f in options(cls)
+    ]
+
+
+def field_option(cls: type, name: str) -> Any:
+    """The option of a configuration dataclass's field `name`, as an annotation, for a command that takes it
+    alone (with its own default)."""
+    field = next(f for f in options(cls) if f.name == name)
+    return _annotation(field, typing.get_type_hints(cls)[name])
+
+
+def _annotation(f: dataclasses.Field, hint: Any) -> Any:
+    """An option field's command-line option: its type (a string, for one given as text) and its flags and help."""
+    kind = (str if f.default is not None else str | None) if f.metadata["parse"] else hint
+    return Annotated[kind, typer.Option(*f.metadata["flags"], help=f.metadata["help"])]
 
 
 def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Callable], Callable]:
@@ -62,17 +79,7 @@ def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Call
     return wrap
 
 
-Beam = Annotated[int, typer.Option(help="Beam size (1: greedy search).")]
-Lenpen = Annotated[float, typer.Option(help="Length penalty α: scores are divided by length**α.")]
-MaxLenA = Annotated[float, typer.Option(help="Maximum output length: a·|source| + b (this is a).")]
-MaxLenB = Annotated[int, typer.Option(help="Maximum output length: a·|source| + b (this is b).")]
-MinLen = Annotated[
-    int, typer.Option(help="Target tokens before a translation may end (1: never empty; the maximum length wins).")
-]
-BatchTokens = Annotated[int, typer.Option(help="Source tokens per batch.")]
-MaxSrcTokens = Annotated[
-    int, typer.Option(help="Sources longer than this many tokens are not translated (empty line).")
-]
+BatchTokens = field_option(SearchOptions, "batch_tokens")  # score, soft-targets
 Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
 Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
@@ -106,30 +113,8 @@ BootstrapSamples = Annotated[
     typer.Option(help="Resamples of sacrebleu's paired bootstrap test of each difference (0: no test)."),
 ]
 
-
-
 Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
-Teachers = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--teacher",
-        "-t",
-        help="Teacher checkpoint (or a MarianMT directory: data prepared with --vocab-from it); repeat for several.",
-    ),
-]
-TeacherWeights = Annotated[
-    list[float] | None, typer.Option(help="Weight of each teacher's soft targets (default equal).")
-]
-Distilled = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="Distilled targets (seq-KD), line-aligned with DATA/train.src; several pairs: or PAIR=FILE for each "
-        "pair, line-aligned with DATA/train.PAIR.src."
-    ),
-]
-FallbackRef = Annotated[
-    bool, typer.Option(help="Where the distilled line is empty (filtered), train on the reference instead of dropping.")
-]
-
-
+TeacherWeights = field_option(StudentOptions, "teacher_weight")  # soft-targets: as train-student's
+Distilled = field_option(StudentOptions, "distilled")
+FallbackRef = field_option(StudentOptions, "fallback_ref")

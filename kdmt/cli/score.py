@@ -14,6 +14,7 @@ from kdmt.cli.params import BatchTokens, Device, Threads
 from kdmt.data import stream_parallel
 from kdmt.files import write_lines
 from kdmt.scoring import open_scorer
+from kdmt.translate import BATCH_TOKENS
 
 
 @command("score")
@@ -25,7 +26,7 @@ def score_cmd(
     src: Annotated[Path, typer.Option(help="Source side of the pairs (the model's source language).")],
     tgt: Annotated[Path, typer.Option(help="Target side of the pairs, line-aligned with --src.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
-    batch_tokens: BatchTokens = 4000,
+    batch_tokens: BatchTokens = BATCH_TOKENS,
     device: Device = None,
     threads: Threads = 0,
 ) -> None:

@@ -18,6 +18,7 @@ from kdmt.progress import ProgressLine
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
 from kdmt.student import load_teachers, student_corpus
 from kdmt.train import TrainConfig
+from kdmt.translate import BATCH_TOKENS
 
 
 @command("soft-targets")
@@ -43,7 +44,7 @@ def soft_targets_cmd(
     fallback_ref: FallbackRef = False,
     topk: Annotated[int, typer.Option(help="Probabilities kept per target token.")] = 8,
     seed: Seed = TrainConfig.seed,
-    batch_tokens: BatchTokens = 4000,
+    batch_tokens: BatchTokens = BATCH_TOKENS,
     shard_size: Annotated[
         int, typer.Option(help="Sentences per shard: the unit of resuming and of sharing the work among processes.")
     ] = 10000,

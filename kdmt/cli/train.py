@@ -11,7 +11,7 @@ import typer
 from kdmt import distributed
 from kdmt.checkpoint import load_checkpoint
 from kdmt.cli.common import command, effective_config, err, given
-from kdmt.cli.params import Data, Device, Distilled, FallbackRef, Teachers, TeacherWeights, with_options
+from kdmt.cli.params import Data, Device, with_options
 from kdmt.config import CONFIG_FILE, options
 from kdmt.data import PreparedData
 from kdmt.errors import KdmtError
@@ -107,51 +107,13 @@ def _data_record(data: PreparedData, preset: str, pair: str | None = None) -> di
 
 
 @command("train-student", config=True)
-@with_options(architecture=(Architecture, {"preset": "tiny"}), train=TrainConfig)
+@with_options(architecture=(Architecture, {"preset": "tiny"}), kd=StudentOptions, train=TrainConfig)
 def train_student_cmd(
     ctx: typer.Context,
     data: Data,
     out: Out,
-    teacher: Teachers = None,
-    teacher_weight: TeacherWeights = None,
-    distilled: Distilled = None,
-    ref_share: Annotated[float, typer.Option(help="Share of reference pairs mixed with the distilled ones.")] = 0.0,
-    fallback_ref: FallbackRef = False,
-    alpha: Annotated[float, typer.Option(help="Word-level KD weight α (0: off).")] = 0.0,
-    temperature: Annotated[float, typer.Option(help="Word-level KD temperature T.")] = 1.0,
-    topk: Annotated[int | None, typer.Option(help="Keep only the teacher's top-k probabilities (word-KD).")] = None,
-    soft_targets: Annotated[
-        Path | None, typer.Option(help="Stored top-k soft targets (kdmt soft-targets): offline word-KD.")
-    ] = None,
-    hidden_kd: Annotated[str, typer.Option(help="Hidden-state KD on: none, encoder, decoder or both.")] = "none",
-    hidden_beta: Annotated[float, typer.Option(help="Hidden-state KD weight β.")] = 1.0,
-    hidden_enc_layers: Annotated[
-        str | None, typer.Option(help="Teacher encoder layer matched with each student layer, e.g. 1,3,5.")
-    ] = None,
-    hidden_dec_layers: Annotated[
-        str | None, typer.Option(help="Teacher decoder layer matched with each student layer.")
-    ] = None,
-    init_from_teacher: Annotated[
-        bool, typer.Option(help="Copy embeddings and layers from the (first) teacher.")
-    ] = False,
-    init_enc_layers: Annotated[str | None, typer.Option(help="Teacher encoder layers to copy, e.g. 0,2,4.")] = None,
-    init_dec_layers: Annotated[str | None, typer.Option(help="Teacher decoder layers to copy, e.g. 5.")] = None,
-    pair_temperature: Annotated[
-        float, typer.Option(help="Multilingual data: each pair drawn ∝ (its share of the data)^(1/T); 1 keeps it.")
-    ] = 1.0,
-    selective_kd: Annotated[
-        bool,
-        typer.Option(
-            help="Selective distillation: per pair, word-KD off while the student's validation BLEU is "
-            "at least its teacher's + --selective-margin, on again when it falls below."
-        ),
-    ] = False,
-    selective_margin: Annotated[float, typer.Option(help="BLEU above the teacher's that switches word-KD off.")] = 1.0,
-    pair: Annotated[
-        str | None,
-        typer.Option(help="Multilingual data: train on this pair's sentences alone (--teacher as for one pair)."),
-    ] = None,
     *,
+    kd: StudentOptions,
     architecture: Architecture,
     train: TrainConfig,
     resume: Resume = False,
@@ -167,42 +129,20 @@ def train_student_cmd(
     the distilled targets in one file or --distilled PAIR=FILE for each pair (kdmt distill of DATA/train.PAIR.src).
     """
     dev = _join_training(device, out, resume)
-    options = StudentOptions(
-        teachers=teacher or [],
-        teacher_weights=teacher_weight,
-        distilled=distilled or [],
-        ref_share=ref_share,
-        fallback_ref=fallback_ref,
-        alpha=alpha,
-        temperature=temperature,
-        topk=topk,
-        soft_targets=soft_targets,
-        hidden_kd=hidden_kd,
-        hidden_beta=hidden_beta,
-        hidden_enc_layers=hidden_enc_layers,
-        hidden_dec_layers=hidden_dec_layers,
-        init_from_teacher=init_from_teacher,
-        init_enc_layers=init_enc_layers,
-        init_dec_layers=init_dec_layers,
-        pair_temperature=pair_temperature,
-        selective=selective_kd,
-        selective_margin=selective_margin,
-        pair=pair,
-    )
-    if selective_kd and train.valid_bleu_sents == 0:
+    if kd.selective_kd and train.valid_bleu_sents == 0:
         raise KdmtError("--selective-kd compares validation BLEU: drop --valid-bleu-sents 0")
     prepared = PreparedData.open(data)
     model_config, preset = _model_config(ctx, prepared, architecture, out, resume)
     with distributed.rank0_first():  # the student's corpus is tokenized once, and saved
-        student = build_student(prepared, model_config, options, train.label_smoothing, train.seed, dev)
-        valid = ValidSet.of(prepared, pair)
+        student = build_student(prepared, model_config, kd, train.label_smoothing, train.seed, dev)
+        valid = ValidSet.of(prepared, kd.pair)
     n = len(student.corpus)
-    meta = {**student.meta, **_data_record(prepared, preset, pair)}
+    meta = {**student.meta, **_data_record(prepared, preset, kd.pair)}
     vocabs = prepared.src_vocab, prepared.tgt_vocab
     trainer = Trainer(
         student.model, *vocabs, student.corpus, valid, out, train, dev, student.objective, meta, err, student.sampler
     )
-    if selective_kd:
+    if kd.selective_kd:
         err.print("measuring the teachers' validation BLEU, for selective distillation")
         trainer.meta["selective_kd"] = student.measure_teachers(
             lambda checkpoints, pair: distributed.from_rank0(

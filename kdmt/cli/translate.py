@@ -10,22 +10,16 @@ import typer
 
 from kdmt.cli.common import command, err
 from kdmt.cli.params import (
-    BatchTokens,
-    Beam,
     Bf16,
     Device,
     EngineOption,
-    Lenpen,
-    MaxLenA,
-    MaxLenB,
-    MaxSrcTokens,
-    MinLen,
     PairOption,
     Quantization,
     SourcePrefix,
     SrcLang,
     TgtLang,
     Threads,
+    with_options,
 )
 from kdmt.engines import open_translator
 from kdmt.files import decode_stream, read_lines, write_lines
@@ -43,6 +37,7 @@ def _report_skipped(lines: list[str], results: list, limit: int) -> None:
 
 
 @command("translate")
+@with_options(search=SearchOptions)
 def translate_cmd(
     model: Annotated[
         list[Path],
@@ -55,13 +50,8 @@ def translate_cmd(
     ],
     input: Annotated[Path | None, typer.Option("--input", "-i", help="Source file (default: stdin).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
-    beam: Beam = 5,
-    lenpen: Lenpen = 1.0,
-    max_len_a: MaxLenA = 1.5,
-    max_len_b: MaxLenB = 10,
-    min_len: MinLen = 1,
-    batch_tokens: BatchTokens = 4000,
-    max_src_tokens: MaxSrcTokens = 1024,
+    *,
+    search: SearchOptions,
     device: Device = None,
     bf16: Bf16 = True,
     threads: Threads = 0,
@@ -80,9 +70,8 @@ def translate_cmd(
 
     Pretrained: kdmt translate -m nllb-200-distilled-600M --src-lang deu_Latn --tgt-lang eng_Latn < test.de
     """
-    options = SearchOptions(beam, lenpen, max_len_a, max_len_b, batch_tokens, max_src_tokens, min_len)
     languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
-    metas, translator = open_translator(model, device, options, bf16, threads, engine, languages)
+    metas, translator = open_translator(model, device, search, bf16, threads, engine, languages)
     lines = read_lines(input) if input else list(decode_stream(sys.stdin.buffer, "stdin"))
     lines = model_inputs(lines, Pair.parse(pair) if pair else None, metas[0])
     with ProgressLine(err, "translate", len(lines), "sent", transient=True) as progress:
