@@ -27,21 +27,23 @@ import math
 import shutil
 from collections.abc import Callable
 from contextlib import ExitStack, closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from kdmt.cache import content_identity, file_identity, file_sha256
+from kdmt.config import option
 from kdmt.errors import KdmtError
 from kdmt.files import LineReader, atomic_path, line_offsets, read_lines, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
 from kdmt.languages import Pair, model_inputs
+from kdmt.options import COUNT, NONNEGATIVE, POSITIVE, SEED, Range
 from kdmt.scoring import PairScorer
 from kdmt.selection import best_text, check_selection, choose
 from kdmt.shards import Manifest, ShardedRun, work_path
-from kdmt.translate import Candidate, Progress
+from kdmt.translate import Candidate, Progress, SearchOptions
 
 
 @dataclass
@@ -105,29 +107,110 @@ class DistillSettings:
     inputs: dict[str, str] = field(default_factory=dict)  # source, reference, backward -> content (file_identity)
 
 
-def selection_metric(select: str | None, metric: str | None) -> str:
-    """The sentence metric that --select uses: the one given, else chrF for mbr and BLEU for the others."""
-    metric = metric or ("chrf" if select == "mbr" else "bleu")
-    check_selection(select or "best", metric)
-    return metric
+@dataclass(frozen=True)
+class DistillOptions:
+    """The options of `kdmt distill` beyond the search's (kdmt.translate.SearchOptions) and the teacher's."""
 
+    candidates: int = option(
+        1,
+        "Candidates a source: the beam's N best, or N samples (--sampling); more than one: OUT.nbest.",
+        COUNT,
+        flags=("--candidates", "--nbest"),
+    )
+    select: str | None = option(
+        None,
+        "Which candidate to keep: best, seq-inter (closest to --ref), mbr (the medoid), score "
+        "(the teacher's highest score).",
+    )
+    select_metric: str | None = option(None, "Sentence metric of seq-inter (default bleu) and mbr (default chrf).")
+    keep: int = option(1, "Targets a source: the K most preferred distinct candidates; the others in OUT.keep.", COUNT)
+    sampling: str | None = option(None, "Sample the candidates instead of beam search: topk:K or topp:P.")
+    sampling_temperature: float = option(1.0, "With --sampling: the temperature.", POSITIVE)
+    seed: int = option(0, "With --sampling: the seed (with each line's number).", SEED)
+    ref: Path | None = option(None, "Reference target corpus, for --select seq-inter.")
+    filter_backward: Path | None = option(
+        None, "A model of the other direction (checkpoint or CTranslate2 directory) scores each pair."
+    )
+    filter_drop: float = option(
+        0.0,
+        "With --filter-backward: drop the worst P percent of the pairs by its score.",
+        Range(float, 0, 100, hi_open=True),
+    )
+    filter_max_ce: float | None = option(
+        None, "With --filter-backward: drop the pairs whose cross-entropy a token is above this.", NONNEGATIVE
+    )
+    shard_size: int = option(
+        10000, "Lines per shard: the unit of resuming and of sharing the work among processes.", COUNT
+    )
+    filter_degenerate: bool = option(
+        True,
+        "Write degenerate translations (repetition loops, cut at the maximum length, outlying length ratio) as "
+        "empty lines.",
+        flags=("--filter/--no-filter",),
+    )
+    max_repeat: int = option(3, "Filter: a word n-gram (n ≤ 4) this many times in a row is a loop.", Range(int, 2))
+    max_len_ratio: float = option(
+        2.0, "Filter: a target/source token ratio above this, or below its inverse.", Range(float, 1, lo_open=True)
+    )
 
-def candidate_count(candidates: int, beam: int, sampling: str | None, select: str | None, keep: int) -> int:
-    """The candidates a source: at most the beam's without sampling; a choice (a --select other than best)
-    among one candidate is among the whole beam, or among 8 samples; at least --keep."""
-    if sampling is None and candidates > beam:
-        raise KdmtError(f"--candidates must be at most --beam ({beam}) without --sampling, not {candidates}")
-    if select not in (None, "best") and candidates == 1:
-        candidates = beam if sampling is None else 8
-    if keep > candidates:
-        raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {keep}")
-    return candidates
+    def checked(self, beam: int) -> DistillOptions:
+        """The options with what they leave to kdmt settled (the selection's metric, the number of
+        candidates); KdmtError for a combination that does not go together."""
+        metric = self.select_metric or ("chrf" if self.select == "mbr" else "bleu")
+        check_selection(self.select or "best", metric)
+        candidates = self.candidates
+        if self.sampling is None and candidates > beam:
+            raise KdmtError(f"--candidates must be at most --beam ({beam}) without --sampling, not {candidates}")
+        if self.select not in (None, "best") and candidates == 1:  # a choice among the beam, or 8 samples
+            candidates = beam if self.sampling is None else 8
+        if self.keep > candidates:
+            raise KdmtError(f"--keep must be at most --candidates ({candidates}), not {self.keep}")
+        if bool(self.filter_drop or self.filter_max_ce is not None) != (self.filter_backward is not None):
+            raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
+        return replace(self, select_metric=metric, candidates=candidates)
 
-
-def check_backward_filter(model: Path | None, drop: float, max_ce: float | None) -> None:
-    """A backward model filters by a share to drop or a cross-entropy bound, and they need one."""
-    if bool(drop or max_ce is not None) != (model is not None):
-        raise KdmtError("--filter-backward goes with --filter-drop P or --filter-max-ce X")
+    def settings(
+        self,
+        search: SearchOptions,
+        teachers: list[str],
+        source: Path,
+        max_src_tokens: int,
+        engine: str,
+        pair: Pair | None = None,
+        tgt_lang: str | None = None,
+    ) -> DistillSettings:
+        """What a run with these options depends on (its manifest), for `teachers` (their identities) and
+        the limit on source tokens, the engine, pair and target language they were opened with."""
+        o = self.checked(search.beam)
+        sampled = o.sampling is not None
+        return DistillSettings(
+            teachers=teachers,
+            source=str(source),
+            beam=search.beam,
+            lenpen=search.lenpen,
+            max_len_a=search.max_len_a,
+            max_len_b=search.max_len_b,
+            min_len=search.min_len,
+            max_src_tokens=max_src_tokens,
+            nbest=o.candidates,
+            select=o.select,
+            select_metric=o.select_metric,
+            keep=o.keep,
+            sampling=o.sampling,
+            sampling_temperature=o.sampling_temperature if sampled else 1.0,
+            seed=o.seed if sampled else 0,
+            backward=str(o.filter_backward) if o.filter_backward else None,
+            backward_drop=o.filter_drop,
+            backward_max_ce=o.filter_max_ce,
+            reference=str(o.ref) if o.ref else None,
+            shard_size=o.shard_size,
+            filter=o.filter_degenerate,
+            max_repeat=o.max_repeat,
+            max_len_ratio=o.max_len_ratio,
+            engine=engine,
+            pair=pair.name if pair else None,
+            tgt_lang=tgt_lang,
+        )
 
 
 def filter_degenerate(

@@ -1,11 +1,12 @@
 """The range of every numeric command-line option, by name, and the one check of them.
 
-The options of a configuration dataclass (kdmt.config: the model's, training's) carry their range in their
-field; RANGES holds the others'. `kdmt.cli.common.command` checks each command's values against them before
-the command starts: a value out of range is one line naming the option, its value and the range (exit 2),
-and nothing is done. An option given several values (a list or a tuple) has each checked. Checks that
-relate two options (--nbest at most --beam, --d-model divisible by --n-heads, ...) stay with the code that
-reads them.
+The options of a configuration dataclass (kdmt.config: the model's, training's, the search's, distill's, a
+student's) carry their range in their field, also where a command takes one of them alone
+(kdmt.cli.params.field_option); RANGES holds the others'. `kdmt.cli.common.command` checks each command's
+values against them before the command starts: a value out of range is one line naming the option, its value
+and the range (exit 2), and nothing is done. An option given several values (a list or a tuple) has each
+checked. Checks that relate two options (--nbest at most --beam, --d-model divisible by --n-heads, ...) stay
+with the code that reads them.
 """
 
 from __future__ import annotations
@@ -59,21 +60,7 @@ RANGES: dict[str, Range] = {
     "spm_sample": Range(int, 2),
     "spm_temperature": POSITIVE,
     "workers": COUNT,
-    "seed": SEED,  # distill --sampling, soft-targets (training's: kdmt.train.TrainConfig)
-    # distillation (train-student's: kdmt.student.StudentOptions)
-    "teacher_weight": NONNEGATIVE,  # soft-targets
-    "ref_share": SHARE,
-    "topk": COUNT,
-    "shard_size": COUNT,
-    "candidates": COUNT,
-    "keep": COUNT,
-    "sampling_temperature": POSITIVE,
-    "filter_drop": Range(float, 0, 100, hi_open=True),  # percent of the pairs
-    "filter_max_ce": NONNEGATIVE,
-    "max_repeat": Range(int, 2),
-    "max_len_ratio": Range(float, 1, lo_open=True),
-    # devices (search's: kdmt.translate.SearchOptions)
-    "batch_tokens": COUNT,  # score, soft-targets
+    # devices
     "threads": NONNEGATIVE_INT,  # 0: torch's default
     # eval, report
     "bootstrap_samples": NONNEGATIVE_INT,  # 0: no paired test

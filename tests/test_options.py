@@ -9,6 +9,7 @@ from test_cli import assert_fails, kdmt
 
 from kdmt.cli import app
 from kdmt.config import field_ranges
+from kdmt.distill import DistillOptions
 from kdmt.errors import KdmtError
 from kdmt.model import Architecture
 from kdmt.options import RANGES, Range, check_ranges
@@ -17,7 +18,7 @@ from kdmt.train import TrainConfig
 from kdmt.translate import SearchOptions
 
 COMMANDS = typer.main.get_command(app).commands
-CONFIGS = Architecture, TrainConfig, SearchOptions, StudentOptions
+CONFIGS = Architecture, TrainConfig, SearchOptions, StudentOptions, DistillOptions
 FIELD_RANGES = {k: v for cls in CONFIGS for k, v in field_ranges(cls).items()}  # the configuration dataclasses'
 ALL_RANGES = RANGES | FIELD_RANGES
 

@@ -19,7 +19,7 @@ from rich.table import Column, Table
 from kdmt.config import dump_config, read_config
 from kdmt.distributed import launch_rank
 from kdmt.errors import KdmtError
-from kdmt.options import check_ranges
+from kdmt.options import RANGES, Range, check_ranges
 
 err = Console(stderr=True)
 if not err.is_terminal:
@@ -87,17 +87,18 @@ def given(ctx: typer.Context, name: str) -> bool:
 
 def command(name: str, config: bool = False) -> Callable[[Callable], Callable]:
     """Make a function the command `name` (kdmt.cli.app registers it): its numeric options are checked
-    against kdmt.options.RANGES before it starts, and its KdmtError becomes one line on stderr and exit code 2.
-    With `config`, it also takes --config FILE and --print-config (and its context, `ctx`, which the function
-    may take too)."""
+    against their ranges (declared in their annotation, else in kdmt.options.RANGES) before it starts, and its
+    KdmtError becomes one line on stderr and exit code 2. With `config`, it also takes --config FILE and
+    --print-config (and its context, `ctx`, which the function may take too)."""
 
     def wrap(fn: Callable) -> Callable:
         takes_ctx = "ctx" in inspect.signature(fn).parameters
+        ranges = RANGES | declared_ranges(fn)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
-                check_ranges(kwargs)
+                check_ranges(kwargs, ranges)
                 if config:
                     del kwargs["config"]
                     ctx = kwargs["ctx"] if takes_ctx else kwargs.pop("ctx")
@@ -125,6 +126,18 @@ def command(name: str, config: bool = False) -> Callable[[Callable], Callable]:
         return wrapper
 
     return wrap
+
+
+def declared_ranges(fn: Callable) -> dict[str, Range]:
+    """The range of each of a command's options that declares one in its annotation (a configuration
+    field's option, kdmt.cli.params.field_option)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    return {
+        name: extra
+        for name, hint in hints.items()
+        for extra in getattr(hint, "__metadata__", ())
+        if isinstance(extra, Range)
+    }
 
 
 def add_config_options(fn: Callable, takes_ctx: bool) -> None:

@@ -21,15 +21,7 @@ from kdmt.cli.params import (
     Threads,
     with_options,
 )
-from kdmt.distill import (
-    DistillRun,
-    DistillSettings,
-    Teacher,
-    candidate_count,
-    check_backward_filter,
-    selection_metric,
-    teacher_identity,
-)
+from kdmt.distill import DistillOptions, DistillRun, Teacher, teacher_identity
 from kdmt.distributed import local_device
 from kdmt.engines import engine_name, open_translator
 from kdmt.errors import KdmtError
@@ -44,9 +36,10 @@ from kdmt.translate import SearchOptions
 
 
 @command("distill", config=True)
-@with_options(search=SearchOptions)
+@with_options(options=DistillOptions, search=SearchOptions)
 def distill_cmd(
     ctx: typer.Context,
+    *,
     src: Annotated[Path, typer.Option(help="Source side of the corpus to distill (.gz allowed).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The distilled target corpus, line-aligned with --src.")],
     teacher: Annotated[
@@ -65,67 +58,12 @@ def distill_cmd(
             "line on stdout, run once per shard."
         ),
     ] = None,
-    candidates: Annotated[
-        int,
-        typer.Option(
-            "--candidates",
-            "--nbest",
-            help="Candidates a source: the beam's N best, or N samples (--sampling); more than one: OUT.nbest.",
-        ),
-    ] = 1,
-    select: Annotated[
-        str | None,
-        typer.Option(
-            help="Which candidate to keep: best, seq-inter (closest to --ref), mbr (the medoid), score "
-            "(the teacher's highest score)."
-        ),
-    ] = None,
-    select_metric: Annotated[
-        str | None, typer.Option(help="Sentence metric of seq-inter (default bleu) and mbr (default chrf).")
-    ] = None,
-    keep: Annotated[
-        int, typer.Option(help="Targets a source: the K most preferred distinct candidates; the others in OUT.keep.")
-    ] = 1,
-    sampling: Annotated[
-        str | None, typer.Option(help="Sample the candidates instead of beam search: topk:K or topp:P.")
-    ] = None,
-    sampling_temperature: Annotated[float, typer.Option(help="With --sampling: the temperature.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="With --sampling: the seed (with each line's number).")] = 0,
-    ref: Annotated[Path | None, typer.Option(help="Reference target corpus, for --select seq-inter.")] = None,
-    filter_backward: Annotated[
-        Path | None,
-        typer.Option(help="A model of the other direction (checkpoint or CTranslate2 directory) scores each pair."),
-    ] = None,
-    filter_drop: Annotated[
-        float, typer.Option(help="With --filter-backward: drop the worst P percent of the pairs by its score.")
-    ] = 0.0,
-    filter_max_ce: Annotated[
-        float | None,
-        typer.Option(help="With --filter-backward: drop the pairs whose cross-entropy a token is above this."),
-    ] = None,
-    shard_size: Annotated[
-        int, typer.Option(help="Lines per shard: the unit of resuming and of sharing the work among processes.")
-    ] = 10000,
-    filter_degenerate: Annotated[
-        bool,
-        typer.Option(
-            "--filter/--no-filter",
-            help="Write degenerate translations (repetition loops, cut at the maximum length, "
-            "outlying length ratio) as empty lines.",
-        ),
-    ] = True,
-    max_repeat: Annotated[
-        int, typer.Option(help="Filter: a word n-gram (n ≤ 4) this many times in a row is a loop.")
-    ] = 3,
-    max_len_ratio: Annotated[
-        float, typer.Option(help="Filter: a target/source token ratio above this, or below its inverse.")
-    ] = 2.0,
+    options: DistillOptions,
     engine: EngineOption = None,
     quantization: Quantization = "float32",
     src_lang: SrcLang = None,
     tgt_lang: TgtLang = None,
     source_prefix: SourcePrefix = "",
-    *,
     search: SearchOptions,
     device: Device = None,
     bf16: Bf16 = True,
@@ -154,61 +92,43 @@ def distill_cmd(
         raise KdmtError(
             "give the teacher as -t CHECKPOINT (repeat for an ensemble) or --teacher-cmd 'CMD': one of them"
         )
-    select_metric = selection_metric(select, select_metric)
     if teacher_cmd is not None:
-        command_options(ctx, candidates, select)
-    candidates = candidate_count(candidates, search.beam, sampling, select, keep)
-    check_backward_filter(filter_backward, filter_drop, filter_max_ce)
+        command_options(ctx, options.candidates, options.select)
+    options = options.checked(search.beam)
     if teacher_cmd is not None:
         translator: Teacher = CommandTeacher(teacher_cmd)
         identities, meta, max_src, engine_used = [translator.identity], None, 0, "command"
     else:
         teacher = [resolve(t) if is_hub_id(t) else t for t in teacher]  # a hub id: its snapshot's directory
         identities = [teacher_identity(t) for t in teacher]  # each teacher read once: hashed
-        sampler = Sampling.parse(sampling, sampling_temperature, seed) if sampling else None
-        options = dataclasses.replace(search, sampling=sampler)
+        sampler = (
+            Sampling.parse(options.sampling, options.sampling_temperature, options.seed) if options.sampling else None
+        )
         languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
         metas, translator = open_translator(
-            teacher, str(local_device(device)), options, bf16, threads, engine, languages
+            teacher,
+            str(local_device(device)),
+            dataclasses.replace(search, sampling=sampler),
+            bf16,
+            threads,
+            engine,
+            languages,
         )
         tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
         if any(t != tagging[0] for t in tagging):
             raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
         meta, max_src = metas[0], translator.max_src_tokens
         engine_used = engine_name(meta, engine, quantization)
-    settings = DistillSettings(
-        teachers=identities,
-        source=str(src),
-        beam=search.beam,
-        lenpen=search.lenpen,
-        max_len_a=search.max_len_a,
-        max_len_b=search.max_len_b,
-        min_len=search.min_len,
-        max_src_tokens=max_src,
-        nbest=candidates,
-        select=select,
-        select_metric=select_metric,
-        keep=keep,
-        sampling=sampling,
-        sampling_temperature=sampling_temperature if sampling else 1.0,
-        seed=seed if sampling else 0,
-        backward=str(filter_backward) if filter_backward else None,
-        backward_drop=filter_drop,
-        backward_max_ce=filter_max_ce,
-        reference=str(ref) if ref else None,
-        shard_size=shard_size,
-        filter=filter_degenerate,
-        max_repeat=max_repeat,
-        max_len_ratio=max_len_ratio,
-        engine=engine_used,
-        pair=Pair.parse(pair).name if pair else None,
-        tgt_lang=target_language(meta, Pair.parse(pair) if pair else None) if meta is not None else None,
-    )
+    chosen = Pair.parse(pair) if pair else None
+    target = target_language(meta, chosen) if meta is not None else None
+    settings = options.settings(search, identities, src, max_src, engine_used, chosen, target)
     backward = (
-        open_scorer([filter_backward], str(local_device(device)), search.batch_tokens) if filter_backward else None
+        open_scorer([options.filter_backward], str(local_device(device)), search.batch_tokens)
+        if options.filter_backward
+        else None
     )
     run = DistillRun(translator, settings, out, meta, backward)
-    shards = -(-run.lines // shard_size)
+    shards = -(-run.lines // options.shard_size)
     with ProgressLine(progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
         def shard_done(index: int) -> None:
@@ -222,7 +142,7 @@ def distill_cmd(
     reasons = ", ".join(f"{n:,} {reason}" for reason, n in stats.filtered.items())
     filtered = (
         f", {n_filtered:,} filtered translations ({n_filtered / max(stats.lines, 1):.1%} of the lines: {reasons})"
-        if filter_degenerate or filter_backward
+        if options.filter_degenerate or options.filter_backward
         else " (--no-filter)"
     )
     err.print(

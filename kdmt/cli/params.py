@@ -15,7 +15,6 @@ import typer
 
 from kdmt.config import field_ranges, from_options, options
 from kdmt.options import check_ranges
-from kdmt.student import StudentOptions
 from kdmt.translate import SearchOptions
 
 
@@ -42,9 +41,11 @@ def field_option(cls: type, name: str) -> Any:
 
 
 def _annotation(f: dataclasses.Field, hint: Any) -> Any:
-    """An option field's command-line option: its type (a string, for one given as text) and its flags and help."""
+    """An option field's command-line option: its type (a string, for one given as text), its flags and help,
+    and its range (which kdmt.cli.common.command checks)."""
     kind = (str if f.default is not None else str | None) if f.metadata["parse"] else hint
-    return Annotated[kind, typer.Option(*f.metadata["flags"], help=f.metadata["help"])]
+    flags = typer.Option(*f.metadata["flags"], help=f.metadata["help"])
+    return Annotated[kind, flags] if f.metadata["range"] is None else Annotated[kind, flags, f.metadata["range"]]
 
 
 def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Callable], Callable]:
@@ -114,7 +115,3 @@ BootstrapSamples = Annotated[
 ]
 
 Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
-Seed = Annotated[int, typer.Option(help="Random seed.")]
-TeacherWeights = field_option(StudentOptions, "teacher_weight")  # soft-targets: as train-student's
-Distilled = field_option(StudentOptions, "distilled")
-FallbackRef = field_option(StudentOptions, "fallback_ref")

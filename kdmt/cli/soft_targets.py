@@ -9,14 +9,15 @@ import typer
 
 from kdmt.cache import file_identity
 from kdmt.cli.common import command, err, progress_console
-from kdmt.cli.params import BatchTokens, Data, Device, Distilled, FallbackRef, Seed, TeacherWeights
+from kdmt.cli.params import BatchTokens, Data, Device, field_option
 from kdmt.data import PreparedData
+from kdmt.distill import DistillOptions
 from kdmt.distributed import local_device
 from kdmt.errors import KdmtError
 from kdmt.languages import PairRows, per_pair
 from kdmt.progress import ProgressLine
 from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
-from kdmt.student import load_teachers, student_corpus
+from kdmt.student import StudentOptions, load_teachers, student_corpus
 from kdmt.train import TrainConfig
 from kdmt.translate import BATCH_TOKENS
 
@@ -38,16 +39,14 @@ def soft_targets_cmd(
             "--out", "-o", help="The soft-targets record to write (JSON); its arrays beside it: OUT's stem.*.npy."
         ),
     ],
-    teacher_weight: TeacherWeights = None,
-    distilled: Distilled = None,
-    ref_share: Annotated[float, typer.Option(help="As for train-student: the same corpus is needed.")] = 0.0,
-    fallback_ref: FallbackRef = False,
-    topk: Annotated[int, typer.Option(help="Probabilities kept per target token.")] = 8,
-    seed: Seed = TrainConfig.seed,
+    teacher_weight: field_option(StudentOptions, "teacher_weight") = None,  # as train-student's
+    distilled: field_option(StudentOptions, "distilled") = None,
+    ref_share: field_option(StudentOptions, "ref_share") = 0.0,
+    fallback_ref: field_option(StudentOptions, "fallback_ref") = False,
+    topk: field_option(StudentOptions, "topk") = 8,
+    seed: field_option(TrainConfig, "seed") = TrainConfig.seed,
     batch_tokens: BatchTokens = BATCH_TOKENS,
-    shard_size: Annotated[
-        int, typer.Option(help="Sentences per shard: the unit of resuming and of sharing the work among processes.")
-    ] = 10000,
+    shard_size: field_option(DistillOptions, "shard_size") = 10000,
     device: Device = None,
 ) -> None:
     """Store the teachers' top-k log-probabilities for every target token of a student's training
