@@ -1,5 +1,5 @@
-"""Teachers made elsewhere (kdmt.pretrained): Hugging Face MarianMT (tests/marian_teacher.py) and M2M100
-models, built from configs and trained here on the toy task, translate through generate() and CTranslate2
+"""Teachers made elsewhere (kdmt.pretrained): Hugging Face MarianMT and M2M100 models
+(tests/hf_models.py), built from configs and trained here on the toy task, translate through generate() and CTranslate2
 alike and distill; language codes force the target language; an OPUS-MT-style CTranslate2 directory
 translates; kdmt's own Hugging Face export distills as its checkpoint does; a directory that asks for custom
 code, or of an unsupported model type, is refused in one line."""
@@ -11,34 +11,17 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
-from marian_teacher import marian
+from hf_models import distilled, marian, train_spm
 from test_cli import assert_fails, kdmt, write
 from toy import LETTERS, toy_pairs
 
 from kdmt.export import export_checkpoint
-from kdmt.files import read_lines
 from kdmt.pretrained import converted
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("ctranslate2")
 
 SOURCES = toy_pairs(100, seed=41)[0]
-
-
-def train_spm(directory, special: dict[str, int]) -> str:
-    """A word-level sentencepiece model of the toy letters (one piece a letter) with these special ids (the
-    M2M100 model's)."""
-    path = directory / "toy.spm"
-    with open(path, "wb") as f:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(toy_pairs(300, seed=1)[0]),
-            model_writer=f,
-            vocab_size=len(LETTERS) + len(special),
-            model_type="word",
-            minloglevel=2,
-            **{f"{name}_id": special.get(name, -1) for name in ("pad", "unk", "bos", "eos")},
-        )
-    return str(path)
 
 
 def train(model, tokenizer, examples: list[tuple[str, str, int | None]], steps: int) -> None:
@@ -67,7 +50,7 @@ def train(model, tokenizer, examples: list[tuple[str, str, int | None]], steps: 
 
 @pytest.fixture(scope="session")
 def marian_dir(tmp_path_factory):
-    """A MarianMT model of the toy reversal task in OPUS-MT's layout (tests/marian_teacher.py: </s> 0,
+    """A MarianMT model of the toy reversal task in OPUS-MT's layout (tests/hf_models.py: </s> 0,
     <unk> 1, <pad> last), a word a piece, trained here."""
     lines = toy_pairs(300, seed=1)[0]
     out = marian(
@@ -99,7 +82,8 @@ def marian_dir(tmp_path_factory):
 def m2m_dir(tmp_path_factory):
     """An M2M100 model that reverses the letters into 'en' and copies them into 'fr'."""
     root = tmp_path_factory.mktemp("m2m")
-    model_file = train_spm(root, {"bos": 0, "pad": 1, "eos": 2, "unk": 3})
+    model_file = str(root / "toy.spm")  # a word a piece, with the M2M100 model's special ids
+    train_spm(model_file, toy_pairs(300, seed=1)[0], len(LETTERS) + 4, "word", {"bos": 0, "pad": 1, "eos": 2, "unk": 3})
     sp = spm.SentencePieceProcessor(model_file=model_file)
     (root / "vocab.json").write_text(json.dumps({sp.id_to_piece(i): i for i in range(sp.get_piece_size())}))
     codes = transformers.models.m2m_100.tokenization_m2m_100.FAIRSEQ_LANGUAGE_CODES["m2m100"]
@@ -163,14 +147,6 @@ def generated(directory, lines: list[str], beam: int, tgt_lang: str | None = Non
     return out
 
 
-def distilled(teacher, tmp_path, name: str, *args) -> list[str]:
-    src = write(tmp_path / "train.src", SOURCES)
-    out = tmp_path / f"{name}.tgt"
-    result = kdmt("distill", "-t", teacher, "--src", src, "-o", out, "--no-filter", *args)
-    assert result.exit_code == 0, result.stderr
-    return read_lines(out)
-
-
 def agree(a: list[str], b: list[str]) -> float:
     return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
@@ -182,14 +158,15 @@ def test_a_huggingface_teacher_distills_through_both_engines_as_generate_does(
     monkeypatch.setenv("KDMT_CACHE", str(tmp_path / "cache"))
     teacher, languages = (marian_dir, []) if kind == "marian" else (m2m_dir, ["--src-lang", "de", "--tgt-lang", "en"])
     by_engine = {
-        engine: distilled(teacher, tmp_path, engine, "--engine", engine, *languages)
+        engine: distilled(teacher, SOURCES, tmp_path, engine, "--engine", engine, *languages)
         for engine in ("transformers", "ctranslate2")
     }
     assert agree(by_engine["transformers"], by_engine["ctranslate2"]) >= 0.99
     direct = generated(teacher, SOURCES, beam=5, tgt_lang="en" if kind == "m2m" else None)
     assert agree(by_engine["transformers"], direct) >= 0.99
     assert agree(direct, [reverse(s) for s in SOURCES]) > 0.3  # a trained model: not a run to the length limit
-    assert distilled(teacher, tmp_path, "default", *languages) == by_engine["ctranslate2"]  # the default engine
+    default = distilled(teacher, SOURCES, tmp_path, "default", *languages)
+    assert default == by_engine["ctranslate2"]  # the default engine
     assert len(list((tmp_path / "cache" / "ctranslate2").glob("hf-*-float32-*[!k]"))) == 1  # converted once
 
 
@@ -248,8 +225,8 @@ def test_a_stranger_directory_that_asks_for_code_or_is_unsupported_is_refused(ma
 def test_kdmts_huggingface_export_as_a_teacher_distills_as_its_checkpoint(toy_model, search, tmp_path):
     export = tmp_path / "hf-export"
     export_checkpoint(toy_model, export, "huggingface")
-    ours = distilled(toy_model, tmp_path, "kdmt", *search)
-    theirs = distilled(export, tmp_path, "export", *search)  # the default engine: transformers (no conversion)
+    ours = distilled(toy_model, SOURCES, tmp_path, "kdmt", *search)
+    theirs = distilled(export, SOURCES, tmp_path, "export", *search)  # the default engine: transformers (no conversion)
     assert agree(theirs, ours) >= 0.99
 
 

@@ -8,12 +8,11 @@ that CTranslate2's converter cannot read is refused in one line."""
 import json
 
 import pytest
-import torch
-from test_cli import assert_fails, kdmt, write
-from toy import LETTERS, toy_pairs
+from hf_models import distilled, mbart50, nllb, t5
+from test_cli import assert_fails, kdmt
+from toy import toy_pairs
 
 from kdmt import engines
-from kdmt.files import read_lines
 from kdmt.pretrained import TransformersTranslator
 
 transformers = pytest.importorskip("transformers")
@@ -23,91 +22,21 @@ LINES = toy_pairs(6, seed=3)[0]
 ENGINES = ("transformers", "ctranslate2")
 # per model: its source language (not its tokenizer's default), a target language and another one
 CODES = {"nllb": ("fra_Latn", "deu_Latn", "ita_Latn"), "mbart50": ("fr_XX", "de_DE", "it_IT")}
-TINY = {  # the BART-like models' sizes; weights far from uniform (no near ties between the engines)
-    "d_model": 16,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-    "encoder_attention_heads": 2,
-    "decoder_attention_heads": 2,
-    "encoder_ffn_dim": 32,
-    "decoder_ffn_dim": 32,
-    "max_position_embeddings": 64,
-    "init_std": 0.5,
-    "pad_token_id": 1,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "decoder_start_token_id": 2,
-}
-
-
-def word_pieces(*extra: str) -> list[tuple[str, float]]:
-    """A unigram vocabulary of the toy task: each word (▁a) one piece, `extra` pieces, then the letters alone."""
-    return [("▁" + c, -1.0) for c in (*LETTERS, *extra)] + [("▁", -2.0)] + [(c, -3.0) for c in LETTERS]
-
-
-def save(model_class, config, tokenizer, out, n_pieces: int):
-    """A random model of `config` saved with its tokenizer in `out`. The rows of the tokens after the first
-    `n_pieces` (the language codes) are scaled down: a random model would emit them (decoded as nothing)."""
-    torch.manual_seed(0)
-    model = model_class(config)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[n_pieces:] *= 0.1
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
 def nllb_dir(tmp_path_factory):
-    """NLLB's layout: an M2M100 model with an NllbTokenizer (BPE: fairseq's specials, the pieces, then the
-    language codes as special tokens); the decoder starts with </s>, the target language's token forced."""
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "▁": 4}
-    vocab |= {c: len(vocab) + i for i, c in enumerate(LETTERS)}
-    vocab |= {"▁" + c: len(vocab) + i for i, c in enumerate(LETTERS)}
-    tokenizer = transformers.NllbTokenizer(vocab=vocab, merges=[("▁", c) for c in LETTERS])
-    config = transformers.M2M100Config(vocab_size=len(tokenizer), tokenizer_class="NllbTokenizer", **TINY)
-    out = tmp_path_factory.mktemp("nllb") / "hf"
-    return save(transformers.M2M100ForConditionalGeneration, config, tokenizer, out, len(vocab))
+    return nllb(tmp_path_factory.mktemp("nllb") / "hf")
 
 
 @pytest.fixture(scope="module")
 def mbart50_dir(tmp_path_factory):
-    """MBart-50's layout: an MBart50Tokenizer (unigram: fairseq's specials, the pieces, the language codes,
-    <mask>) and its hub config's fields (normalize_before, the tokenizer class that makes CTranslate2 start
-    the decoder with </s>)."""
-    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), *word_pieces()]  # sentencepiece's order
-    tokenizer = transformers.MBart50Tokenizer(vocab=pieces, bos_token="<s>")
-    config = transformers.MBartConfig(
-        vocab_size=len(tokenizer),
-        tokenizer_class="MBart50Tokenizer",
-        normalize_before=True,
-        normalize_embedding=True,
-        **TINY,
-    )
-    out = tmp_path_factory.mktemp("mbart50") / "hf"
-    return save(transformers.MBartForConditionalGeneration, config, tokenizer, out, len(pieces) + 1)
+    return mbart50(tmp_path_factory.mktemp("mbart50") / "hf")
 
 
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory):
-    """A T5 model whose tokenizer knows the task prefix "translate:" as one piece."""
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *word_pieces("translate:")]
-    tokenizer = transformers.T5Tokenizer(vocab=pieces, extra_ids=0)
-    config = transformers.T5Config(
-        vocab_size=len(tokenizer),
-        d_model=16,
-        d_kv=8,
-        d_ff=32,
-        num_layers=1,
-        num_heads=2,
-        dropout_rate=0.0,
-        initializer_factor=5.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    out = tmp_path_factory.mktemp("t5") / "hf"
-    return save(transformers.T5ForConditionalGeneration, config, tokenizer, out, len(pieces))
+    return t5(tmp_path_factory.mktemp("t5") / "hf")
 
 
 def decoded(monkeypatch) -> list[tuple[list[int], int]]:
@@ -152,14 +81,6 @@ class CTranslate2Spy:
         return results
 
 
-def distilled(teacher, tmp_path, name: str, *args) -> list[str]:
-    src = write(tmp_path / "train.src", LINES)
-    out = tmp_path / f"{name}.tgt"
-    result = kdmt("distill", "-t", teacher, "--src", src, "-o", out, "--no-filter", *args)
-    assert result.exit_code == 0, result.stderr
-    return read_lines(out)
-
-
 @pytest.mark.parametrize("kind", ["nllb", "mbart50"])
 def test_language_codes_force_the_target_languages_token_through_both_engines(kind, request, tmp_path, monkeypatch):
     monkeypatch.setenv("KDMT_CACHE", str(tmp_path / "cache"))
@@ -171,7 +92,7 @@ def test_language_codes_force_the_target_languages_token_through_both_engines(ki
         for lang in (tgt, other):
             seen.clear()
             args = ["--engine", engine, "--src-lang", src, "--tgt-lang", lang]
-            outputs[engine, lang] = distilled(teacher, tmp_path, f"{engine}-{lang}", *args)
+            outputs[engine, lang] = distilled(teacher, LINES, tmp_path, f"{engine}-{lang}", *args)
             assert [first for _, first in seen] == [tokenizer.convert_tokens_to_ids(lang)] * len(LINES)
             assert [ids[0] for ids, _ in seen] == [tokenizer.convert_tokens_to_ids(src)] * len(LINES)
     assert outputs["transformers", tgt] == outputs["ctranslate2", tgt]
@@ -190,7 +111,7 @@ def test_a_source_prefix_reaches_a_t5_teacher_through_both_engines(t5_dir, tmp_p
         for prefix in ("translate: ", ""):
             seen.clear()
             args = ["--engine", engine, "--source-prefix", prefix]
-            outputs[engine, prefix] = distilled(t5_dir, tmp_path, f"{engine}-{len(prefix)}", *args)
+            outputs[engine, prefix] = distilled(t5_dir, LINES, tmp_path, f"{engine}-{len(prefix)}", *args)
             expected = tokenizer([prefix + line for line in LINES])["input_ids"]
             assert sorted(ids for ids, _ in seen) == sorted(expected)
     prefix_id = tokenizer.convert_tokens_to_ids("▁translate:")  # the prefix: one piece, not <unk>

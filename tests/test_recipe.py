@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from marian_teacher import marian
+from hf_models import marian
 
 KDMT = Path(sys.executable).parent / "kdmt"
 

@@ -3,7 +3,7 @@ teacher's segmentation and ids; stored soft targets are the teacher's own top-k 
 word-KD trains; a teacher of another vocabulary is refused in one line.
 
 The teachers are tiny MarianMT models with random weights (teacher-forced distributions need no training)
-in OPUS-MT's layout (tests/marian_teacher.py)."""
+in OPUS-MT's layout (tests/hf_models.py)."""
 
 import json
 import random
@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from marian_teacher import marian
+from hf_models import marian
 from test_cli import assert_fails, kdmt, write
 
 from kdmt.data import PreparedData
