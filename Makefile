@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/ruff check kdmt tests scripts
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # --- the demo: every stage is a file target, so a re-run continues where it stopped -------------------
 # On 2 CPU cores: a small teacher, a greedy distillation of the training set (degenerate outputs filtered),

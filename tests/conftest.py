@@ -1,7 +1,9 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -10,6 +12,10 @@ from toy import prepare_toy, train_toy  # noqa: E402
 from kdmt.run_dir import LAST  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+# pytest -n N (pytest-xdist): N processes share the cores, each with its share of torch's threads
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
 MULTI30K = REPO / "data" / "multi30k"
 
 
