@@ -35,11 +35,6 @@ def options(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
-def field_ranges(cls: type) -> dict[str, Range]:
-    """The range of each numeric option of a configuration dataclass, by name."""
-    return {f.name: f.metadata["range"] for f in options(cls) if f.metadata["range"] is not None}
-
-
 def from_options(cls: type, values: dict[str, Any]) -> Any:
     """The configuration of the options' values, each given as text read by its field's `parse`."""
     parse = {f.name: f.metadata["parse"] for f in options(cls) if f.metadata["parse"] is not None}

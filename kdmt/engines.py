@@ -20,7 +20,7 @@ from kdmt.checkpoint import load_checkpoint
 from kdmt.ctranslate2_search import load_ctranslate2, translate_groups
 from kdmt.device import resolve_device
 from kdmt.errors import KdmtError
-from kdmt.export import SOURCE_SPM, TARGET_SPM, export_checkpoint, read_record, require
+from kdmt.export import SOURCE_SPM, TARGET_SPM, ExportOptions, export_checkpoint, read_record, require
 from kdmt.pretrained import PretrainedOptions, is_foreign_ctranslate2, is_hub_id, is_huggingface, open_pretrained
 from kdmt.search import Hypothesis
 from kdmt.translate import Progress, SearchOptions, TextTranslator, Translator
@@ -174,7 +174,7 @@ def converted_teacher(checkpoint: Path, quantization: str = "float32") -> Path:
         raise KdmtError(f"{checkpoint}: no such checkpoint")
     versions = f"kdmt{__version__}-ct2{require('ctranslate2').__version__}"
     path = cache_dir() / "ctranslate2" / f"{file_sha256(checkpoint)[:20]}-{quantization}-{versions}"
-    convert = partial(export_checkpoint, checkpoint, path, "ctranslate2", quantization, force=True)
+    convert = partial(export_checkpoint, checkpoint, path, ExportOptions("ctranslate2", quantization), force=True)
     return cached(path.with_name(f"{path.name}.lock"), lambda: path if is_export(path) else None, convert, str(path))
 
 

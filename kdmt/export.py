@@ -24,7 +24,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,6 +34,7 @@ import torch
 from kdmt import __version__
 from kdmt.cache import file_sha256
 from kdmt.checkpoint import Checkpoint, load_checkpoint
+from kdmt.config import option
 from kdmt.errors import KdmtError
 from kdmt.files import read_json, record_json
 from kdmt.translate import SearchOptions
@@ -46,6 +47,26 @@ QUANTIZATIONS = {
 RECORD = "kdmt_export.json"
 SOURCE_SPM, TARGET_SPM = "source.spm", "target.spm"
 EXTRA = "pip install 'kdmt[export]'"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The model directory export writes: its format and its weights."""
+
+    format: str = option("ctranslate2", "ctranslate2 or huggingface.")
+    quantization: str = option(
+        "float32",
+        "Weights: float32, int8, int8_float32, int16, float16 or bfloat16 (huggingface: float32, float16, bfloat16).",
+    )
+
+    def check(self) -> None:
+        """Refuse a format or weights export does not write, and a format whose package is missing."""
+        if self.format not in QUANTIZATIONS:
+            raise KdmtError(f"unknown format {self.format!r}: choose ctranslate2 or huggingface")
+        if self.quantization not in QUANTIZATIONS[self.format]:
+            kinds = ", ".join(QUANTIZATIONS[self.format])
+            raise KdmtError(f"--quantization for {self.format} is one of {kinds}, not {self.quantization!r}")
+        require("ctranslate2" if self.format == "ctranslate2" else "transformers")
 
 
 def require(module: str) -> ModuleType:
@@ -71,15 +92,12 @@ def read_record(directory: Path) -> dict[str, Any] | None:
 
 
 def export_checkpoint(
-    checkpoint: Path, out: Path, fmt: str = "ctranslate2", quantization: str = "float32", force: bool = False
+    checkpoint: Path, out: Path, options: ExportOptions = ExportOptions(), force: bool = False
 ) -> dict[str, Any]:
-    """Write `checkpoint` as a `fmt` model directory `out`; its record. An existing non-empty `out` is
+    """Write `checkpoint` as a model directory `out` of `options`; its record. An existing non-empty `out` is
     replaced only with `force`, and only once the new directory is complete."""
-    if fmt not in QUANTIZATIONS:
-        raise KdmtError(f"unknown format {fmt!r}: choose ctranslate2 or huggingface")
-    if quantization not in QUANTIZATIONS[fmt]:
-        raise KdmtError(f"--quantization for {fmt} is one of {', '.join(QUANTIZATIONS[fmt])}, not {quantization!r}")
-    require("ctranslate2" if fmt == "ctranslate2" else "transformers")
+    options.check()
+    fmt, quantization = options.format, options.quantization
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise KdmtError(f"{out} exists and is not empty: choose another directory, or --force to replace it")
     ckpt = load_checkpoint(checkpoint)

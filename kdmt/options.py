@@ -1,10 +1,10 @@
-"""The range of every numeric command-line option, by name, and the one check of them.
+"""The ranges of numeric command-line options, and the one check of them.
 
-The options of a configuration dataclass (kdmt.config: the model's, training's, the search's, distill's, a
-student's) carry their range in their field, also where a command takes one of them alone
-(kdmt.cli.params.field_option); RANGES holds the others'. `kdmt.cli.common.command` checks each command's
-values against them before the command starts: a value out of range is one line naming the option, its value
-and the range (exit 2), and nothing is done. An option given several values (a list or a tuple) has each
+An option of a configuration dataclass (kdmt.config: prepare's, the model's, training's, the search's,
+distill's, a student's) carries its range in its field; the few options that are no field (threads, workers,
+bootstrap samples: kdmt.cli.params) carry theirs in their annotation. `kdmt.cli.common.command` checks each
+command's values against them before the command starts: a value out of range is one line naming the option,
+its value and the range (exit 2), and nothing is done. An option given several values (a list or a tuple) has each
 checked. Checks that relate two options (--nbest at most --beam, --d-model divisible by --n-heads, ...) stay
 with the code that reads them.
 """
@@ -52,27 +52,13 @@ FRACTION = Range(float, 0, 1, hi_open=True)  # dropout, label smoothing, Adam's 
 SHARE = Range(float, 0, 1)
 SEED = Range(int, 0, 2**31 - 1)
 
-RANGES: dict[str, Range] = {
-    # prepare
-    "vocab_size": Range(int, 5),  # the four special pieces (pad, unk, bos, eos) and one more
-    "max_words": COUNT,
-    "max_ratio": Range(float, 1),
-    "spm_sample": Range(int, 2),
-    "spm_temperature": POSITIVE,
-    "workers": COUNT,
-    # devices
-    "threads": NONNEGATIVE_INT,  # 0: torch's default
-    # eval, report
-    "bootstrap_samples": NONNEGATIVE_INT,  # 0: no paired test
-}
-
 
 def flag(name: str) -> str:
     """The command-line flag of an option: max_len_a -> --max-len-a."""
     return "--" + name.replace("_", "-")
 
 
-def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range] = RANGES) -> None:
+def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range]) -> None:
     """Raise KdmtError for the first value outside its option's range; None (not given) and names without
     a range pass."""
     for name, value in values.items():

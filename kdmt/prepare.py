@@ -14,11 +14,13 @@ from math import expm1, floor, log
 from pathlib import Path
 from typing import TextIO
 
+from kdmt.config import option
 from kdmt.corpus import write_tokenized
 from kdmt.data import PREPARED_MARKER, CleanStats, Prepared, clean_stream, corpus_key, save_prepared, stream_parallel
 from kdmt.errors import KdmtError
 from kdmt.files import atomic_path
 from kdmt.languages import Pair, pair_weights, parse_pairs, symbols, tag_source
+from kdmt.options import COUNT, POSITIVE, Range
 from kdmt.pretrained_kd import SEGMENTATION_SAMPLE, TeacherVocab
 from kdmt.sources import dataset_pairs
 from kdmt.vocab import Vocab, train_vocab
@@ -31,21 +33,73 @@ Pairs = Iterable[tuple[str, str]]
 Report = Callable[[str], None]  # what is being done, e.g. 'cleaning train: 200,000 pairs'
 
 
-@dataclass
+@dataclass(frozen=True)
+class CorpusOptions:
+    """Where prepare's text comes from: the language pairs and their files, or a `datasets` source."""
+
+    src_lang: str | None = option(None, "Source language code, e.g. de.", flags=("--src",))
+    tgt_lang: str | None = option(None, "Target language code, e.g. en.", flags=("--tgt",))
+    pair: list[str] | None = option(
+        None,
+        "A language pair SRC-TGT (e.g. de-en), instead of --src/--tgt; repeat for a multilingual directory: one "
+        "sentencepiece model, sources tagged with the target language (<2en>).",
+    )
+    train: list[str] | None = option(
+        None,
+        "Training files prefix: PREFIX.SRC and PREFIX.TGT (.gz allowed); with several --pair, once for all "
+        "or once per pair.",
+    )
+    valid: list[str] | None = option(None, "Validation files prefix, as --train.")
+    source_tags: bool = option(False, "Several pairs: sources carry their own language's tag too (<from_de>).")
+    dataset: str | None = option(
+        None, "A `datasets` source instead of files: a hub name, or json/csv/parquet with --data-files."
+    )
+    dataset_config: str | None = option(None, "The dataset's configuration (e.g. de-en).")
+    data_files: list[str] | None = option(None, "SPLIT=PATH for a local json/csv/parquet dataset; repeat per split.")
+    train_split: str = option("train", "Dataset split to train on.")
+    valid_split: str = option("validation", "Dataset split to validate on.")
+    src_field: str | None = option(None, "Dataset field of the source text (default: translation.SRC or SRC).")
+    tgt_field: str | None = option(None, "Dataset field of the target text.")
+
+    def corpora(self) -> list[PairCorpus]:
+        """Each language pair's training and validation text, streamed from the files or the dataset."""
+        pairs = language_pairs(self.src_lang, self.tgt_lang, self.pair)
+        if (self.dataset is None) == (self.train is None):
+            raise KdmtError("give either --train and --valid (text files) or --dataset")
+        if self.dataset is None:
+            return file_corpora(pairs, self.train, self.valid)
+        splits, columns = (self.train_split, self.valid_split), dict(src_field=self.src_field, tgt_field=self.tgt_field)
+        return [dataset_corpus(pairs, self.dataset, self.dataset_config, self.data_files, splits, **columns)]
+
+
+@dataclass(frozen=True)
 class CleanOptions:
-    max_words: int = 250
-    max_ratio: float = 3.0
-    dedup: bool = True
+    """The rules that drop training pairs."""
+
+    max_words: int = option(250, "Drop training pairs with a side longer than this many words.", COUNT)
+    max_ratio: float = option(3.0, "Drop pairs whose word-length ratio exceeds this.", Range(float, 1))
+    dedup: bool = option(True, "Drop exact duplicate training pairs.", flags=("--dedup/--no-dedup",))
 
 
-@dataclass
+@dataclass(frozen=True)
 class VocabOptions:
-    size: int = 8000
-    joint: bool = True
-    model_type: str = "unigram"
+    """The sentencepiece model prepare trains, or the teacher's vocabulary it takes instead."""
+
+    vocab_size: int = option(8000, "Sentencepiece vocabulary size.", Range(int, 5))  # 4 special pieces and one
+    joint_vocab: bool = option(True, "One vocabulary for both languages.", flags=("--joint-vocab/--separate-vocab",))
+    spm_type: str = option("unigram", "Sentencepiece model type: unigram or bpe.")
+    spm_sample: int = option(
+        SPM_SAMPLE, "Sentences sentencepiece is trained on: a random sample of the cleaned corpus.", Range(int, 2)
+    )
+    spm_temperature: float = option(
+        5.0, "Several pairs: each language's share of the sentencepiece sample ∝ its share^(1/T).", POSITIVE
+    )
+    vocab_from: Path | None = option(
+        None,
+        "A MarianMT (Hugging Face) teacher's directory: write the data in its vocabulary instead of training "
+        "sentencepiece, for word-level KD from it.",
+    )
     character_coverage: float = 1.0
-    sample: int = SPM_SAMPLE  # sentences each model is trained on, drawn at random from the cleaned corpus
-    temperature: float = 5.0  # several pairs: each language's share of the sample ∝ (its share of the text)^(1/T)
 
 
 class Reservoir:
@@ -72,6 +126,24 @@ class Reservoir:
         self.seen = end
 
 
+def prepare_corpus(
+    out: Path,
+    corpus: CorpusOptions,
+    clean: CleanOptions,
+    vocab: VocabOptions,
+    workers: int = 1,
+    report: Report | None = None,
+) -> Prepared:
+    """kdmt prepare: `prepare` for one pair's corpus, `prepare_multilingual` for several."""
+    corpora = corpus.corpora()
+    if len(corpora) == 1:
+        c = corpora[0]
+        return prepare(out, c.pair.src, c.pair.tgt, c.train, c.valid, clean, vocab, workers, report)
+    if vocab.vocab_from is not None:
+        raise KdmtError("--vocab-from takes one pair (a MarianMT teacher's)")
+    return prepare_multilingual(out, corpora, clean, vocab, corpus.source_tags, workers, report)
+
+
 def prepare(
     out: Path,
     src_lang: str,
@@ -82,24 +154,23 @@ def prepare(
     vocab: VocabOptions,
     workers: int = 1,
     report: Report | None = None,
-    vocab_from: Path | None = None,
 ) -> Prepared:
     """Clean `train` and `valid` as they are read, train the vocabulary on a sample of the cleaned training
     text and tokenize both splits in `workers` processes. Writes out/{train,valid}.{src,tgt} (the cleaned
     text), the tokenized corpora (kdmt.corpus: {split}.{src,tgt}.{ids,off}.npy, {split}.ids.json), the spm
     models and, last, prepare.json. A failure leaves no half-written file, and no directory it created.
-    With `vocab_from` (a MarianMT directory), the vocabulary is the teacher's (kdmt.pretrained_kd), checked
+    With `vocab.vocab_from` (a MarianMT directory), the vocabulary is the teacher's (kdmt.pretrained_kd), checked
     on a sample of the cleaned pairs; `vocab`'s options are not used."""
     if src_lang == tgt_lang:
         raise KdmtError("source and target languages must differ")
     report = report or (lambda _: None)
-    teacher = TeacherVocab.read(vocab_from) if vocab_from is not None else None
+    teacher = TeacherVocab.read(vocab.vocab_from) if vocab.vocab_from is not None else None
     with _removed_on_failure(out):
         out.mkdir(parents=True, exist_ok=True)
         (out / PREPARED_MARKER).unlink(missing_ok=True)  # the directory counts as prepared only once complete
         with ExitStack() as stack:
             text = {name: stack.enter_context(atomic_path(out / name)) for name in _text_files()}
-            size = vocab.sample // 2 if vocab.joint else vocab.sample
+            size = vocab.spm_sample // 2 if vocab.joint_vocab else vocab.spm_sample
             sample = Reservoir(SEGMENTATION_SAMPLE if teacher else size, SAMPLE_SEED)
             with _open_split(text, "train") as files:
                 train_stats = _clean_into(train, "train", files, "", clean, sample, workers, report)
@@ -109,8 +180,8 @@ def prepare(
             _check_not_empty("validation", valid_stats)
             stats = {"train": asdict(train_stats), "valid": asdict(valid_stats)}
             if teacher is None:
-                prepared = Prepared(src_lang, tgt_lang, vocab.joint, vocab.size, stats)
-                report(f"training sentencepiece on {len(sample.items) * (2 if vocab.joint else 1):,} sentences")
+                prepared = Prepared(src_lang, tgt_lang, vocab.joint_vocab, vocab.vocab_size, stats)
+                report(f"training sentencepiece on {len(sample.items) * (2 if vocab.joint_vocab else 1):,} sentences")
                 src_vocab, tgt_vocab = _train_vocabs(out, prepared, sample.items, vocab)
             else:
                 prepared = Prepared(
@@ -206,11 +277,11 @@ def prepare_multilingual(
     after the one before into the same files, its sources tagged with the target language (and, with
     `source_tags`, the source language; kdmt.languages); OUT/train.PAIR.src holds a pair's tagged training
     sources alone, for `kdmt distill` with that pair's teacher. One sentencepiece model covers every
-    language, trained on a sample in which each language's share is balanced with `vocab.temperature`.
+    language, trained on a sample in which each language's share is balanced with `vocab.spm_temperature`.
     prepare.json records the pairs and their counts, in order: the rows each pair holds (kdmt.languages)."""
     if len(corpora) < 2:
         raise KdmtError("a multilingual prepare takes several pairs")
-    if not vocab.joint:
+    if not vocab.joint_vocab:
         raise KdmtError("several pairs share one sentencepiece model: drop --separate-vocab")
     report = report or (lambda _: None)
     pairs = [c.pair for c in corpora]
@@ -224,7 +295,7 @@ def prepare_multilingual(
             samples = []
             with _open_split(text, "train") as files:
                 for i, (c, record) in enumerate(zip(corpora, records)):
-                    sample = Reservoir(vocab.sample // 2, SAMPLE_SEED + i)
+                    sample = Reservoir(vocab.spm_sample // 2, SAMPLE_SEED + i)
                     with open(text[f"train.{c.pair.name}.src"], "w", encoding="utf-8") as alone:
                         tagged = (*files, alone), tag_source("", c.pair, source_tags)
                         stats = _clean_into(c.train, f"train {c.pair.name}", *tagged, clean, sample, workers, report)
@@ -244,7 +315,7 @@ def prepare_multilingual(
                 ",".join(dict.fromkeys(p.src for p in pairs)),
                 ",".join(dict.fromkeys(p.tgt for p in pairs)),
                 True,
-                vocab.size,
+                vocab.vocab_size,
                 totals,
                 records,
                 source_tags,
@@ -254,7 +325,7 @@ def prepare_multilingual(
                 sum(r["stats"]["train"]["kept"] for r, p in zip(records, pairs) if lang in (p.src, p.tgt))
                 for lang in langs
             ]
-            balanced = _balanced_sample(pools, counts, vocab.sample, vocab.temperature)
+            balanced = _balanced_sample(pools, counts, vocab.spm_sample, vocab.spm_temperature)
             report(f"training sentencepiece on {len(balanced):,} sentences of {len(langs)} languages")
             spm = _train_vocab_on(out, prepared.src_vocab_path(out), balanced, vocab, symbols(pairs, source_tags))
             _tokenize(out, text, spm, spm, workers, report)
@@ -369,7 +440,7 @@ def _train_vocabs(
     joint model the sources, then the targets) and dropped, before sentencepiece takes its memory."""
     settings = _spm_settings(options)
     src_path, tgt_path = prepared.src_vocab_path(out), prepared.tgt_vocab_path(out)
-    models = [(src_path, (0, 1))] if options.joint else [(src_path, (0,)), (tgt_path, (1,))]
+    models = [(src_path, (0, 1))] if options.joint_vocab else [(src_path, (0,)), (tgt_path, (1,))]
     with tempfile.TemporaryDirectory(prefix=".spm-sample.", dir=out) as tmp:
         texts = [Path(tmp) / f"{path.name}.txt" for path, _ in models]
         for text, (_, sides) in zip(texts, models):
@@ -383,10 +454,10 @@ def _train_vocabs(
 
 def _spm_settings(options: VocabOptions) -> dict:
     return dict(
-        vocab_size=options.size,
-        model_type=options.model_type,
+        vocab_size=options.vocab_size,
+        model_type=options.spm_type,
         character_coverage=options.character_coverage,
-        input_sentence_size=options.sample,
+        input_sentence_size=options.spm_sample,
     )
 
 

@@ -35,7 +35,7 @@ from kdmt.device import describe_device
 from kdmt.distill import DistillSettings, distill_corpus, teacher_identity
 from kdmt.engines import CTranslate2Translator
 from kdmt.evaluate import WARM_UP_LINES, score, size_on_disk
-from kdmt.export import export_checkpoint, huggingface_limit
+from kdmt.export import ExportOptions, export_checkpoint, huggingface_limit
 from kdmt.files import read_lines, write_lines
 from kdmt.translate import SearchOptions, TextTranslator, Translator
 
@@ -62,7 +62,7 @@ def engines(
     }
     for quantization in ("float32", "int8"):
         directory = work / f"{checkpoint.parent.name}-{quantization}"
-        export_checkpoint(checkpoint, directory, "ctranslate2", quantization, force=True)
+        export_checkpoint(checkpoint, directory, ExportOptions("ctranslate2", quantization), force=True)
         out[f"ctranslate2 {quantization}"] = (CTranslate2Translator(directory, options, "cpu", threads), directory)
     return out
 
@@ -99,7 +99,7 @@ def huggingface_rows(args, checkpoint: Path, work: Path) -> list[dict]:
 
     src, refs = read_parallel(args.src, args.ref)
     directory = work / f"{checkpoint.parent.name}-hf"
-    export_checkpoint(checkpoint, directory, "huggingface", force=True)
+    export_checkpoint(checkpoint, directory, ExportOptions("huggingface"), force=True)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForSeq2SeqLM.from_pretrained(directory).eval()
     kdmt = Translator([load_checkpoint(checkpoint)], SearchOptions(beam=5))

@@ -17,7 +17,7 @@ from toy import decided, toy_pairs
 from kdmt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kdmt.distill import distill_corpus
 from kdmt.engines import CTranslate2Translator, converted_teacher
-from kdmt.export import export_checkpoint, huggingface_limit
+from kdmt.export import ExportOptions, export_checkpoint, huggingface_limit
 from kdmt.files import read_lines
 from kdmt.model import Transformer, make_config
 from kdmt.translate import SearchOptions, Translator
@@ -33,7 +33,7 @@ FLOAT32_MARGIN, INT8_MARGIN = 2e-3, 0.2
 @pytest.fixture(scope="module")
 def ct2_dir(toy_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "toy-ct2"
-    export_checkpoint(toy_model, out, "ctranslate2")
+    export_checkpoint(toy_model, out)
     return out
 
 
@@ -62,7 +62,7 @@ def kdmt_log_probs(model: Transformer, src: list[int], tgt: list[int]) -> torch.
 @pytest.mark.parametrize("share_embeddings", [True, False])
 def test_ctranslate2_scores_equal_kdmts_log_probabilities(toy_data, tmp_path, share_embeddings):
     ckpt_path = random_checkpoint(toy_data, tmp_path / "random.safetensors", share_embeddings)
-    export_checkpoint(ckpt_path, tmp_path / "ct2", "ctranslate2")
+    export_checkpoint(ckpt_path, tmp_path / "ct2")
     ckpt = load_checkpoint(ckpt_path)
     engine = CTranslate2Translator(tmp_path / "ct2", SearchOptions())
     src_ids = ckpt.src_vocab.encode(SOURCES[:20])
@@ -142,7 +142,7 @@ def test_huggingface_export_loads_with_auto_classes_and_generates_kdmts_outputs(
         assert torch.allclose(theirs, model(x, y), atol=1e-4)
 
     # the search: generate() with the exported generation config gives kdmt's beam-5 translations
-    export_checkpoint(toy_model, tmp_path / "hf", "huggingface")
+    export_checkpoint(toy_model, tmp_path / "hf", ExportOptions("huggingface"))
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     hf = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
     translator = Translator([load_checkpoint(toy_model)], SearchOptions(beam=5))
@@ -258,7 +258,7 @@ def test_min_len_in_the_ctranslate2_engine_as_in_kdmt(toy_data, tmp_path):
         ckpt.model.dec_norm.weight.zero_()
         ckpt.model.dec_norm.bias.copy_(ckpt.model.tgt_embed.weight[EOS] * 4)
     save_checkpoint(path, ckpt)
-    export_checkpoint(path, tmp_path / "ct2", "ctranslate2")
+    export_checkpoint(path, tmp_path / "ct2")
     for min_len in (0, 1, 3):
         for beam in (1, 3):
             options = SearchOptions(beam=beam, min_len=min_len)
@@ -277,7 +277,7 @@ def test_the_huggingface_export_stops_where_kdmts_search_does(toy_data, tmp_path
         ckpt.model.dec_norm.weight.zero_()
         ckpt.model.dec_norm.bias.copy_(ckpt.model.tgt_embed.weight[EOS] * -4)
     save_checkpoint(path, ckpt)
-    export_checkpoint(path, tmp_path / "hf", "huggingface")
+    export_checkpoint(path, tmp_path / "hf", ExportOptions("huggingface"))
     hf = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
     config = hf.generation_config
     assert (config.min_new_tokens, config.kdmt_max_len_a, config.kdmt_max_len_b) == (1, 1.5, 10)

@@ -1,4 +1,4 @@
-"""The range of every numeric option: declared in kdmt.options, checked before any command starts."""
+"""The range of every numeric option: declared with the option, checked before any command starts."""
 
 import math
 import typing
@@ -8,19 +8,13 @@ import typer
 from test_cli import assert_fails, kdmt
 
 from kdmt.cli import app
-from kdmt.config import field_ranges
-from kdmt.distill import DistillOptions
+from kdmt.cli.app import COMMANDS as FUNCTIONS
 from kdmt.errors import KdmtError
-from kdmt.model import Architecture
-from kdmt.options import RANGES, Range, check_ranges
-from kdmt.student import StudentOptions
-from kdmt.train import TrainConfig
-from kdmt.translate import SearchOptions
+from kdmt.options import Range, check_ranges
 
 COMMANDS = typer.main.get_command(app).commands
-CONFIGS = Architecture, TrainConfig, SearchOptions, StudentOptions, DistillOptions
-FIELD_RANGES = {k: v for cls in CONFIGS for k, v in field_ranges(cls).items()}  # the configuration dataclasses'
-ALL_RANGES = RANGES | FIELD_RANGES
+RANGES = {fn.command_name: fn.ranges for fn in FUNCTIONS}  # each command's, as kdmt.cli.common.command checks them
+ALL_RANGES = {name: r for ranges in RANGES.values() for name, r in ranges.items()}
 
 
 def number_kind(param) -> type | None:
@@ -64,20 +58,22 @@ def required_args(command) -> list[str]:
 
 def test_every_numeric_option_has_a_range_of_its_kind():
     assert len({p.name for _, p in NUMERIC}) > 40  # the walk finds the options
-    missing = sorted({f"{name} {p.opts[0]}" for name, p in NUMERIC if p.name not in ALL_RANGES})
-    assert not missing, f"numeric options without a range (kdmt.options.RANGES or their field's): {missing}"
+    missing = sorted(f"{name} {p.opts[0]}" for name, p in NUMERIC if p.name not in RANGES[name])
+    assert not missing, f"numeric options without a range (in their field or annotation): {missing}"
     for name, p in NUMERIC:
-        assert ALL_RANGES[p.name].kind is number_kind(p), (name, p.name)
-    assert set(ALL_RANGES) == {p.name for _, p in NUMERIC}, "a range for no option"
-    for name in RANGES.keys() & FIELD_RANGES.keys():
-        assert RANGES[name] == FIELD_RANGES[name], f"{name}: two ranges"
+        assert RANGES[name][p.name].kind is number_kind(p), (name, p.name)
+    for name, command in COMMANDS.items():
+        assert set(RANGES[name]) <= {p.name for p in command.params}, f"{name}: a range for no option"
+    for ranges in RANGES.values():
+        for option, r in ranges.items():
+            assert r == ALL_RANGES[option], f"{option}: two ranges"
 
 
 @pytest.mark.parametrize("command, param", NUMERIC, ids=[f"{n} {p.opts[0]}" for n, p in NUMERIC])
 def test_a_value_just_outside_the_range_fails_before_any_work(command, param, tmp_path, monkeypatch):
-    allowed = ALL_RANGES[param.name]
+    allowed = RANGES[command][param.name]
     for value in inside(allowed):
-        check_ranges({param.name: value}, ALL_RANGES)
+        check_ranges({param.name: value}, RANGES[command])
     monkeypatch.chdir(tmp_path)  # the placeholders are relative paths: nothing may appear here
     valid = inside(allowed)[0]
     for value in outside(allowed):

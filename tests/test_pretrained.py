@@ -15,7 +15,7 @@ from hf_models import distilled, marian, train_spm
 from test_cli import assert_fails, kdmt, write
 from toy import LETTERS, toy_pairs
 
-from kdmt.export import export_checkpoint
+from kdmt.export import ExportOptions, export_checkpoint
 from kdmt.pretrained import converted
 
 transformers = pytest.importorskip("transformers")
@@ -224,7 +224,7 @@ def test_a_stranger_directory_that_asks_for_code_or_is_unsupported_is_refused(ma
 )
 def test_kdmts_huggingface_export_as_a_teacher_distills_as_its_checkpoint(toy_model, search, tmp_path):
     export = tmp_path / "hf-export"
-    export_checkpoint(toy_model, export, "huggingface")
+    export_checkpoint(toy_model, export, ExportOptions("huggingface"))
     ours = distilled(toy_model, SOURCES, tmp_path, "kdmt", *search)
     theirs = distilled(export, SOURCES, tmp_path, "export", *search)  # the default engine: transformers (no conversion)
     assert agree(theirs, ours) >= 0.99

@@ -89,7 +89,7 @@ def test_sampling_is_seeded_by_line_whatever_the_batches(toy_model):
 @pytest.fixture(scope="module")
 def ct2_toy(toy_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("targets") / "ct2"
-    export_checkpoint(toy_model, out, "ctranslate2")
+    export_checkpoint(toy_model, out)
     return out
 
 

@@ -37,7 +37,7 @@ def prepare_toy(root: Path, n_train: int = 3000) -> Path:
         zip(*toy_pairs(n_train, seed=1)),
         zip(*toy_pairs(100, seed=2)),
         CleanOptions(dedup=False),
-        VocabOptions(size=len(LETTERS) + 4, model_type="word"),
+        VocabOptions(vocab_size=len(LETTERS) + 4, spm_type="word"),
     )
     return data
 

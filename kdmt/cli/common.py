@@ -19,7 +19,7 @@ from rich.table import Column, Table
 from kdmt.config import dump_config, read_config
 from kdmt.distributed import launch_rank
 from kdmt.errors import KdmtError
-from kdmt.options import RANGES, Range, check_ranges
+from kdmt.options import Range, check_ranges
 
 err = Console(stderr=True)
 if not err.is_terminal:
@@ -87,13 +87,13 @@ def given(ctx: typer.Context, name: str) -> bool:
 
 def command(name: str, config: bool = False) -> Callable[[Callable], Callable]:
     """Make a function the command `name` (kdmt.cli.app registers it): its numeric options are checked
-    against their ranges (declared in their annotation, else in kdmt.options.RANGES) before it starts, and its
+    against the ranges declared in their annotations before it starts, and its
     KdmtError becomes one line on stderr and exit code 2. With `config`, it also takes --config FILE and
     --print-config (and its context, `ctx`, which the function may take too)."""
 
     def wrap(fn: Callable) -> Callable:
         takes_ctx = "ctx" in inspect.signature(fn).parameters
-        ranges = RANGES | declared_ranges(fn)
+        ranges = declared_ranges(fn)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -122,15 +122,15 @@ def command(name: str, config: bool = False) -> Callable[[Callable], Callable]:
 
         if config:
             add_config_options(wrapper, takes_ctx)
-        wrapper.command_name = name
+        wrapper.command_name, wrapper.ranges = name, ranges
         return wrapper
 
     return wrap
 
 
 def declared_ranges(fn: Callable) -> dict[str, Range]:
-    """The range of each of a command's options that declares one in its annotation (a configuration
-    field's option, kdmt.cli.params.field_option)."""
+    """The range of each of a command's numeric options, declared in its annotation: a configuration
+    field's option (kdmt.cli.params.with_options, field_option) or one of kdmt.cli.params's."""
     hints = typing.get_type_hints(fn, include_extras=True)
     return {
         name: extra

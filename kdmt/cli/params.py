@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from kdmt.config import field_ranges, from_options, options
-from kdmt.options import check_ranges
+from kdmt.config import from_options, options
+from kdmt.options import COUNT, NONNEGATIVE_INT
 from kdmt.translate import SearchOptions
 
 
@@ -51,7 +51,7 @@ def _annotation(f: dataclasses.Field, hint: Any) -> Any:
 def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Callable], Callable]:
     """A command whose parameter `NAME: Cls` (NAME in `groups`) is given as Cls's options, one per field
     (config_options; `groups[NAME]` may be (Cls, {field: default}) for other defaults): the command takes each
-    option on the command line, checks their ranges and receives Cls(**options)."""
+    option on the command line (kdmt.cli.common.command checks their ranges) and receives Cls(**options)."""
 
     def wrap(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn, include_extras=True)
@@ -68,9 +68,7 @@ def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Call
         @functools.wraps(fn)
         def wrapper(**kwargs):
             for name, (cls, names) in fields.items():
-                values = {n: kwargs.pop(n) for n in names}
-                check_ranges(values, field_ranges(cls))
-                kwargs[name] = from_options(cls, values)
+                kwargs[name] = from_options(cls, {n: kwargs.pop(n) for n in names})
             return fn(**kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)
@@ -83,7 +81,10 @@ def with_options(**groups: type | tuple[type, dict[str, Any]]) -> Callable[[Call
 BatchTokens = field_option(SearchOptions, "batch_tokens")  # score, soft-targets
 Bf16 = Annotated[bool, typer.Option("--bf16/--fp32", help="Decode in bf16 on CUDA.")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA if present).")]
-Threads = Annotated[int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core).")]
+Threads = Annotated[
+    int, typer.Option(help="CPU threads of either engine (0: torch's default, one per core)."), NONNEGATIVE_INT
+]
+Workers = Annotated[int, typer.Option(help="Processes that tokenize the corpus."), COUNT]  # prepare
 EngineOption = Annotated[
     str | None,
     typer.Option(
@@ -112,6 +113,7 @@ PairOption = Annotated[
 BootstrapSamples = Annotated[
     int,
     typer.Option(help="Resamples of sacrebleu's paired bootstrap test of each difference (0: no test)."),
+    NONNEGATIVE_INT,
 ]
 
 Data = Annotated[Path, typer.Option(help="A directory written by kdmt prepare.")]
