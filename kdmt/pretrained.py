@@ -51,7 +51,7 @@ MODEL_TYPES: dict[str, tuple[str, bool, bool]] = {
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 OPUS_SPM = ("source.spm", "target.spm")
 DEFAULT_MAX_POSITIONS = 512  # models with no position table of their own (T5's relative positions; OPUS-MT)
-# Three-letter codes (NLLB's deu_Latn) whose BLEU is tokenized otherwise: kdmt.evaluate.bleu_tokenizer
+# Three-letter codes (NLLB's deu_Latn) whose BLEU is tokenized otherwise: kdmt.metrics.bleu_tokenizer
 _ISO_639_1 = {"zho": "zh", "jpn": "ja", "kor": "ko", "tha": "th", "lao": "lo", "khm": "km", "mya": "my"}
 
 

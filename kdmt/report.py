@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from kdmt.checkpoint import LEGACY_SUFFIX, SUFFIX
 from kdmt.errors import KdmtError
-from kdmt.evaluate import BOOTSTRAP_SAMPLES, SIGNIFICANT, describe, model_role, paired_bootstrap
+from kdmt.evaluate import describe, model_role, short_names
+from kdmt.metrics import BOOTSTRAP_SAMPLES, SIGNIFICANT, paired_bootstrap
 
 PRIVATE = ("hyps", "refs", "tgt_lang")  # what rows carry for the paired tests and report.json leaves out
 
@@ -31,22 +30,6 @@ def load_reports(paths: list[Path]) -> list[dict]:
                 )
         reports += data
     return reports
-
-
-def short_names(checkpoints: list[str]) -> dict[str, str]:
-    """Each checkpoint's path below the folder all of them share, without the file name when all checkpoint
-    files have the same one: teacher1, student-seqkd, student-int8 (an exported directory); or
-    checkpoint_best.safetensors, checkpoint_avg.safetensors. One alone keeps its path as given."""
-    if len(set(checkpoints)) == 1:
-        return {c: c for c in checkpoints}
-    paths = [os.path.abspath(c) for c in checkpoints]
-    common = os.path.commonpath([os.path.dirname(p) for p in paths])
-    names = [os.path.relpath(p, common) for p in paths]
-    files = [i for i, p in enumerate(paths) if p.endswith((SUFFIX, LEGACY_SUFFIX))]  # the others: exported directories
-    if len({os.path.basename(paths[i]) for i in files}) == 1 and all(os.sep in names[i] for i in files):
-        for i in files:
-            names[i] = os.path.dirname(names[i])
-    return dict(zip(checkpoints, names))
 
 
 def build_rows(reports: list[dict]) -> list[dict]:

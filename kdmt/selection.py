@@ -29,7 +29,7 @@ try:
     import fastchrf
 except ImportError:  # optional (the mbr extra)
     fastchrf = None
-from kdmt.evaluate import bleu_metric
+from kdmt.metrics import bleu_metric
 
 if TYPE_CHECKING:
     from kdmt.translate import Candidate
@@ -55,7 +55,7 @@ def best_text(candidates: list[Candidate]) -> str:
 
 
 def sentence_scores(texts: list[str], reference: str, metric: str, tgt_lang: str | None = None) -> list[float]:
-    """Each text's sentence BLEU (tokenized for `tgt_lang`: kdmt.evaluate.bleu_metric) or chrF against
+    """Each text's sentence BLEU (tokenized for `tgt_lang`: kdmt.metrics.bleu_metric) or chrF against
     the reference."""
     scorer = bleu_metric(tgt_lang, sentence=True) if metric == "bleu" else CHRF()
     return [scorer.sentence_score(text, [reference]).score for text in texts]

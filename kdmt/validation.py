@@ -18,8 +18,8 @@ from kdmt.checkpoint import Checkpoint
 from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.device import autocast
 from kdmt.errors import KdmtError
-from kdmt.evaluate import score
 from kdmt.languages import Pair, PairRows, bleu_key
+from kdmt.metrics import score
 from kdmt.model import Transformer
 from kdmt.objectives import label_smoothed_nll
 from kdmt.train_data import within
@@ -37,7 +37,7 @@ class ValidSet:
     src_lines: list[str]
     ref_lines: list[str]
     pairs: PairRows | None = None  # several language pairs: BLEU is measured on each one's rows
-    tgt_lang: str | None = None  # one pair: the target language, BLEU's tokenizer (kdmt.evaluate.score)
+    tgt_lang: str | None = None  # one pair: the target language, BLEU's tokenizer (kdmt.metrics.score)
 
     @classmethod
     def of(cls, data: PreparedData, pair: str | None = None) -> ValidSet:

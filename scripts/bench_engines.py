@@ -34,9 +34,10 @@ from kdmt.data import read_parallel
 from kdmt.device import describe_device
 from kdmt.distill import DistillSettings, distill_corpus, teacher_identity
 from kdmt.engines import CTranslate2Translator
-from kdmt.evaluate import WARM_UP_LINES, score, size_on_disk
+from kdmt.evaluate import WARM_UP_LINES, size_on_disk
 from kdmt.export import ExportOptions, export_checkpoint, huggingface_limit
 from kdmt.files import read_lines, write_lines
+from kdmt.metrics import score
 from kdmt.translate import SearchOptions, TextTranslator, Translator
 
 

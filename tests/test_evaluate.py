@@ -18,8 +18,9 @@ from sacrebleu.metrics import BLEU
 from test_cli import assert_fails, kdmt, write
 
 from kdmt.checkpoint import Checkpoint, save_checkpoint
-from kdmt.evaluate import bleu_tokenizer, evaluate, paired_bootstrap, score
+from kdmt.evaluate import evaluate
 from kdmt.languages import PairRows
+from kdmt.metrics import bleu_tokenizer, paired_bootstrap, score
 from kdmt.model import Transformer, make_config
 from kdmt.train import TrainConfig, ValidSet
 from kdmt.translate import SearchOptions

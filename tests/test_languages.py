@@ -413,7 +413,7 @@ def test_translate_eval_and_report_name_the_pair(toy_student, tmp_path, monkeypa
         inputs.append(src)
         return kdmt_evaluate(translator, checkpoint, test_src, src, *args)
 
-    monkeypatch.setattr("kdmt.cli.evaluate.evaluate", evaluate)
+    monkeypatch.setattr("kdmt.evaluate.evaluate", evaluate)
     student, teacher = root / "student" / "checkpoint_best.safetensors", root / "xx-rv" / "checkpoint_best.safetensors"
     result = kdmt("translate", "-m", student, "--pair", "xx-rv", "--beam", "1", "--device", "cpu", input="a b c\n\n")
     assert result.exit_code == 0, result.stderr

@@ -6,9 +6,10 @@ import json
 from test_cli import assert_fails, kdmt
 from test_evaluate import hand_made_systems
 
-from kdmt.evaluate import score
+from kdmt.evaluate import short_names
 from kdmt.files import write_text
-from kdmt.report import build_rows, compare_with_teacher, short_names
+from kdmt.metrics import score
+from kdmt.report import build_rows, compare_with_teacher
 
 
 def test_models_are_named_below_their_common_folder():

@@ -21,15 +21,12 @@ from kdmt.cli.params import (
     Threads,
     with_options,
 )
-from kdmt.data import read_parallel
 from kdmt.engines import open_translator
-from kdmt.errors import KdmtError
-from kdmt.evaluate import BOOTSTRAP_SAMPLES, bleu_tokenizer, compare_with_first, describe, evaluate
-from kdmt.files import write_lines, write_text
-from kdmt.languages import Pair, model_inputs, target_language
-from kdmt.pretrained import PretrainedOptions, is_hub_id, iso_language, resolve
-from kdmt.progress import ProgressLine
-from kdmt.report import eval_table, short_names, significance_note
+from kdmt.evaluate import describe, evaluate_models
+from kdmt.files import write_text
+from kdmt.metrics import BOOTSTRAP_SAMPLES, bleu_tokenizer
+from kdmt.pretrained import PretrainedOptions
+from kdmt.report import eval_table, significance_note
 from kdmt.translate import SearchOptions
 
 
@@ -76,29 +73,15 @@ def eval_cmd(
     With --pair, a multilingual model translates the test set with that pair's tags (a model of one pair must
     be of that pair), and the reports name the pair: kdmt report shows a row per model and pair.
     """
-    src_lines, ref_lines = read_parallel(src, ref)
-    language_pair = Pair.parse(pair) if pair else None
-    reports, languages = [], []
-    for path in checkpoints:
-        path = resolve(path) if is_hub_id(path) else path  # a hub id: its snapshot's directory
-        model_languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
-        metas, translator = open_translator([path], device, search, bf16, threads, engine, model_languages)
-        inputs = model_inputs(src_lines, language_pair, metas[0])
-        languages.append(iso_language(tgt_lang) or target_language(metas[0], language_pair))
-        if languages[-1] != languages[0]:
-            raise KdmtError(f"{path} translates into {languages[-1]}, not {languages[0]}: name the --tgt-lang")
-        name = path.name if path.is_dir() else f"{path.parent.name}.{path.stem}"
-        with ProgressLine(err, f"eval {name}", len(src_lines), "sent", transient=True) as progress:
-            args = src, inputs, ref_lines, metas[0], progress.advance, pair, languages[0]
-            result, hyps = evaluate(translator, path, *args)
-        reports.append(result)
-        if hyps_dir:
-            write_lines(hyps_dir / f"{name}{f'.{pair}' if pair else ''}.hyp", hyps)
-    names = short_names([r.checkpoint for r in reports])
-    compared = compare_with_first(reports, names, ref_lines, languages[0], bootstrap_samples)
-    reports = [r.to_dict() for r in reports]
+    languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
+
+    def open_model(path: Path):
+        return open_translator([path], device, search, bf16, threads, engine, languages)
+
+    done = evaluate_models(checkpoints, src, ref, open_model, pair, tgt_lang, bootstrap_samples, hyps_dir, err)
+    reports, names = done.reports, done.names
     title = f"kdmt eval: {src.name}{f' ({pair})' if pair else ''} (beam {search.beam})"
-    print_table(*eval_table(reports, names, compared), title)
+    print_table(*eval_table(reports, names, done.compared), title)
     for r in reports:
         err.print(f"{r['checkpoint']}: {describe(r['made_with'])}", highlight=False)
     err.print(
@@ -106,10 +89,10 @@ def eval_cmd(
         f"chrF++ {reports[0]['chrfpp_signature']}\ndevice {reports[0]['device']}",
         highlight=False,
     )
-    if compared:
+    if done.compared:
         err.print(f"ΔBLEU and ΔchrF are against {names[reports[0]['checkpoint']]}", highlight=False)
         err.print(significance_note(reports[1]["vs_first"]), highlight=False)
-    if note := bleu_tokenizer(languages[0])[1]:
+    if note := bleu_tokenizer(done.tgt_lang)[1]:
         err.print(note, highlight=False)
     if report:
         write_text(report, json.dumps(reports, indent=2) + "\n")

@@ -10,8 +10,8 @@ import typer
 
 from kdmt.cli.common import command, err, print_table
 from kdmt.cli.params import BootstrapSamples
-from kdmt.evaluate import BOOTSTRAP_SAMPLES
 from kdmt.files import write_text
+from kdmt.metrics import BOOTSTRAP_SAMPLES
 from kdmt.report import (
     build_rows,
     compare_with_baseline,
