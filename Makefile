@@ -9,7 +9,7 @@ KDMT := $(BIN)/kdmt
 DEMO ?= work/demo
 M30K := data/multi30k
 
-.PHONY: install test lint demo clean-demo recipe
+.PHONY: install test lint demo demo-val clean-demo recipe
 
 $(KDMT): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,7 @@ TEST_REF := $(M30K)/test_2016_flickr.en.gz
 SEED ?= 1
 TEACHER_STEPS ?= 330
 STUDENT_STEPS ?= 250
+DISTILL_BEAM ?= 1
 TEACHER := --preset small --max-steps $(TEACHER_STEPS) --max-tokens 3000 --warmup 200 --lr 2e-3 \
 	--valid-interval 110 --valid-bleu-sents 300 --seed $(SEED)
 STUDENT := --preset tiny --d-model 128 --d-ff 512 --enc-layers 3 --dec-layers 1 --max-steps $(STUDENT_STEPS) \
@@ -52,7 +53,7 @@ $(DEMO)/teacher/DONE: $(DEMO)/data/prepare.json
 	touch $@
 
 $(DEMO)/distilled/train.tgt: $(DEMO)/teacher/DONE
-	$(KDMT) distill -t $(DEMO)/teacher/checkpoint_best.safetensors --src $(DEMO)/data/train.src -o $@ --beam 1 --shard-size 5000
+	$(KDMT) distill -t $(DEMO)/teacher/checkpoint_best.safetensors --src $(DEMO)/data/train.src -o $@ --beam $(DISTILL_BEAM) --shard-size 5000
 
 $(DEMO)/student-ref/DONE: $(DEMO)/data/prepare.json
 	$(KDMT) train-student --data $(DEMO)/data --out $(@D) $(STUDENT) $(call resume,$(@D))
@@ -80,11 +81,14 @@ $(DEMO)/report.json: $(DEMO)/eval.json
 # the same models on the validation set: where settings are chosen (test_2016_flickr only reports them)
 VAL_SRC := $(M30K)/val.de.gz
 VAL_REF := $(M30K)/val.en.gz
-$(DEMO)/eval-val.json: $(DEMO)/eval.json
+$(DEMO)/eval-val.json: $(DEMO)/teacher/DONE $(DEMO)/student-ref/DONE $(DEMO)/student-seqkd-int8/kdmt_export.json
 	$(KDMT) eval $(DEMO_MODELS) --src $(VAL_SRC) --ref $(VAL_REF) --beam 5 --report $@
 
 $(DEMO)/val/report.json: $(DEMO)/eval-val.json
 	$(KDMT) report $< -o $(@D) --baseline student-ref
+
+# the demo's models on the validation set alone: where its settings were chosen (scripts/demo_settings.sh)
+demo-val: $(DEMO)/val/report.json
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -160,7 +160,7 @@ def prepare(
     text), the tokenized corpora (kdmt.corpus: {split}.{src,tgt}.{ids,off}.npy, {split}.ids.json), the spm
     models and, last, prepare.json. A failure leaves no half-written file, and no directory it created.
     With `vocab.vocab_from` (a MarianMT directory), the vocabulary is the teacher's (kdmt.pretrained_kd), checked
-    on a sample of the cleaned pairs; `vocab`'s options are not used."""
+    on a sample of the cleaned pairs; `vocab`'s other options are not used."""
     if src_lang == tgt_lang:
         raise KdmtError("source and target languages must differ")
     report = report or (lambda _: None)
