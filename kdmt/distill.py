@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,14 +35,19 @@ import numpy as np
 
 from kdmt.cache import content_identity, file_identity, file_sha256
 from kdmt.config import option
+from kdmt.distributed import local_device
+from kdmt.engines import engine_name, open_translator
 from kdmt.errors import KdmtError
 from kdmt.files import LineReader, atomic_path, line_offsets, read_lines, write_lines, write_text
 from kdmt.filters import REASONS, FilterOptions, degenerate
-from kdmt.languages import Pair, model_inputs
-from kdmt.options import COUNT, NONNEGATIVE, POSITIVE, SEED, Range
-from kdmt.scoring import PairScorer
+from kdmt.languages import Pair, model_inputs, target_language
+from kdmt.options import COUNT, NONNEGATIVE, POSITIVE, SEED, Range, flag
+from kdmt.pretrained import PretrainedOptions, is_hub_id, resolve
+from kdmt.scoring import PairScorer, open_scorer
+from kdmt.search import Sampling
 from kdmt.selection import best_text, check_selection, choose
 from kdmt.shards import Manifest, ShardedRun, work_path
+from kdmt.teacher_command import CommandTeacher
 from kdmt.translate import Candidate, Progress, SearchOptions
 
 
@@ -53,6 +58,20 @@ class DistillStats:
     too_long: int = 0  # sources over the token limit: an empty output line
     filtered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # reason -> dropped
     extra_targets: int = 0  # the lines of OUT.keep (--keep)
+
+    def summary(self, out: Path, filtering: bool) -> str:
+        """What a finished run wrote, in one line: its lines, the empty ones, and (`filtering`) the filtered."""
+        n = sum(self.filtered.values())
+        reasons = ", ".join(f"{k:,} {reason}" for reason, k in self.filtered.items())
+        filtered = (
+            f", {n:,} filtered translations ({n / max(self.lines, 1):.1%} of the lines: {reasons})"
+            if filtering
+            else " (--no-filter)"
+        )
+        return (
+            f"distilled {self.lines:,} lines into {out}; empty lines: {self.empty:,} empty and {self.too_long:,} "
+            f"over-long sources{filtered}"
+        )
 
 
 class Teacher(Protocol):
@@ -454,6 +473,84 @@ def worst(scores: np.ndarray, share: float, max_ce: float | None) -> np.ndarray:
         order = np.lexsort((index, -scores[index]))  # the highest cross-entropy first
         drop[index[order[:n]]] = True
     return drop
+
+
+# The options of kdmt's own engines, which a teacher command does not take.
+ENGINE_OPTIONS = (
+    "engine", "quantization", "beam", "lenpen", "max_len_a", "max_len_b", "min_len", "batch_tokens",
+    "max_src_tokens", "device", "bf16", "threads", "pair", "sampling", "sampling_temperature", "seed",
+    "src_lang", "tgt_lang", "source_prefix",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """How kdmt's engines run a teacher (and the backward model): the command's device and engine options."""
+
+    device: str | None = None
+    bf16: bool = True
+    threads: int = 0
+    engine: str | None = None
+    languages: PretrainedOptions = field(default_factory=PretrainedOptions)
+
+
+def open_distill(
+    src: Path,
+    out: Path,
+    teachers: list[Path] | None,
+    teacher_cmd: str | None,
+    options: DistillOptions,
+    search: SearchOptions,
+    engines: EngineChoice | None = None,
+    pair: str | None = None,
+    given: Collection[str] = (),
+) -> DistillRun:
+    """kdmt distill: the run that distills `src` into `out` with the teachers (checkpoints, model directories,
+    hub ids: an ensemble when several) or the command `teacher_cmd`, one of them; `given`, the options given
+    on the command line (a teacher command refuses those of kdmt's engines)."""
+    if bool(teachers) == (teacher_cmd is not None):
+        raise KdmtError(
+            "give the teacher as -t CHECKPOINT (repeat for an ensemble) or --teacher-cmd 'CMD': one of them"
+        )
+    if teacher_cmd is not None:
+        check_command_teacher(given, options)
+    options = options.checked(search.beam)
+    engines = engines or EngineChoice()
+    device = str(local_device(engines.device))
+    if teacher_cmd is not None:
+        translator: Teacher = CommandTeacher(teacher_cmd)
+        identities, meta, max_src, engine_used = [translator.identity], None, 0, "command"
+    else:
+        teachers = [resolve(t) if is_hub_id(t) else t for t in teachers]  # a hub id: its snapshot's directory
+        identities = [teacher_identity(t) for t in teachers]  # each teacher read once: hashed
+        sampler = (
+            Sampling.parse(options.sampling, options.sampling_temperature, options.seed) if options.sampling else None
+        )
+        e = engines
+        metas, translator = open_translator(
+            teachers, device, replace(search, sampling=sampler), e.bf16, e.threads, e.engine, e.languages
+        )
+        tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
+        if any(t != tagging[0] for t in tagging):
+            raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
+        meta, max_src = metas[0], translator.max_src_tokens
+        engine_used = engine_name(meta, e.engine, e.languages.quantization)
+    chosen = Pair.parse(pair) if pair else None
+    target = target_language(meta, chosen) if meta is not None else None
+    settings = options.settings(search, identities, src, max_src, engine_used, chosen, target)
+    backward = open_scorer([options.filter_backward], device, search.batch_tokens) if options.filter_backward else None
+    return DistillRun(translator, settings, out, meta, backward)
+
+
+def check_command_teacher(given: Collection[str], options: DistillOptions) -> None:
+    """Refuse, with --teacher-cmd, the options that it does not take: those of kdmt's engines (`given` on the
+    command line), and n-best lists (a command gives one translation a line, with no score)."""
+    for name in ENGINE_OPTIONS:
+        if name in given:
+            shown = "--bf16/--fp32" if name == "bf16" else flag(name)
+            raise KdmtError(f"{shown} is an option of kdmt's engines; --teacher-cmd runs the command as it is")
+    if options.candidates > 1 or options.select:
+        raise KdmtError("--teacher-cmd gives one translation a line, with no score: no --candidates or --select")
 
 
 def distill_corpus(

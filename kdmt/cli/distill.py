@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -21,17 +20,9 @@ from kdmt.cli.params import (
     Threads,
     with_options,
 )
-from kdmt.distill import DistillOptions, DistillRun, Teacher, teacher_identity
-from kdmt.distributed import local_device
-from kdmt.engines import engine_name, open_translator
-from kdmt.errors import KdmtError
-from kdmt.languages import Pair, target_language
-from kdmt.options import flag
-from kdmt.pretrained import PretrainedOptions, is_hub_id, resolve
+from kdmt.distill import DistillOptions, EngineChoice, open_distill
+from kdmt.pretrained import PretrainedOptions
 from kdmt.progress import ProgressLine
-from kdmt.scoring import open_scorer
-from kdmt.search import Sampling
-from kdmt.teacher_command import CommandTeacher
 from kdmt.translate import SearchOptions
 
 
@@ -88,46 +79,11 @@ def distill_cmd(
     Example: kdmt distill -t work/teacher/checkpoint_best.safetensors --src work/data/train.src
     -o work/distilled/train.tgt
     """
-    if bool(teacher) == (teacher_cmd is not None):
-        raise KdmtError(
-            "give the teacher as -t CHECKPOINT (repeat for an ensemble) or --teacher-cmd 'CMD': one of them"
-        )
-    if teacher_cmd is not None:
-        command_options(ctx, options.candidates, options.select)
-    options = options.checked(search.beam)
-    if teacher_cmd is not None:
-        translator: Teacher = CommandTeacher(teacher_cmd)
-        identities, meta, max_src, engine_used = [translator.identity], None, 0, "command"
-    else:
-        teacher = [resolve(t) if is_hub_id(t) else t for t in teacher]  # a hub id: its snapshot's directory
-        identities = [teacher_identity(t) for t in teacher]  # each teacher read once: hashed
-        sampler = (
-            Sampling.parse(options.sampling, options.sampling_temperature, options.seed) if options.sampling else None
-        )
-        languages = PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
-        metas, translator = open_translator(
-            teacher,
-            str(local_device(device)),
-            dataclasses.replace(search, sampling=sampler),
-            bf16,
-            threads,
-            engine,
-            languages,
-        )
-        tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
-        if any(t != tagging[0] for t in tagging):
-            raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
-        meta, max_src = metas[0], translator.max_src_tokens
-        engine_used = engine_name(meta, engine, quantization)
-    chosen = Pair.parse(pair) if pair else None
-    target = target_language(meta, chosen) if meta is not None else None
-    settings = options.settings(search, identities, src, max_src, engine_used, chosen, target)
-    backward = (
-        open_scorer([options.filter_backward], str(local_device(device)), search.batch_tokens)
-        if options.filter_backward
-        else None
+    given = [name for name in ctx.params if (source := ctx.get_parameter_source(name)) and source.name == "COMMANDLINE"]
+    engines = EngineChoice(
+        device, bf16, threads, engine, PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
     )
-    run = DistillRun(translator, settings, out, meta, backward)
+    run = open_distill(src, out, teacher, teacher_cmd, options, search, engines, pair, given)
     shards = -(-run.lines // options.shard_size)
     with ProgressLine(progress_console(), "distill", run.lines, "sent", transient=True) as progress:
 
@@ -138,35 +94,5 @@ def distill_cmd(
     if stats is None:
         err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
         return
-    n_filtered = sum(stats.filtered.values())
-    reasons = ", ".join(f"{n:,} {reason}" for reason, n in stats.filtered.items())
-    filtered = (
-        f", {n_filtered:,} filtered translations ({n_filtered / max(stats.lines, 1):.1%} of the lines: {reasons})"
-        if options.filter_degenerate or options.filter_backward
-        else " (--no-filter)"
-    )
-    err.print(
-        f"distilled {stats.lines:,} lines into {out}; empty lines: {stats.empty:,} empty and {stats.too_long:,} "
-        f"over-long sources{filtered}",
-        soft_wrap=True,  # one line, however long the path
-    )
-
-
-# The options of kdmt's own engines, which a teacher command does not take.
-ENGINE_OPTIONS = (
-    "engine", "quantization", "beam", "lenpen", "max_len_a", "max_len_b", "min_len", "batch_tokens",
-    "max_src_tokens", "device", "bf16", "threads", "pair", "sampling", "sampling_temperature", "seed",
-    "src_lang", "tgt_lang", "source_prefix",
-)  # fmt: skip
-
-
-def command_options(ctx: typer.Context, nbest: int, select: str | None) -> None:
-    """Refuse, with --teacher-cmd, the options that it does not take: those of kdmt's engines (given on the
-    command line), and n-best lists (a command gives one translation a line, with no score)."""
-    for name in ENGINE_OPTIONS:
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name == "COMMANDLINE":
-            shown = "--bf16/--fp32" if name == "bf16" else flag(name)
-            raise KdmtError(f"{shown} is an option of kdmt's engines; --teacher-cmd runs the command as it is")
-    if nbest > 1 or select:
-        raise KdmtError("--teacher-cmd gives one translation a line, with no score: no --candidates or --select")
+    filtering = options.filter_degenerate or options.filter_backward is not None
+    err.print(stats.summary(out, filtering), soft_wrap=True)  # one line, however long the path
