@@ -7,17 +7,12 @@ from typing import Annotated
 
 import typer
 
-from kdmt.cache import file_identity
 from kdmt.cli.common import command, err, progress_console
 from kdmt.cli.params import BatchTokens, Data, Device, field_option
-from kdmt.data import PreparedData
 from kdmt.distill import DistillOptions
-from kdmt.distributed import local_device
-from kdmt.errors import KdmtError
-from kdmt.languages import PairRows, per_pair
+from kdmt.offline_kd import open_soft_targets
 from kdmt.progress import ProgressLine
-from kdmt.soft_targets import SoftTargetSettings, compute_soft_targets
-from kdmt.student import StudentOptions, load_teachers, student_corpus
+from kdmt.student import StudentOptions
 from kdmt.train import TrainConfig
 from kdmt.translate import BATCH_TOKENS
 
@@ -61,31 +56,16 @@ def soft_targets_cmd(
 
     Multilingual data: one teacher per pair, -t de-en=CKPT -t fr-en=CKPT; each sentence's from its pair's.
     """
-    prepared = PreparedData.open(data)
-    dev = local_device(device)
-    pairs = [p["pair"] for p in prepared.info.pairs] if prepared.info.pairs else None
-    paths = per_pair(teacher, pairs, "--teacher PAIR=CHECKPOINT") if pairs else teacher
-    if pairs and (teacher_weight or not paths):
-        raise KdmtError("several pairs: give one --teacher PAIR=CHECKPOINT for each pair, and no --teacher-weight")
-    teachers = load_teachers(prepared, paths, pairs or [], dev, topk)
-    corpus, record = student_corpus(prepared, distilled, ref_share, seed, fallback_ref)
-    weights = teacher_weight or [1.0] * len(teachers)
-    if len(weights) != len(teachers):
-        raise KdmtError("give one --teacher-weight per teacher")
-    names = [str(p) for p in teacher]  # several pairs: PAIR=CHECKPOINT, which says how sentences were routed
-    identity = file_identity([str(p) for p in paths])
-    settings = SoftTargetSettings(names, weights, topk, batch_tokens, shard_size, inputs=identity)
-    routes = PairRows(pairs, record["pair_rows"]) if pairs else None
-    shards = -(-len(corpus) // shard_size)
-    with ProgressLine(progress_console(), "soft targets", len(corpus), "sent", transient=True) as progress:
+    args = teacher_weight, distilled, ref_share, fallback_ref, topk, seed, batch_tokens, shard_size, device
+    run = open_soft_targets(data, out, teacher, *args)
+    n, shards = len(run.corpus), -(-len(run.corpus) // shard_size)
+    with ProgressLine(progress_console(), "soft targets", n, "sent", transient=True) as progress:
 
         def shard_done(index: int) -> None:
             progress.update(progress.completed, f"shard {index + 1} of {shards} written")
 
-        store = compute_soft_targets(
-            [c.model for _, c in teachers], corpus, settings, out, progress.advance, shard_done, routes
-        )
+        store = run.run(progress.advance, shard_done)
     if store is None:
         err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
         return
-    err.print(f"wrote the top-{topk} soft targets of {len(corpus):,} sentences to {out}", soft_wrap=True)
+    err.print(f"wrote the top-{topk} soft targets of {n:,} sentences to {out}", soft_wrap=True)
