@@ -5,8 +5,9 @@
 #   beam5-250   the training set distilled with beam 5 instead of greedy (the same reference student)
 #   greedy-500  students of 500 steps, on references and on the greedy distillation
 # Each variant's val/report.json gives its seq-KD student against its reference student, with the paired
-# bootstrap's 95% interval and p-value. Usage: scripts/demo_settings.sh BASE OUT SEED
-# (BASE: a finished `make demo DEMO=BASE SEED=SEED`; OUT: where the variants go).
+# bootstrap's 95% interval and p-value; OUT/seqkd-val.json each variant's seq-KD student against the demo's.
+# Usage: scripts/demo_settings.sh BASE OUT SEED
+# (BASE: a finished `make demo DEMO=BASE SEED=SEED`; OUT: where the variants go; run from the repository root).
 set -euo pipefail
 BASE=${1:?a finished make demo directory}
 OUT=${2:?where the variants go}
@@ -22,7 +23,7 @@ variant() {  # NAME, the stages it shares with BASE, make's variables
 	done
 	local start=$SECONDS
 	make demo-val DEMO="$OUT/$name" SEED="$SEED" "$@"
-	echo "$name: $((SECONDS - start)) s" >>"$OUT/seconds.txt"
+	grep -q "^$name:" "$OUT/seconds.txt" 2>/dev/null || echo "$name: $((SECONDS - start)) s" >>"$OUT/seconds.txt"
 }
 
 variant greedy-250 "distilled student-ref student-seqkd student-seqkd-int8"
@@ -37,3 +38,6 @@ cells = [f"{m} {test[m]['delta']:+.2f} ±{test[m]['delta_ci']:.2f} (p={test[m]['
 print(f"{sys.argv[2]}: seq-KD {rows['student-seqkd']['bleu']:.2f} vs references {rows['student-ref']['bleu']:.2f}; " + ", ".join(cells))
 EOF
 done | tee "$OUT/summary.txt"
+# the seq-KD students side by side, the demo's first: each alternative's difference with its interval
+[ -e "$OUT/seqkd-val.json" ] || .venv/bin/kdmt eval "$OUT"/{greedy-250,beam5-250,greedy-500}/student-seqkd/checkpoint_best.safetensors \
+	--src data/multi30k/val.de.gz --ref data/multi30k/val.en.gz --beam 5 --report "$OUT/seqkd-val.json"
