@@ -377,3 +377,13 @@ def test_bad_training_options_fail_in_one_line(toy_data, tmp_path, args, message
 @pytest.mark.parametrize("args", [["--batch-tokens", "0"], ["--max-len-a", "-1"], ["--max-src-tokens", "0"]])
 def test_bad_search_option_values_fail_in_one_line(toy_model, args):
     assert_fails(kdmt("translate", "-m", toy_model, *args, input="a b\n"), "must")
+
+
+def test_options_that_do_not_go_together_fail_in_one_line_before_any_work(toy_data, toy_model, tmp_path):
+    weights = ["--teacher-weight", "0.5", "--teacher-weight", "0.5"]  # two weights, one teacher
+    result = kdmt("soft-targets", "-t", toy_model, "--data", toy_data, "-o", tmp_path / "soft.json", *weights)
+    assert_fails(result, "give one --teacher-weight per teacher")
+    student = ["--data", toy_data, "-o", tmp_path / "student", "-t", toy_model, "--alpha", "0.5", "--max-steps", "1"]
+    result = kdmt("train-student", *student, "--selective-kd", "--valid-bleu-sents", "0")
+    assert_fails(result, "--selective-kd compares validation BLEU: drop --valid-bleu-sents 0")
+    assert list(tmp_path.iterdir()) == []

@@ -206,3 +206,14 @@ def test_a_sentence_beyond_the_teachers_positions_is_refused(teacher, data):
     assert checkpoint.model(fits, fits).shape == (1, limit, len(checkpoint.tgt_vocab))
     with pytest.raises(KdmtError, match=f"a sentence of {limit + 1} tokens exceeds the teacher's {limit} positions"):
         checkpoint.model(torch.full((1, limit + 1), 5), fits)
+
+
+def test_prepare_vocab_from_takes_one_pair(teacher, tmp_path):
+    """A MarianMT teacher's vocabulary is one pair's: several --pair with --vocab-from are refused, nothing written."""
+    src, tgt = pairs(20, seed=4)
+    for lang, lines in (("de", src), ("fr", src), ("en", tgt)):
+        write(tmp_path / f"t.{lang}", lines)
+    args = ["--pair", "de-en", "--pair", "fr-en", "--train", tmp_path / "t", "--valid", tmp_path / "t"]
+    result = kdmt("prepare", *args, "-o", tmp_path / "d", "--vocab-from", teacher)
+    assert_fails(result, "--vocab-from takes one pair (a MarianMT teacher's)")
+    assert not (tmp_path / "d").exists()
