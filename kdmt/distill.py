@@ -526,15 +526,20 @@ def open_distill(
         sampler = (
             Sampling.parse(options.sampling, options.sampling_temperature, options.seed) if options.sampling else None
         )
-        e = engines
         metas, translator = open_translator(
-            teachers, device, replace(search, sampling=sampler), e.bf16, e.threads, e.engine, e.languages
+            teachers,
+            device,
+            replace(search, sampling=sampler),
+            engines.bf16,
+            engines.threads,
+            engines.engine,
+            engines.languages,
         )
         tagging = [(m.get("pairs"), m.get("source_tags")) for m in metas]
         if any(t != tagging[0] for t in tagging):
             raise KdmtError("the teachers of an ensemble must translate the same pairs, with the same tags")
         meta, max_src = metas[0], translator.max_src_tokens
-        engine_used = engine_name(meta, e.engine, e.languages.quantization)
+        engine_used = engine_name(meta, engines.engine, engines.languages.quantization)
     chosen = Pair.parse(pair) if pair else None
     target = target_language(meta, chosen) if meta is not None else None
     settings = options.settings(search, identities, src, max_src, engine_used, chosen, target)

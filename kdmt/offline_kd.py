@@ -12,6 +12,7 @@ from kdmt.data import PreparedData, TokenizedCorpus
 from kdmt.distributed import local_device
 from kdmt.errors import KdmtError
 from kdmt.languages import PairRows, per_pair
+from kdmt.model import Transformer
 from kdmt.soft_targets import SoftTargetSettings, SoftTargetStore, compute_soft_targets
 from kdmt.student import load_teachers, student_corpus
 
@@ -20,7 +21,7 @@ from kdmt.student import load_teachers, student_corpus
 class SoftTargetsRun:
     """The soft targets of one student corpus, ready to be computed (run)."""
 
-    teachers: list
+    teachers: list[Transformer]  # their models
     corpus: TokenizedCorpus
     settings: SoftTargetSettings
     out: Path
@@ -30,8 +31,9 @@ class SoftTargetsRun:
         self, progress: Callable[[int], None] | None = None, after_shard: Callable[[int], None] | None = None
     ) -> SoftTargetStore | None:
         """Compute and store them (compute_soft_targets); None while other processes write the last shards."""
-        models = [c.model for _, c in self.teachers]
-        return compute_soft_targets(models, self.corpus, self.settings, self.out, progress, after_shard, self.routes)
+        return compute_soft_targets(
+            self.teachers, self.corpus, self.settings, self.out, progress, after_shard, self.routes
+        )
 
 
 def open_soft_targets(
@@ -65,4 +67,4 @@ def open_soft_targets(
     identity = file_identity([str(p) for p in paths])
     settings = SoftTargetSettings(names, weights, topk, batch_tokens, shard_size, inputs=identity)
     routes = PairRows(pairs, record["pair_rows"]) if pairs else None
-    return SoftTargetsRun(loaded, corpus, settings, out, routes)
+    return SoftTargetsRun([c.model for _, c in loaded], corpus, settings, out, routes)

@@ -20,6 +20,7 @@ from kdmt.config import dump_config, read_config
 from kdmt.distributed import launch_rank
 from kdmt.errors import KdmtError
 from kdmt.options import Range, check_ranges
+from kdmt.progress import ProgressLine
 
 err = Console(stderr=True)
 if not err.is_terminal:
@@ -158,6 +159,21 @@ def describe_os_error(e: OSError) -> str:
     """'PATH: reason' for a failed read or write."""
     reason = e.strerror or str(e)
     return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def run_sharded(label: str, lines: int, shard_size: int, run: Callable, out: Path) -> Any:
+    """A sharded run (distill's, soft-targets') with its progress line, which says each shard's end; what it
+    returns, or None (said in one line) where other processes are writing the last shards."""
+    shards = -(-lines // shard_size)
+    with ProgressLine(progress_console(), label, lines, "sent", transient=True) as progress:
+
+        def shard_done(index: int) -> None:
+            progress.update(progress.completed, f"shard {index + 1} of {shards} written")
+
+        result = run(progress.advance, shard_done)
+    if result is None:
+        err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
+    return result
 
 
 def progress_console() -> Console:

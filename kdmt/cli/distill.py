@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kdmt.cli.common import command, err, progress_console
+from kdmt.cli.common import command, err, run_sharded
 from kdmt.cli.params import (
     Bf16,
     Device,
@@ -22,7 +22,6 @@ from kdmt.cli.params import (
 )
 from kdmt.distill import DistillOptions, EngineChoice, open_distill
 from kdmt.pretrained import PretrainedOptions
-from kdmt.progress import ProgressLine
 from kdmt.translate import SearchOptions
 
 
@@ -84,15 +83,8 @@ def distill_cmd(
         device, bf16, threads, engine, PretrainedOptions(src_lang, tgt_lang, source_prefix, quantization)
     )
     run = open_distill(src, out, teacher, teacher_cmd, options, search, engines, pair, given)
-    shards = -(-run.lines // options.shard_size)
-    with ProgressLine(progress_console(), "distill", run.lines, "sent", transient=True) as progress:
-
-        def shard_done(index: int) -> None:
-            progress.update(progress.completed, f"shard {index + 1} of {shards} written")
-
-        stats = run.run(progress.advance, shard_done)
+    stats = run_sharded("distill", run.lines, options.shard_size, run.run, out)
     if stats is None:
-        err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
         return
     filtering = options.filter_degenerate or options.filter_backward is not None
     err.print(stats.summary(out, filtering), soft_wrap=True)  # one line, however long the path

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from kdmt.cli.common import command, err, progress_console
+from kdmt.cli.common import command, err, run_sharded
 from kdmt.cli.params import BatchTokens, Data, Device, field_option
 from kdmt.distill import DistillOptions
 from kdmt.offline_kd import open_soft_targets
-from kdmt.progress import ProgressLine
 from kdmt.student import StudentOptions
 from kdmt.train import TrainConfig
 from kdmt.translate import BATCH_TOKENS
@@ -58,14 +57,7 @@ def soft_targets_cmd(
     """
     args = teacher_weight, distilled, ref_share, fallback_ref, topk, seed, batch_tokens, shard_size, device
     run = open_soft_targets(data, out, teacher, *args)
-    n, shards = len(run.corpus), -(-len(run.corpus) // shard_size)
-    with ProgressLine(progress_console(), "soft targets", n, "sent", transient=True) as progress:
-
-        def shard_done(index: int) -> None:
-            progress.update(progress.completed, f"shard {index + 1} of {shards} written")
-
-        store = run.run(progress.advance, shard_done)
-    if store is None:
-        err.print(f"no shard left for this process; the last process to finish writes {out}", soft_wrap=True)
+    n = len(run.corpus)
+    if run_sharded("soft targets", n, shard_size, run.run, out) is None:
         return
     err.print(f"wrote the top-{topk} soft targets of {n:,} sentences to {out}", soft_wrap=True)
